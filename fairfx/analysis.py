@@ -1,0 +1,191 @@
+"""The channel pass: walk the captured graph once and describe how channels flow.
+
+For every node the pass records a :class:`~fairfx.slots.Layout` (which slot sits at each position
+of the tensor's channel axis), unions slots that must be kept or removed together, blocks slots that
+reach an op without a rule, and collects *edits*: what the rewrite must change (module weights,
+parameters, shape constants) for any plan. The rules that do this live in :mod:`fairfx.rules`, one
+per op; this module is the bookkeeping they share.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import networkx as nx
+import numpy as np
+import torch.fx as fx
+
+from .capture import Captured
+from .slots import Layout, SlotTable
+
+
+@dataclass
+class Producer:
+    """An op whose output channels are new units (conv, linear, ...)."""
+
+    name: str
+    index: int
+    slots: np.ndarray
+    nodes: list[str] = field(default_factory=list)
+
+
+class ChannelAnalysis:
+    """Result of the channel pass over one captured graph."""
+
+    def __init__(self, captured: Captured) -> None:
+        from .rules import rule_for  # rules import this module's types
+
+        self.captured = captured
+        self.gm = captured.gm
+        self.table = SlotTable()
+        self.layouts: dict[str, Any] = {}
+        self.producers: list[Producer] = []
+        self.producer_index: dict[str, int] = {}
+        self.coupling = nx.Graph()
+        self.edits: list[Any] = []
+        self.masked: dict[str, Callable[..., Any]] = {}
+        self._blocked: dict[int, str] = {}
+        self._inexact: dict[int, str] = {}
+        self._consumers: list[tuple[np.ndarray, str]] = []
+        self.param_src: dict[str, str] = {}
+        self._module_slots: dict[tuple[str, str], np.ndarray] = {}
+        self.node: fx.Node | None = None
+        for node in self.gm.graph.nodes:
+            self.node = node
+            self.layouts[node.name] = rule_for(self, node)(self, node)
+        self.node = None
+
+    # ----------------------------------------------------------------- queries used by rules
+    def layout(self, arg: Any) -> Any:
+        return self.layouts.get(arg.name) if isinstance(arg, fx.Node) else None
+
+    @staticmethod
+    def shape(arg: Any) -> tuple[int, ...] | None:
+        if isinstance(arg, fx.Node):
+            s = arg.meta.get("fairfx_shape")
+            return s if s is None or all(isinstance(d, int) for d in s) else None
+        return None
+
+    @staticmethod
+    def value(arg: Any) -> Any:
+        """The concrete value of an argument (recursing into lists), for shape arithmetic."""
+        if isinstance(arg, fx.Node):
+            return arg.meta.get("fairfx_value")
+        if isinstance(arg, (list, tuple)):
+            return type(arg)(ChannelAnalysis.value(a) for a in arg)
+        return arg
+
+    def module(self, target: str) -> Any:
+        return self.gm.get_submodule(target)
+
+    def param(self, arg: Any) -> str | None:
+        """The parameter or buffer target an argument is read from, if it is one."""
+        return self.param_src.get(arg.name) if isinstance(arg, fx.Node) else None
+
+    def tensor_layouts(self, node: fx.Node) -> Iterator[Layout]:
+        for arg in _flat_args(node):
+            lay = self.layout(arg)
+            yield from _flat_layouts(lay)
+
+    # ----------------------------------------------------------------- effects used by rules
+    def produce(self, name: str, n: int) -> np.ndarray:
+        """New slots for ``n`` output channels of producer ``name`` (shared if called twice)."""
+        idx = self.producer_index.get(name)
+        if idx is not None:
+            self.producers[idx].nodes.append(self.node.name)
+            return self.producers[idx].slots
+        idx = len(self.producers)
+        slots = self.table.new(n, idx)
+        self.producers.append(Producer(name, idx, slots, [self.node.name]))
+        self.producer_index[name] = idx
+        self.coupling.add_node(name)
+        return slots
+
+    def untracked(self, n: int, reason: str) -> np.ndarray:
+        """Slots for channels no producer owns (model inputs, constants): never prunable."""
+        slots = self.table.new(n, -1)
+        self.block(slots, reason)
+        return slots
+
+    def union(self, a: np.ndarray, b: np.ndarray) -> None:
+        self.table.union(a, b)
+        owners = self.table.owner
+        pa = {owners[s] for s in a.tolist()} - {-1}
+        pb = {owners[s] for s in b.tolist()} - {-1}
+        names = [self.producers[i].name for i in sorted(pa | pb)]
+        for u, v in itertools.pairwise(names):
+            self.coupling.add_edge(u, v, via=self.node.name)
+
+    def share(self, key: str, role: str, slots: np.ndarray) -> None:
+        """A parameter tied to channels (weight rows, BN stats) seen again unions the channels."""
+        seen = self._module_slots.get((key, role))
+        if seen is None:
+            self._module_slots[(key, role)] = slots
+        elif seen.shape == slots.shape:
+            self.union(seen, slots)
+        else:
+            self.block(slots, f"{key} is applied to tensors of different channel counts")
+
+    def block(self, slots: Iterable[int] | np.ndarray, reason: str) -> None:
+        for s in np.asarray(slots).tolist():
+            self._blocked.setdefault(s, reason)
+
+    def block_inputs(self, node: fx.Node, reason: str) -> None:
+        for lay in self.tensor_layouts(node):
+            self.block(lay.slots, reason)
+
+    def inexact(self, slots: np.ndarray, reason: str) -> None:
+        for s in slots.tolist():
+            self._inexact.setdefault(s, reason)
+
+    def consume(self, slots: np.ndarray, name: str) -> None:
+        self._consumers.append((slots, name))
+
+    def edit(self, edit: Any) -> None:
+        self.edits.append(edit)
+
+    # ----------------------------------------------------------------- summaries
+    def blocked_reasons(self, roots: np.ndarray) -> dict[int, str]:
+        out: dict[int, str] = {}
+        for s, why in sorted(self._blocked.items()):
+            out.setdefault(int(roots[s]), why)
+        return out
+
+    def inexact_reasons(self, roots: np.ndarray) -> dict[int, str]:
+        out: dict[int, str] = {}
+        for s, why in sorted(self._inexact.items()):
+            out.setdefault(int(roots[s]), why)
+        return out
+
+    def consumers_by_group(self, group_of_slot: np.ndarray) -> dict[int, list[str]]:
+        """Names of the ops reading each group, in graph order."""
+        out: dict[int, list[str]] = {}
+        for slots, name in self._consumers:
+            for gid in np.unique(group_of_slot[slots]).tolist():
+                names = out.setdefault(gid, [])
+                if gid >= 0 and name not in names:
+                    names.append(name)
+        return out
+
+
+def _flat_args(node: fx.Node) -> Iterator[Any]:
+    stack = list(node.args) + list(node.kwargs.values())
+    while stack:
+        a = stack.pop(0)
+        if isinstance(a, (list, tuple)):
+            stack[:0] = list(a)
+        elif isinstance(a, dict):
+            stack[:0] = list(a.values())
+        else:
+            yield a
+
+
+def _flat_layouts(lay: Any) -> Iterator[Layout]:
+    if isinstance(lay, Layout):
+        yield lay
+    elif isinstance(lay, (list, tuple)):
+        for item in lay:
+            yield from _flat_layouts(item)

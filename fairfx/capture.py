@@ -1,0 +1,197 @@
+"""Capture: trace a model into a torch.fx GraphModule with shapes and constants recorded.
+
+Capture never touches the caller's model: it traces a copy. Modules stay modules (leaf calls in
+the graph), so the captured and the pruned GraphModule keep train/eval behaviour (BatchNorm,
+Dropout) and keep training like the original. The graph is traced in eval mode, because
+training-only branches (Inception's auxiliary logits) are not part of a deployed model; the copy
+is put back in the caller's mode afterwards.
+
+Every node gets ``node.meta["fairfx_shape"]`` (a tuple for tensors, None otherwise) and
+``node.meta["fairfx_value"]`` for small non-tensor values (ints, sizes, slices) so later passes can
+evaluate shape arithmetic without re-running the model. Capture does not depend on autograd:
+frozen parameters and ``requires_grad=False`` models trace the same way.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.fx as fx
+from torch import nn
+
+from .errors import CaptureError
+
+# torchvision modules whose forward is channel-separable and whose behaviour depends on
+# ``self.training``: tracing into them would freeze the eval branch into the graph.
+_EXTRA_LEAVES: tuple[type[nn.Module], ...] = ()
+try:  # pragma: no branch - torchvision is a dependency, but keep capture usable without it
+    from torchvision.ops import StochasticDepth
+
+    _EXTRA_LEAVES = (StochasticDepth,)
+except ImportError:  # pragma: no cover
+    pass
+
+
+class _Tracer(fx.Tracer):
+    """Default torch.nn leaves plus channel-agnostic modules with train-only behaviour."""
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        if isinstance(m, _EXTRA_LEAVES):
+            return True
+        return super().is_leaf_module(m, module_qualified_name)
+
+
+@dataclass
+class Captured:
+    """A traced copy of the user's model with its example inputs."""
+
+    gm: fx.GraphModule
+    inputs: tuple[Any, ...]
+
+
+def as_inputs(example_input: Any) -> tuple[Any, ...]:
+    """Normalise the example input to the positional-argument tuple of ``forward``."""
+    if isinstance(example_input, tuple):
+        return example_input
+    if isinstance(example_input, list) and not isinstance(example_input, torch.Tensor):
+        return tuple(example_input)
+    return (example_input,)
+
+
+def capture(model: nn.Module, example_input: Any) -> Captured:
+    """Trace a copy of ``model`` and record shapes and constant values on every node."""
+    if not isinstance(model, nn.Module):
+        raise CaptureError(
+            f"fairfx expects a torch.nn.Module, got {type(model).__name__}; wrap a function in a "
+            "Module whose forward calls it."
+        )
+    inputs = as_inputs(example_input)
+    if not any(isinstance(t, torch.Tensor) for t in inputs):
+        raise CaptureError("example_input must be a tensor or a tuple holding at least one tensor.")
+    was_training = model.training
+    work = copy.deepcopy(model, _share_tensors(model))
+    work.eval()
+    gm = work if isinstance(work, fx.GraphModule) else _trace(work)
+    record_shapes(gm, inputs)
+    gm.train(was_training)
+    return Captured(gm=gm, inputs=inputs)
+
+
+def _share_tensors(model: nn.Module, device: str | None = None) -> dict[int, Any]:
+    """A deepcopy memo that copies the module tree but shares (or moves) its tensors.
+
+    Capture only reads weights, and the rewrite deep-copies before it changes anything, so the
+    structure is copied (train/eval flags can be set freely) without paying for the weights.
+    """
+    memo: dict[int, Any] = {}
+    for t in list(model.parameters()) + list(model.buffers()):
+        if device is None:
+            memo[id(t)] = t
+        elif isinstance(t, nn.Parameter):
+            memo[id(t)] = nn.Parameter(t.detach().to(device), requires_grad=t.requires_grad)
+        else:
+            memo[id(t)] = t.to(device)
+    return memo
+
+
+def _trace(model: nn.Module) -> fx.GraphModule:
+    tracer = _Tracer()
+    try:
+        graph = tracer.trace(model)
+    except Exception as exc:  # fx raises many types (TraceError, TypeError, ...)
+        raise CaptureError(_explain_trace_failure(model, exc)) from exc
+    name = type(model).__name__
+    return fx.GraphModule(tracer.root, graph, name)
+
+
+def _explain_trace_failure(model: nn.Module, exc: Exception) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    hint = (
+        "torch.fx cannot trace this construct. Fixes: make the offending submodule a leaf "
+        "(trace it yourself with a torch.fx.Tracer whose is_leaf_module returns True for it and "
+        "pass the resulting GraphModule), move data-dependent Python control flow out of "
+        "forward, or wrap the function with torch.fx.wrap."
+    )
+    if "symbolically traced variables cannot be used as inputs to control flow" in text:
+        hint = (
+            "forward branches on a tensor value (an `if` or loop on a tensor). Fix: make that "
+            "submodule a leaf module, or trace with concrete_args for the argument that decides "
+            "the branch, and pass the resulting torch.fx.GraphModule to fairfx."
+        )
+    return f"could not trace {type(model).__name__}: {type(exc).__name__}: {text}. {hint}"
+
+
+def _describe(value: Any) -> tuple[tuple[int, ...] | None, Any]:
+    if isinstance(value, torch.Tensor):
+        return tuple(value.shape), None
+    if isinstance(value, (int, float, bool, str, slice, torch.Size, type(None))):
+        return None, value
+    if isinstance(value, (tuple, list)) and all(
+        isinstance(v, (int, float, bool, slice, type(None), type(Ellipsis))) for v in value
+    ):
+        return None, value
+    if isinstance(value, (tuple, list)):
+        shapes = tuple(tuple(v.shape) if isinstance(v, torch.Tensor) else None for v in value)
+        return shapes, None  # type: ignore[return-value]
+    return None, None
+
+
+class _Recorder(fx.Interpreter):
+    """Runs the graph once and stores shapes and small constants in ``node.meta``."""
+
+    def run_node(self, n: fx.Node) -> Any:
+        try:
+            result = super().run_node(n)
+        except Exception as exc:
+            raise CaptureError(
+                f"running node {n.name!r} ({n.op} {n.target}) on the example input failed: "
+                f"{type(exc).__name__}: {exc}. Check that example_input has the shape and dtype "
+                "the model expects."
+            ) from exc
+        shape, value = _describe(result)
+        n.meta["fairfx_shape"] = shape
+        n.meta["fairfx_value"] = value
+        n.meta["fairfx_dtype"] = result.dtype if isinstance(result, torch.Tensor) else None
+        return result
+
+
+@torch.no_grad()
+def record_shapes(gm: fx.GraphModule, inputs: Sequence[Any], *, fake: bool = True) -> Any:
+    """Run ``gm`` on ``inputs`` in eval mode, annotating every node; return the output.
+
+    By default the run uses meta tensors (shapes without data), then fake tensors, so capturing a
+    large model on a large input costs no arithmetic. Graphs whose ops support neither are run on
+    the real inputs.
+    """
+    was_training = gm.training
+    gm.eval()
+    try:
+        if fake:
+            for run in (_meta_run, _fake_run):
+                try:
+                    return run(gm, inputs)
+                except CaptureError:
+                    pass
+        return _Recorder(gm).run(*inputs)
+    finally:
+        gm.train(was_training)
+
+
+def _meta_run(gm: fx.GraphModule, inputs: Sequence[Any]) -> Any:
+    """Shapes from the meta device: no data, no arithmetic, the cheapest way to propagate."""
+    meta_root = copy.deepcopy(gm, _share_tensors(gm, "meta"))
+    meta_inputs = [t.to("meta") if isinstance(t, torch.Tensor) else t for t in inputs]
+    return _Recorder(meta_root, graph=gm.graph).run(*meta_inputs)
+
+
+def _fake_run(gm: fx.GraphModule, inputs: Sequence[Any]) -> Any:
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    mode = FakeTensorMode(allow_non_fake_inputs=True)
+    fake_inputs = [mode.from_tensor(t) if isinstance(t, torch.Tensor) else t for t in inputs]
+    with mode:
+        return _Recorder(gm).run(*fake_inputs)

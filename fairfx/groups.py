@@ -1,0 +1,237 @@
+"""Channel groups: the public view of the channel pass, and plans expressed against it.
+
+A *group* is a connected set of producers whose channels are tied by coupling ops (a residual
+stream, a conv and its depthwise followers). Its *units* are the equivalence classes of slots it
+holds, ordered by their first slot, so unit ``i`` of a plain conv is its output channel ``i``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import networkx as nx
+import numpy as np
+import torch
+
+from .analysis import ChannelAnalysis
+from .capture import capture
+from .errors import PlanError
+from .slots import Layout
+
+
+@dataclass(frozen=True)
+class ChannelGroup:
+    """Channels that are kept or removed together, as reported to users.
+
+    Attributes:
+        id: position of the group in graph order.
+        size: number of prunable units (a grouped conv's columns count once).
+        producers: qualified names of the modules (or weight parameters) that create the channels.
+        consumers: modules and ops that read them.
+        prunable: whether a plan may remove units of this group.
+        reason: why not, when ``prunable`` is False.
+        exact: False when pruning also changes a normalization's statistics (LayerNorm over the
+            channels); ``fairfx.verify`` then checks the rewrite against renormalized masking.
+        note: what makes the group inexact, if it is.
+    """
+
+    id: int
+    size: int
+    producers: tuple[str, ...]
+    consumers: tuple[str, ...]
+    prunable: bool
+    reason: str | None
+    exact: bool = True
+    note: str | None = None
+
+
+class ChannelGraph:
+    """Groups of one captured model, with the conversions between channels, units and slots."""
+
+    def __init__(self, analysis: ChannelAnalysis) -> None:
+        self.analysis = analysis
+        roots = analysis.table.roots()
+        self.roots = roots
+        blocked = analysis.blocked_reasons(roots)
+        inexact = analysis.inexact_reasons(roots)
+        index = analysis.producer_index
+        comps = sorted(
+            nx.connected_components(analysis.coupling), key=lambda c: min(index[n] for n in c)
+        )
+        self.groups: list[ChannelGroup] = []
+        self.group_classes: list[np.ndarray] = []
+        self.group_of_producer: dict[str, int] = {}
+        for gid, comp in enumerate(comps):
+            names = sorted(comp, key=index.__getitem__)
+            slots = np.concatenate([analysis.producers[index[n]].slots for n in names])
+            classes = np.unique(roots[slots])
+            reasons = [blocked[c] for c in classes.tolist() if c in blocked]
+            notes = [inexact[c] for c in classes.tolist() if c in inexact]
+            reason = reasons[0] if reasons else None
+            if reason is None and len(classes) < 2:
+                reason = "has a single unit, which must stay"
+            self.groups.append(
+                ChannelGroup(
+                    id=gid,
+                    size=len(classes),
+                    producers=tuple(names),
+                    consumers=(),
+                    prunable=reason is None,
+                    reason=reason,
+                    exact=not notes,
+                    note=notes[0] if notes else None,
+                )
+            )
+            self.group_classes.append(classes)
+            for n in names:
+                self.group_of_producer[n] = gid
+        self._attach_consumers()
+
+    def _attach_consumers(self) -> None:
+        group_of_root = np.full(len(self.roots), -1, dtype=np.int64)
+        for gid, classes in enumerate(self.group_classes):
+            group_of_root[classes] = gid
+        readers = self.analysis.consumers_by_group(group_of_root[self.roots])
+        self.groups = [
+            dataclasses.replace(g, consumers=tuple(readers.get(g.id, ()))) for g in self.groups
+        ]
+
+    # ------------------------------------------------------------------ plans
+    def kept_slots(self, units: Mapping[int, Sequence[int]]) -> np.ndarray:
+        """Slot keep-mask for a plan given as ``{group id: unit indices to keep}``."""
+        kept_root = np.ones(len(self.roots), dtype=bool)
+        for gid, keep in units.items():
+            group = self.groups[gid]
+            idx = _indices(keep, group.size, f"group {gid}")
+            if not group.prunable and len(idx) != group.size:
+                raise PlanError(
+                    f"group {gid} ({group.producers[0]}) is not prunable: {group.reason}"
+                )
+            classes = self.group_classes[gid]
+            kept_root[classes] = False
+            kept_root[classes[idx]] = True
+        return kept_root[self.roots]
+
+    def units_from_keep(self, keep: Mapping[str, Sequence[int]]) -> dict[int, np.ndarray]:
+        """Translate ``{producer name: output channels to keep}`` into kept units per group."""
+        a = self.analysis
+        chosen: dict[int, dict[int, bool]] = {}
+        origin: dict[int, str] = {}
+        for name, channels in keep.items():
+            if name not in a.producer_index:
+                raise PlanError(
+                    f"{name!r} is not a producer of prunable channels; valid names include "
+                    f"{', '.join(sorted(a.producer_index)[:8])} (see fairfx.channel_groups)"
+                )
+            prod = a.producers[a.producer_index[name]]
+            gid = self.group_of_producer[name]
+            group = self.groups[gid]
+            idx = _indices(channels, len(prod.slots), repr(name))
+            if not group.prunable and len(idx) != len(prod.slots):
+                raise PlanError(f"channels of {name!r} cannot be pruned: the group {group.reason}")
+            mask = np.zeros(len(prod.slots), dtype=bool)
+            mask[idx] = True
+            roots = self.roots[prod.slots]
+            split = np.intersect1d(roots[mask], roots[~mask])
+            if len(split):
+                pair = np.flatnonzero(roots == split[0])[:2].tolist()
+                raise PlanError(
+                    f"keep for {name!r} separates channels {pair[0]} and {pair[1]}, which are "
+                    "one unit (tied by a grouped conv, a channel split or a shared parameter); "
+                    "keep or remove them together"
+                )
+            state = chosen.setdefault(gid, {})
+            for r, k in zip(roots.tolist(), mask.tolist(), strict=True):
+                if state.setdefault(r, k) != k:
+                    raise PlanError(
+                        f"{name!r} and {origin[gid]!r} produce the same channel group but their "
+                        "keep lists disagree; name one producer per group or give matching lists"
+                    )
+            origin.setdefault(gid, name)
+        units: dict[int, np.ndarray] = {}
+        for gid, state in chosen.items():
+            classes = self.group_classes[gid]
+            keep_mask = np.array([state.get(c, True) for c in classes.tolist()], dtype=bool)
+            units[gid] = np.flatnonzero(keep_mask)
+        return units
+
+    def empty_tensors(self, kept_slot: np.ndarray) -> list[tuple[str, np.ndarray]]:
+        """Tensors a plan would leave without any channel (a split piece, a concat branch)."""
+        out = []
+        for name, lay in self.analysis.layouts.items():
+            for item in _iter_layouts(lay):
+                if item.size and not kept_slot[item.slots].any():
+                    out.append((name, item.slots))
+        return out
+
+    def restore_empty(
+        self, units: Mapping[int, Sequence[int]], score: np.ndarray | None = None
+    ) -> dict[int, np.ndarray]:
+        """Add back, for every tensor a plan would empty, its best unit (highest ``score`` over
+        slots, else its first). Planners call this so a plan never needs a by-hand fix."""
+        plan = {g: np.asarray(u) for g, u in units.items()}
+        while True:
+            empty = self.empty_tensors(self.kept_slots(plan))
+            if not empty:
+                return plan
+            _, slots = empty[0]
+            best = slots[int(np.argmax(score[slots]))] if score is not None else slots[0]
+            root = self.roots[best]
+            gid = next(g for g, c in enumerate(self.group_classes) if root in c)
+            unit = int(np.searchsorted(self.group_classes[gid], root))
+            plan[gid] = np.union1d(plan.get(gid, np.arange(self.groups[gid].size)), [unit])
+
+    def keep_from_units(self, units: Mapping[int, Sequence[int]]) -> dict[str, list[int]]:
+        """The ``{producer: channels}`` form of a unit plan (every producer of each group)."""
+        kept_slot = self.kept_slots(units)
+        out: dict[str, list[int]] = {}
+        for gid in sorted(units):
+            for name in self.groups[gid].producers:
+                prod = self.analysis.producers[self.analysis.producer_index[name]]
+                out[name] = np.flatnonzero(kept_slot[prod.slots]).tolist()
+        return out
+
+    def unit_index(self, gid: int, slots: np.ndarray) -> np.ndarray:
+        """Unit index (within group ``gid``) of each slot; -1 for slots of other groups."""
+        classes = self.group_classes[gid]
+        r = self.roots[slots]
+        pos = np.searchsorted(classes, r)
+        pos = np.clip(pos, 0, len(classes) - 1)
+        return np.where(classes[pos] == r, pos, -1)
+
+
+def _iter_layouts(lay: Any):
+    if isinstance(lay, Layout):
+        yield lay
+    elif isinstance(lay, tuple):
+        for item in lay:
+            yield from _iter_layouts(item)
+
+
+def _indices(values: Sequence[int] | Any, size: int, what: str) -> np.ndarray:
+    if isinstance(values, torch.Tensor):
+        values = values.tolist()
+    arr = np.asarray(list(values))
+    if arr.size == 0:
+        raise PlanError(f"keep list for {what} is empty; at least one channel must stay")
+    if not np.issubdtype(arr.dtype, np.integer):
+        raise PlanError(f"keep list for {what} must hold integer indices, got {arr.dtype}")
+    if arr.min() < 0 or arr.max() >= size:
+        raise PlanError(f"keep list for {what} has indices outside [0, {size}): {arr.tolist()}")
+    uniq = np.unique(arr)
+    if len(uniq) != len(arr):
+        raise PlanError(f"keep list for {what} repeats indices")
+    return uniq
+
+
+def build(model: torch.nn.Module, example_input: Any) -> ChannelGraph:
+    """Capture ``model`` and run the channel pass: the shared first step of every entry point."""
+    return ChannelGraph(ChannelAnalysis(capture(model, example_input)))
+
+
+def channel_groups(model: torch.nn.Module, example_input: Any) -> list[ChannelGroup]:
+    """Every channel group of ``model``: size, producers, consumers, prunable or why not."""
+    return list(build(model, example_input).groups)

@@ -1,0 +1,162 @@
+"""Rules shared by modules, functions and methods: pass-through, coupling, reductions, blocking."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch.fx as fx
+
+from ..analysis import ChannelAnalysis
+from ..edits import ParamEdit
+from ..slots import Layout
+
+
+def describe(a: ChannelAnalysis, node: fx.Node) -> str:
+    """How an op is named in messages: the module type and path, or the function name."""
+    if node.op == "call_module":
+        return f"{type(a.module(node.target)).__name__} module '{node.target}'"
+    if node.op == "call_method":
+        return f"tensor method .{node.target}() at node '{node.name}'"
+    name = getattr(node.target, "__name__", str(node.target))
+    return f"function {name}() at node '{node.name}'"
+
+
+def unknown(a: ChannelAnalysis, node: fx.Node) -> None:
+    """No rule: keep every channel that reaches the op; never guess."""
+    a.block_inputs(node, f"flows into {describe(a, node)}, which has no channel rule")
+    return None
+
+
+def no_channels(a: ChannelAnalysis, node: fx.Node) -> None:
+    """Shape queries and scalar arithmetic: the result carries no channels."""
+    return None
+
+
+def first_tensor(node: fx.Node) -> Any:
+    return node.args[0] if node.args else next(iter(node.kwargs.values()), None)
+
+
+def passthrough(a: ChannelAnalysis, node: fx.Node) -> Layout | None:
+    """Channel-separable ops that keep the shape (activations, dropout, identity, casts)."""
+    x = first_tensor(node)
+    lay = a.layout(x)
+    if lay is None:
+        return None
+    if a.shape(node) is None or len(a.shape(node)) != len(a.shape(x) or ()):
+        return unknown(a, node)
+    if a.shape(node)[lay.dim] != lay.size:
+        return unknown(a, node)
+    return lay
+
+
+def spatial(a: ChannelAnalysis, node: fx.Node) -> Layout | None:
+    """Pooling, upsampling and padding of an NC... tensor: channel axis 1 passes through."""
+    x = first_tensor(node)
+    lay = a.layout(x)
+    if lay is None:
+        return None
+    out = a.shape(node)
+    if lay.dim != 1 or out is None or len(out) < 2 or out[1] != lay.size:
+        return unknown(a, node)
+    return lay
+
+
+def couple(
+    a: ChannelAnalysis, node: fx.Node, tensors: list[Any], out_shape: tuple[int, ...]
+) -> Layout | None:
+    """Tensors combined position by position (add, mul, where, cat on another axis).
+
+    Laid-out operands must put their channels on the same output axis; their slots are unioned.
+    An operand without channels that varies along that axis is sliced when it is a parameter
+    (layer scale, position embedding) and blocks the group otherwise.
+    """
+    rank = len(out_shape)
+    laid: list[tuple[Layout, int]] = []
+    plain: list[tuple[Any, tuple[int, ...]]] = []
+    for t in tensors:
+        lay, shp = a.layout(t), a.shape(t)
+        if lay is not None and shp is not None:
+            laid.append((lay, lay.dim + rank - len(shp)))
+        elif shp is not None:
+            plain.append((t, shp))
+    if not laid:
+        return None
+    dims = {d for _, d in laid}
+    if len(dims) > 1:
+        for lay, _ in laid:
+            a.block(lay.slots, f"{describe(a, node)} combines channels from different axes")
+        return None
+    d = dims.pop()
+    ref: np.ndarray | None = None
+    for lay, _ in laid:
+        if lay.size != out_shape[d]:
+            a.block(lay.slots, f"{describe(a, node)} broadcasts a {lay.size}-channel tensor")
+        elif ref is None:
+            ref = lay.slots
+        else:
+            a.union(ref, lay.slots)
+    if ref is None:
+        return None
+    for t, shp in plain:
+        pd = d - (rank - len(shp))
+        if pd < 0 or shp[pd] == 1:
+            continue
+        target = a.param(t)
+        if target is None:
+            a.block(ref, f"{describe(a, node)} mixes in a per-channel tensor of unknown origin")
+            return None
+        a.edit(ParamEdit(target, pd, ref))
+        a.share(target, f"dim{pd}", ref)
+    return Layout(d, ref)
+
+
+def elementwise(a: ChannelAnalysis, node: fx.Node) -> Layout | None:
+    """Broadcasting arithmetic: add, sub, mul, div, where, maximum, in-place variants."""
+    out = a.shape(node)
+    tensors = [t for t in list(node.args) + list(node.kwargs.values()) if isinstance(t, fx.Node)]
+    if out is None:
+        return unknown(a, node) if any(a.layout(t) is not None for t in tensors) else None
+    return couple(a, node, tensors, out)
+
+
+def reduce_dims(a: ChannelAnalysis, node: fx.Node) -> Layout | None:
+    """mean/sum/amax over axes: fine over spatial axes, blocks when the channel axis is reduced."""
+    x = first_tensor(node)
+    lay, shp = a.layout(x), a.shape(x)
+    if lay is None:
+        return None
+    dim = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else None)
+    dim = a.value(dim)
+    if dim is None or shp is None:
+        return unknown(a, node)
+    dims = {(d + len(shp)) % len(shp) for d in (dim if isinstance(dim, (list, tuple)) else [dim])}
+    if lay.dim in dims:
+        return unknown(a, node)
+    keepdim = bool(
+        a.value(node.kwargs.get("keepdim", node.args[2] if len(node.args) > 2 else False))
+    )
+    shift = 0 if keepdim else sum(1 for d in dims if d < lay.dim)
+    return Layout(lay.dim - shift, lay.slots)
+
+
+def along_dim(a: ChannelAnalysis, node: fx.Node) -> Layout | None:
+    """softmax/log_softmax/cumsum along one axis: pass-through unless it is the channel axis."""
+    x = first_tensor(node)
+    lay, shp = a.layout(x), a.shape(x)
+    if lay is None:
+        return None
+    dim = a.value(node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else None))
+    if not isinstance(dim, int) or shp is None or (dim + len(shp)) % len(shp) == lay.dim:
+        return unknown(a, node)
+    return passthrough(a, node)
+
+
+def param_alias(a: ChannelAnalysis, node: fx.Node) -> Layout | None:
+    """expand/to/contiguous of a parameter stay that parameter (right-aligned) for slicing."""
+    x = first_tensor(node)
+    target = a.param(x)
+    shp_in, shp_out = a.shape(x), a.shape(node)
+    if target is not None and shp_in is not None and shp_out is not None:
+        a.param_src[node.name] = target
+    return None if a.layout(x) is None else passthrough(a, node)

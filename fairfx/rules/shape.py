@@ -1,0 +1,299 @@
+"""Shape ops solved on index tensors: view, reshape, flatten, permute, getitem, pixel shuffle, ...
+
+Instead of one rule per shape op, the op is run on a tensor whose values are channel *positions*
+and the result says where each position landed. An output axis ``u`` can carry the channels when
+the positions found along it form disjoint sets; positions in one set are tied together (a channel
+axis split into (a, b) makes column j of every block one unit, pixel shuffle ties r*r channels).
+Among valid axes the finest one wins. Size constants in the op's arguments are rewritten from the
+plan: the channel axis's size becomes the number of kept positions along it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import operator
+from typing import Any
+
+import numpy as np
+import torch
+import torch.fx as fx
+
+from ..analysis import ChannelAnalysis
+from ..edits import ArgEdit
+from ..slots import Layout
+from .common import couple, describe, unknown
+
+# Ops whose extra arguments are sizes aligned with the output axes: index of first size arg.
+_SIZE_ARGS = {"view": 1, "reshape": 1, "expand": 1, torch.reshape: 1}
+
+
+def _concrete(a: ChannelAnalysis, arg: Any, x: fx.Node, probe: torch.Tensor) -> Any:
+    if arg is x:
+        return probe
+    if isinstance(arg, fx.Node):
+        return a.value(arg)
+    if isinstance(arg, (list, tuple)):
+        return type(arg)(_concrete(a, v, x, probe) for v in arg)
+    return arg
+
+
+def _run_probe(a: ChannelAnalysis, node: fx.Node, x: fx.Node, probe: torch.Tensor) -> Any:
+    args = _concrete(a, node.args, x, probe)
+    kwargs = {k: _concrete(a, v, x, probe) for k, v in node.kwargs.items()}
+    if node.op == "call_method":
+        return getattr(args[0], node.target)(*args[1:], **kwargs)
+    if node.op == "call_module":
+        return a.module(node.target)(*args, **kwargs)
+    return node.target(*args, **kwargs)
+
+
+def _position_probe(shape: tuple[int, ...], dim: int) -> torch.Tensor:
+    view = [1] * len(shape)
+    view[dim] = shape[dim]
+    return torch.arange(shape[dim], dtype=torch.long).view(view).expand(shape).contiguous()
+
+
+def _varies(out: torch.Tensor, u: int) -> bool:
+    n = out.shape[u]
+    return n > 1 and bool((out.narrow(u, 1, n - 1) != out.narrow(u, 0, n - 1)).any())
+
+
+def _channel_axis(out: torch.Tensor) -> tuple[int, list[np.ndarray]] | None:
+    """The finest output axis along which channel positions form disjoint sets."""
+    best: tuple[int, list[np.ndarray]] | None = None
+    for u in range(out.dim()):
+        if not _varies(out, u):
+            continue
+        rows = out.movedim(u, 0).reshape(out.shape[u], -1)
+        lo, hi = rows.min(dim=1).values, rows.max(dim=1).values
+        if bool((lo == hi).all()):
+            sets = [np.array([v]) for v in lo.tolist()]
+        else:
+            sets = [np.unique(r.numpy()) for r in rows]
+            allpos = np.concatenate(sets)
+            if len(np.unique(allpos)) != len(allpos):
+                continue
+        if best is None or len(sets) > len(best[1]):
+            best = (u, sets)
+    return best
+
+
+# Axis permutations move the channel axis without looking at other sizes: probe a thin tensor.
+_PERMUTATIONS = {"permute", "transpose", "movedim", "swapaxes", "t", torch.permute}
+_PERMUTATIONS |= {torch.transpose, torch.movedim}
+
+
+def index_shape(a: ChannelAnalysis, node: fx.Node) -> Layout | None:
+    """view/reshape/flatten/permute/transpose/squeeze/unsqueeze/expand/pixel (un)shuffle."""
+    x = node.args[0] if node.args else None
+    lay = a.layout(x)
+    target = a.param(x)
+    if target is not None and (node.target in ("expand", "expand_as", "contiguous")):
+        a.param_src[node.name] = target
+    if lay is None:
+        return None
+    shp = a.shape(x)
+    if shp is None or a.shape(node) is None:
+        return unknown(a, node)
+    if node.target in _PERMUTATIONS:
+        shp = tuple(n if i == lay.dim else 1 for i, n in enumerate(shp))
+    out = _run_probe(a, node, x, _position_probe(shp, lay.dim))
+    found = _channel_axis(out)
+    if found is None:
+        a.block(lay.slots, f"{describe(a, node)} reshapes the channel axis away")
+        return None
+    u, sets = found
+    for group in sets:
+        if len(group) > 1:
+            a.union(np.repeat(lay.slots[group[0]], len(group) - 1), lay.slots[group[1:]])
+    slots = np.array([lay.slots[g[0]] for g in sets], dtype=np.int64)
+    first = _SIZE_ARGS.get(node.target)
+    if first is not None:
+        a.edit(ArgEdit(node.name, _size_rewriter(first, u, slots)))
+    return Layout(u, slots)
+
+
+def _size_rewriter(first: int, u: int, slots: np.ndarray):
+    def rewrite(n: fx.Node, kept_slot: np.ndarray) -> None:
+        args = list(n.args)
+        sizes = args[first:]
+        packed = len(sizes) == 1 and isinstance(sizes[0], (list, tuple))
+        sizes = list(sizes[0]) if packed else sizes
+        if u < len(sizes) and isinstance(sizes[u], int) and sizes[u] != -1:
+            sizes[u] = int(kept_slot[slots].sum())
+        args[first:] = [tuple(sizes)] if packed else sizes
+        n.args = tuple(args)
+
+    return rewrite
+
+
+# ----------------------------------------------------------------------------- getitem
+
+
+def getitem(a: ChannelAnalysis, node: fx.Node) -> Any:
+    container, index = node.args
+    lay = a.layout(container)
+    if isinstance(lay, (list, tuple)):
+        return lay[index] if isinstance(index, int) else unknown(a, node)
+    if lay is None:
+        return None
+    shp = a.shape(container)
+    idx = index if isinstance(index, tuple) else (index,)
+    entry = _entry_for_dim(idx, lay.dim, len(shp)) if shp is not None else ("bad", None)
+    kind, pos = entry
+    if kind == "bad":
+        return unknown(a, node)
+    value = idx[pos] if pos is not None else None
+    if isinstance(value, int):
+        chan = value % lay.size
+        a.block(lay.slots[chan : chan + 1], f"{describe(a, node)} selects channel {chan}")
+        a.edit(ArgEdit(node.name, _int_rewriter(pos, chan, lay.slots)))
+        return None
+    if isinstance(value, slice):
+        start, stop, step = value.indices(lay.size)
+        if step != 1:
+            return unknown(a, node)
+        a.edit(ArgEdit(node.name, _slice_rewriter(pos, start, stop, lay.slots)))
+    elif value is not None:
+        return unknown(a, node)
+    return index_shape(a, node)
+
+
+def _entry_for_dim(idx: tuple[Any, ...], dim: int, rank: int) -> tuple[str, int | None]:
+    """Which entry of an index tuple addresses input axis ``dim``."""
+    if any(isinstance(v, fx.Node) for v in idx):
+        return "bad", None
+    consumed = sum(1 for v in idx if v is not None and v is not Ellipsis)
+    axis = 0
+    for pos, v in enumerate(idx):
+        if v is None:
+            continue
+        if v is Ellipsis:
+            axis += rank - consumed
+            if axis > dim:
+                return "free", None
+            continue
+        if axis == dim:
+            return "entry", pos
+        axis += 1
+    return "free", None
+
+
+def _int_rewriter(pos: int, chan: int, slots: np.ndarray):
+    def rewrite(n: fx.Node, kept_slot: np.ndarray) -> None:
+        idx = n.args[1] if isinstance(n.args[1], tuple) else (n.args[1],)
+        new = list(idx)
+        new[pos] = int(kept_slot[slots[:chan]].sum())
+        n.args = (n.args[0], tuple(new) if isinstance(n.args[1], tuple) else new[0])
+
+    return rewrite
+
+
+def _slice_rewriter(pos: int, start: int, stop: int, slots: np.ndarray):
+    def rewrite(n: fx.Node, kept_slot: np.ndarray) -> None:
+        idx = n.args[1] if isinstance(n.args[1], tuple) else (n.args[1],)
+        keep = kept_slot[slots]
+        new = list(idx)
+        new[pos] = slice(int(keep[:start].sum()), int(keep[:stop].sum()), None)
+        n.args = (n.args[0], tuple(new) if isinstance(n.args[1], tuple) else new[0])
+
+    return rewrite
+
+
+# ----------------------------------------------------------------------------- cat / split
+
+
+def _dim_arg(a: ChannelAnalysis, node: fx.Node, pos: int, default: int) -> Any:
+    return a.value(node.kwargs.get("dim", node.args[pos] if len(node.args) > pos else default))
+
+
+def cat(a: ChannelAnalysis, node: fx.Node) -> Layout | None:
+    """Concatenation along the channel axis offsets each part; along another axis it couples."""
+    tensors = list(node.args[0] if node.args else node.kwargs["tensors"])
+    out = a.shape(node)
+    if out is None:
+        return unknown(a, node)
+    dim = _dim_arg(a, node, 1, 0) % len(out)
+    lays = [a.layout(t) for t in tensors]
+    if all(lay is None for lay in lays):
+        return None
+    if not any(lay is not None and lay.dim == dim for lay in lays):
+        return couple(a, node, tensors, out)
+    parts = []
+    for t, lay in zip(tensors, lays, strict=True):
+        if lay is not None and lay.dim == dim:
+            parts.append(lay.slots)
+            continue
+        if lay is not None:
+            a.block(lay.slots, f"{describe(a, node)} concatenates it across its channel axis")
+        size = a.shape(t)[dim]
+        parts.append(a.untracked(size, f"concatenated by {describe(a, node)} with untracked data"))
+    return Layout(dim, np.concatenate(parts))
+
+
+def split(a: ChannelAnalysis, node: fx.Node) -> Any:
+    """split/chunk along the channel axis: each piece keeps its slots; sizes come from the plan."""
+    x = node.args[0]
+    lay, shp = a.layout(x), a.shape(x)
+    pieces = node.meta.get("fairfx_shape")
+    if lay is None:
+        return None
+    if shp is None or not isinstance(pieces, tuple) or any(p is None for p in pieces):
+        return unknown(a, node)
+    dim = _dim_arg(a, node, 2, 0) % len(shp)
+    if dim != lay.dim:
+        return tuple(lay for _ in pieces)
+    bounds = np.cumsum([0] + [p[dim] for p in pieces])
+    chunks = [lay.slots[s:e] for s, e in itertools.pairwise(bounds)]
+    a.edit(ArgEdit(node.name, _split_rewriter(chunks, dim)))
+    return tuple(Layout(dim, c) for c in chunks)
+
+
+def _split_rewriter(chunks: list[np.ndarray], dim: int):
+    def rewrite(n: fx.Node, kept_slot: np.ndarray) -> None:
+        sizes = [int(kept_slot[c].sum()) for c in chunks]
+        if n.op == "call_method":
+            n.target = "split"
+        else:
+            n.target = torch.split
+        n.args = (n.args[0], sizes, dim)
+        n.kwargs = {}
+
+    return rewrite
+
+
+RULES: dict[Any, Any] = {
+    operator.getitem: getitem,
+    torch.cat: cat,
+    torch.concat: cat,
+    torch.split: split,
+    torch.chunk: split,
+    torch.flatten: index_shape,
+    torch.reshape: index_shape,
+    torch.permute: index_shape,
+    torch.transpose: index_shape,
+    torch.squeeze: index_shape,
+    torch.unsqueeze: index_shape,
+    torch.movedim: index_shape,
+    torch.nn.functional.pixel_shuffle: index_shape,
+    torch.nn.functional.pixel_unshuffle: index_shape,
+    torch.channel_shuffle: index_shape,
+}
+
+METHOD_RULES: dict[str, Any] = {
+    name: index_shape
+    for name in (
+        "view",
+        "reshape",
+        "flatten",
+        "unflatten",
+        "permute",
+        "transpose",
+        "squeeze",
+        "unsqueeze",
+        "expand",
+        "movedim",
+        "t",
+        "swapaxes",
+    )
+} | {"split": split, "chunk": split}
