@@ -59,7 +59,12 @@ def _varies(out: torch.Tensor, u: int) -> bool:
 
 
 def _channel_axis(out: torch.Tensor) -> tuple[int, list[np.ndarray]] | None:
-    """The finest output axis along which channel positions form disjoint sets."""
+    """The finest output axis along which channel positions form disjoint sets.
+
+    Ties go to the innermost axis: in ``x.view(n, g, c // g, h, w)`` both axes split the
+    channels, and the size that user code computes from the tensor (``c // g``) is the inner
+    one, so choosing it leaves the literal ``g`` untouched and the computed size right.
+    """
     best: tuple[int, list[np.ndarray]] | None = None
     for u in range(out.dim()):
         if not _varies(out, u):
@@ -73,7 +78,7 @@ def _channel_axis(out: torch.Tensor) -> tuple[int, list[np.ndarray]] | None:
             allpos = np.concatenate(sets)
             if len(np.unique(allpos)) != len(allpos):
                 continue
-        if best is None or len(sets) > len(best[1]):
+        if best is None or len(sets) >= len(best[1]):
             best = (u, sets)
     return best
 

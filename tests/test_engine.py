@@ -1,0 +1,259 @@
+"""Channel groups, rewrite and oracle on one small model per rule."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.fx as fx
+from torch import nn
+
+import fairfx
+from fairfx import CaptureError, PlanError
+from fairfx.groups import build
+
+from .conftest import assert_same_state, prune_and_verify, state_snapshot
+from .models import CASES, Grouped, Unsupported
+
+
+def make(case: str):
+    cls, shape = CASES[case]
+    return cls().eval(), torch.randn(*shape)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("seed", [0, 1])
+def test_random_plan_passes_oracle(case: str, seed: int) -> None:
+    model, x = make(case)
+    snap = state_snapshot(model)
+    graph, _pruned, _ = prune_and_verify(model, x, seed=seed)
+    assert any(g.prunable for g in graph.groups)
+    assert_same_state(model, snap)
+
+
+def group_of(groups, producer):
+    return next(g for g in groups if producer in g.producers)
+
+
+def test_residual_add_and_sub_couple_producers() -> None:
+    model, x = make("residual")
+    groups = fairfx.channel_groups(model, x)
+    stream = group_of(groups, "stem.0")
+    assert set(stream.producers) == {"stem.0", "b", "sub"}
+    assert stream.size == 8 and stream.prunable
+    assert "a.0" in stream.consumers and "head" in stream.consumers
+    head = group_of(groups, "head")
+    assert not head.prunable and "output" in head.reason
+
+
+def test_cat_offsets_are_tracked_per_producer() -> None:
+    model, x = make("concat")
+    groups = fairfx.channel_groups(model, x)
+    p, q = group_of(groups, "p"), group_of(groups, "q")
+    assert p.id != q.id, "cat must not couple its inputs"
+    pruned = fairfx.prune(model, x, {"p": [0, 2, 5], "q": [1]})
+    # r reads [p(3), q(1), p(3), p(3)] = 10 kept of 22 input channels
+    assert pruned.get_submodule("r").in_channels == 10
+    assert fairfx.verify(model, pruned, x).passed
+
+
+def test_split_chunk_and_slice_sizes_are_rewritten() -> None:
+    model, x = make("split_chunk")
+    # q reads both a = x[:, 0:6] and x[:, 3:9]: its shared weights tie 0~3~6, 1~4~7, 2~5~8.
+    with pytest.raises(PlanError, match="one unit"):
+        fairfx.prune(model, x, {"p": [0, 1, 4, 6, 7, 9, 11]})
+    pruned = fairfx.prune(model, x, {"p": [0, 3, 6, 2, 5, 8, 9, 11]})
+    report = fairfx.verify(model, pruned, x)
+    assert report.passed, report
+    assert "split" in pruned.code
+
+
+def test_flatten_into_linear_rewrites_view_constant() -> None:
+    model, x = make("flatten_linear")
+    pruned = fairfx.prune(model, x, {"c.0": [1, 3, 5], "fc": list(range(8))})
+    assert pruned.get_submodule("fc").in_features == 3 * 4
+    assert "12" in pruned.code  # view(size, 40) became view(size, 12)
+    assert fairfx.verify(model, pruned, x).passed
+
+
+def test_layer_norm_over_channels_is_prunable_but_reported_inexact() -> None:
+    model, x = make("channels_last")
+    groups = fairfx.channel_groups(model, x)
+    stream = group_of(groups, "c")
+    assert stream.prunable and not stream.exact and "LayerNorm 'ln'" in stream.note
+    assert group_of(groups, "up").exact
+    pruned = fairfx.prune(model, x, {"c": [0, 1, 2, 5]})
+    assert pruned.get_submodule("ln").normalized_shape == (4,)
+    assert pruned.get_parameter("gamma").shape == (4,)
+    report = fairfx.verify(model, pruned, x)
+    assert report.passed and report.inexact_groups
+
+
+def test_grouped_conv_ties_columns_and_depthwise_follows() -> None:
+    model, x = make("grouped")
+    groups = fairfx.channel_groups(model, x)
+    a = group_of(groups, "a")
+    assert a.size == 2  # 8 channels, 4 conv groups: 2 columns
+    g = group_of(groups, "g")
+    assert g.size == 1 and not g.prunable  # GroupNorm(4) over 24 = 3 units x multiplier ...
+    with pytest.raises(PlanError, match="one unit"):
+        fairfx.prune(model, x, {"a": [0, 1, 2, 3]})
+    pruned = fairfx.prune(model, x, {"a": [1, 3, 5, 7]})
+    assert pruned.get_submodule("g").in_channels == 4
+    assert fairfx.verify(model, pruned, x).passed
+
+
+def test_group_norm_prunes_whole_norm_groups() -> None:
+    class M(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.c = nn.Conv2d(3, 12, 1)
+            self.gn = nn.GroupNorm(3, 12)
+            self.d = nn.Conv2d(12, 2, 1)
+
+        def forward(self, x):
+            return self.d(self.gn(self.c(x)))
+
+    model, x = M().eval(), torch.randn(2, 3, 4, 4)
+    assert group_of(fairfx.channel_groups(model, x), "c").size == 3
+    pruned = fairfx.prune(model, x, {"c": [4, 5, 6, 7]})
+    assert pruned.get_submodule("gn").num_groups == 1
+    assert fairfx.verify(model, pruned, x).passed
+
+
+def test_unknown_ops_block_by_name() -> None:
+    model, x = Unsupported().eval(), torch.randn(2, 3, 8, 8)
+    groups = fairfx.channel_groups(model, x)
+    c, d = group_of(groups, "c"), group_of(groups, "d")
+    assert not c.prunable and "cumsum" in c.reason
+    assert not d.prunable and "fft2" in d.reason
+    with pytest.raises(PlanError, match="cumsum"):
+        fairfx.prune(model, x, {"c": [0, 1]})
+
+
+@pytest.mark.parametrize(
+    ("keep", "message"),
+    [
+        ({"nope": [0]}, "not a producer"),
+        ({"stem.0": []}, "empty"),
+        ({"stem.0": [0, 8]}, "outside"),
+        ({"stem.0": [0, 0, 1]}, "repeats"),
+        ({"stem.0": [0.5]}, "integer"),
+        ({"stem.0": [0, 1], "b": [0, 2]}, "disagree"),
+        ({"head": [0, 1]}, "cannot be pruned"),
+        ({}, "empty"),
+    ],
+)
+def test_bad_plans_are_refused(keep, message) -> None:
+    model, x = make("residual")
+    with pytest.raises(PlanError, match=message):
+        fairfx.prune(model, x, keep)
+
+
+def test_agreeing_names_of_one_group_are_fine() -> None:
+    model, x = make("residual")
+    pruned = fairfx.prune(model, x, {"stem.0": [0, 2, 4], "b": [0, 2, 4]})
+    assert pruned.get_submodule("b").out_channels == 3
+
+
+def test_model_is_never_modified_and_pruned_owns_its_weights() -> None:
+    model, x = make("residual")
+    model.train()
+    snap = state_snapshot(model)
+    pruned = fairfx.prune(model, x, {"stem.0": [0, 1, 2]})
+    assert_same_state(model, snap)
+    assert pruned.training
+    kept = pruned.get_submodule("head")
+    with torch.no_grad():
+        kept.weight.add_(1.0)
+    assert_same_state(model, snap)
+
+
+def test_pruned_graph_trains_and_switches_modes() -> None:
+    model, x = make("residual")
+    pruned = fairfx.prune(model, x, {"stem.0": [0, 1, 2, 5]})
+    pruned.train()
+    bn = pruned.get_submodule("stem.1")
+    before = bn.running_mean.clone()
+    opt = torch.optim.SGD(pruned.parameters(), lr=0.1)
+    loss = pruned(x).square().mean()
+    loss.backward()
+    opt.step()
+    assert not torch.equal(before, bn.running_mean)
+    pruned.eval()
+    a, b = pruned(x), pruned(x)
+    assert torch.equal(a, b)
+
+
+def test_frozen_parameters_do_not_change_capture() -> None:
+    model, x = make("residual")
+    frozen = copy.deepcopy(model).requires_grad_(False)
+    groups_a = fairfx.channel_groups(model, x)
+    groups_b = fairfx.channel_groups(frozen, x)
+    assert groups_a == groups_b
+    pruned = fairfx.prune(frozen, x, {"stem.0": [0, 1]})
+    assert not any(p.requires_grad for p in pruned.parameters())
+
+
+def test_graph_module_input_is_accepted() -> None:
+    model, x = make("residual")
+    gm = fx.symbolic_trace(model)
+    pruned = fairfx.prune(gm, x, {"stem.0": [0, 1, 3]})
+    assert fairfx.verify(gm, pruned, x).passed
+
+
+def test_untraceable_model_names_the_problem() -> None:
+    class Branchy(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.c = nn.Conv2d(3, 4, 1)
+
+        def forward(self, x):
+            if x.sum() > 0:
+                return self.c(x)
+            return x
+
+    with pytest.raises(CaptureError, match="leaf module"):
+        fairfx.channel_groups(Branchy(), torch.randn(1, 3, 4, 4))
+
+
+def test_bad_example_input_names_the_problem() -> None:
+    model, _ = make("residual")
+    with pytest.raises(CaptureError, match="example_input"):
+        fairfx.channel_groups(model, torch.randn(1, 5, 8, 8))
+    with pytest.raises(CaptureError, match="tensor"):
+        fairfx.channel_groups(model, "not a tensor")
+
+
+def test_verify_detects_a_wrong_graph() -> None:
+    model, x = make("residual")
+    pruned = fairfx.prune(model, x, {"stem.0": [0, 1, 2]})
+    with torch.no_grad():
+        pruned.get_submodule("b").weight.mul_(2.0)
+    report = fairfx.verify(model, pruned, x)
+    assert not report.passed and report.max_abs_diff > report.tolerance
+
+
+def test_plans_are_deterministic() -> None:
+    a = build(Grouped().eval(), torch.randn(1, 3, 8, 8))
+    b = build(Grouped().eval(), torch.randn(1, 3, 8, 8))
+    assert a.groups == b.groups
+    assert (a.roots == b.roots).all()
+
+
+def test_export_and_compile_match_eager() -> None:
+    model, x = make("residual")
+    pruned = fairfx.prune(model, x, {"stem.0": [0, 1, 2, 5]}).eval()
+    ep = torch.export.export(pruned, (x,))
+    with torch.no_grad():
+        want = pruned(x)
+        assert torch.allclose(ep.module()(x), want, atol=1e-6)
+        compiled = torch.compile(pruned, backend="aot_eager")
+        assert torch.allclose(compiled(x), want, atol=1e-6)
+
+
+def test_a_plan_cannot_empty_a_split_piece() -> None:
+    model, x = make("split_chunk")
+    with pytest.raises(PlanError, match="every channel"):
+        fairfx.prune(model, x, {"p": list(range(10))})  # split piece d = p[10:12] loses all
