@@ -6,21 +6,27 @@ Public entry points:
   blocks them.
 - :func:`prune` — physically remove channels for a given plan; returns a smaller GraphModule.
 - :func:`verify` — the masked-execution oracle: prove a pruned graph against the original.
+- :func:`analyze` / :func:`compress` — FAIR-Pruner scoring, ToD planning and the rewrite.
 """
 
 from .errors import CalibrationError, CaptureError, FairfxError, PlanError
+from .fair import Analysis, analyze, compress, load_analysis
 from .groups import ChannelGroup, channel_groups
 from .oracle import VerifyReport, verify
 from .rewrite import prune
 
 __all__ = [
+    "Analysis",
     "CalibrationError",
     "CaptureError",
     "ChannelGroup",
     "FairfxError",
     "PlanError",
     "VerifyReport",
+    "analyze",
     "channel_groups",
+    "compress",
+    "load_analysis",
     "prune",
     "verify",
 ]

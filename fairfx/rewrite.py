@@ -36,10 +36,23 @@ def apply_plan(graph: ChannelGraph, units: Mapping[int, Sequence[int]]) -> fx.Gr
     kept_slot = graph.kept_slots(units)
     check_nonempty(graph, kept_slot)
     a = graph.analysis
-    gm = copy.deepcopy(a.gm)
+    gm = apply_edits(graph, copy.deepcopy(a.gm), kept_slot)
+    _check_shapes(graph, gm, kept_slot)
+    keep = graph.keep_from_units(units)
+    gm.meta["fairfx"] = {
+        "keep": keep,
+        "units": {int(g): np.asarray(u).tolist() for g, u in units.items()},
+        "params_before": count_params(a.gm),
+        "params_after": count_params(gm),
+    }
+    return gm
+
+
+def apply_edits(graph: ChannelGraph, gm: fx.GraphModule, kept_slot: np.ndarray) -> fx.GraphModule:
+    """Apply every recorded edit to ``gm`` (a copy of the captured graph) in place."""
     nodes = {n.name: n for n in gm.graph.nodes}
     done: set[tuple[str, str]] = set()
-    for edit in a.edits:
+    for edit in graph.analysis.edits:
         if isinstance(edit, ArgEdit):
             edit.apply(gm, kept_slot, nodes)
             continue
@@ -49,14 +62,6 @@ def apply_plan(graph: ChannelGraph, units: Mapping[int, Sequence[int]]) -> fx.Gr
         edit.apply(gm, kept_slot)
     gm.graph.lint()
     gm.recompile()
-    _check_shapes(graph, gm, kept_slot)
-    keep = graph.keep_from_units(units)
-    gm.meta["fairfx"] = {
-        "keep": keep,
-        "units": {int(g): np.asarray(u).tolist() for g, u in units.items()},
-        "params_before": count_params(a.gm),
-        "params_after": count_params(gm),
-    }
     return gm
 
 

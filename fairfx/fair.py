@@ -1,0 +1,230 @@
+"""The FAIR-Pruner entry points: ``analyze`` (score once), ``Analysis`` (plan, compress, save)
+and ``compress`` (all in one call)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.fx as fx
+
+from .calibration import self_labelled
+from .capture import as_inputs
+from .errors import FairfxError, PlanError
+from .groups import ChannelGraph, build
+from .planning import Plan, make_plan, plan_for_budget
+from .rewrite import apply_plan
+from .scoring import Scores, collect
+
+_FORMAT = "fairfx.analysis/1"
+
+
+@dataclass
+class Analysis:
+    """Scores of every prunable group of one model, ready to plan for any alpha or budget.
+
+    ``scores[group id]`` holds per-unit U, R and filter L1 arrays; ``graph`` is the channel graph
+    of the captured model (present unless the analysis was loaded without a model).
+    """
+
+    scores: dict[int, Scores]
+    graph: ChannelGraph | None
+    record: dict[str, Any] = field(default_factory=dict)
+
+    # ------------------------------------------------------------------ queries
+    def by_producer(self) -> dict[str, dict[str, np.ndarray]]:
+        """U and R of every producer's output channels, keyed by qualified name."""
+        graph = self._need_graph()
+        a = graph.analysis
+        out = {}
+        for gid, s in self.scores.items():
+            for name in graph.groups[gid].producers:
+                units = graph.unit_index(gid, a.producers[a.producer_index[name]].slots)
+                out[name] = {"u": s.u[units], "r": s.r[units], "l1": s.l1[units]}
+        return out
+
+    def _need_graph(self) -> ChannelGraph:
+        if self.graph is None:
+            raise FairfxError(
+                "this Analysis was loaded without its model; use "
+                "fairfx.load_analysis(path, model, example_input) to plan or compress"
+            )
+        return self.graph
+
+    # ------------------------------------------------------------------ planning
+    def plan(
+        self,
+        alpha: float | None = None,
+        *,
+        importance: str = "fair",
+        uniform: float | None = None,
+        group_rule: str = "joint",
+        seed: int = 0,
+    ) -> Plan:
+        """Per-group kept units by Tolerance of Difference at ``alpha`` (or ``uniform`` ratio)."""
+        if alpha is None and uniform is None:
+            raise PlanError("give alpha (Tolerance of Difference) or uniform=ratio")
+        return make_plan(
+            self._need_graph(),
+            self.scores,
+            alpha=alpha,
+            importance=importance,
+            uniform=uniform,
+            group_rule=group_rule,
+            seed=seed,
+        )
+
+    def plan_for(
+        self,
+        *,
+        params: float | None = None,
+        flops: float | None = None,
+        importance: str = "fair",
+        uniform: bool = False,
+        group_rule: str = "joint",
+        seed: int = 0,
+    ) -> Plan:
+        """The plan whose kept fraction of parameters (or FLOPs, counted as MACs) is closest
+        to the target, by bisecting alpha over the cached scores; ``plan.note`` says how close."""
+        return plan_for_budget(
+            self._need_graph(),
+            self.scores,
+            params=params,
+            macs=flops,
+            importance=importance,
+            uniform=uniform,
+            group_rule=group_rule,
+            seed=seed,
+        )
+
+    def compress(self, alpha: float | Plan = 0.005, **plan_options: Any) -> fx.GraphModule:
+        """The pruned GraphModule for ``alpha`` (or a ready ``Plan``); plan and summary in
+        ``.meta["fairfx"]``."""
+        graph = self._need_graph()
+        plan = alpha if isinstance(alpha, Plan) else self.plan(alpha, **plan_options)
+        start = time.perf_counter()
+        pruned = apply_plan(graph, plan.units)
+        info = pruned.meta["fairfx"]
+        info["plan"] = plan.summary()
+        info["rewrite_seconds"] = time.perf_counter() - start
+        info["analysis"] = dict(self.record)
+        return pruned
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: str | Path) -> None:
+        """Keep the scores; reload with :func:`load_analysis` and plan with no data."""
+        groups = self.graph.groups if self.graph is not None else None
+        payload = {
+            "format": _FORMAT,
+            "record": self.record,
+            "groups": None if groups is None else [(g.producers, g.size) for g in groups],
+            "scores": {
+                gid: {
+                    "u": s.u,
+                    "r": s.r,
+                    "l1": s.l1,
+                    "member_u": s.member_u,
+                    "member_r": s.member_r,
+                }
+                for gid, s in self.scores.items()
+            },
+        }
+        torch.save(payload, Path(path))
+
+
+def load_analysis(
+    path: str | Path, model: torch.nn.Module | None = None, example_input: Any = None
+) -> Analysis:
+    """Load saved scores; with the model and example input, planning and compressing work."""
+    payload = torch.load(Path(path), weights_only=False)
+    if not isinstance(payload, dict) or payload.get("format") != _FORMAT:
+        raise FairfxError(f"{path} is not a fairfx analysis file (expected {_FORMAT})")
+    scores = {int(g): Scores(**v) for g, v in payload["scores"].items()}
+    graph = None
+    if model is not None:
+        graph = build(model, example_input)
+        saved = payload["groups"]
+        now = [(g.producers, g.size) for g in graph.groups]
+        if saved is not None and [tuple(p) for p, _ in saved] != [p for p, _ in now]:
+            raise FairfxError(
+                f"{path} was computed for a model with different channel groups; re-run "
+                "fairfx.analyze on this model"
+            )
+    return Analysis(scores, graph, payload["record"])
+
+
+def analyze(
+    model: torch.nn.Module,
+    example_input: Any,
+    data: Iterable[Any],
+    *,
+    samples_per_class: int = 32,
+    max_classes: int = 100,
+    projections: int = 128,
+    observe: str = "post_act",
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> Analysis:
+    """Score every prunable channel group of ``model`` on labelled calibration ``data``.
+
+    Args:
+        model: the model; never modified (weights, buffers, flags and mode are as before).
+        example_input: input used to trace the model (a batch of the data works).
+        data: iterable of ``(inputs, targets)`` batches, e.g. a DataLoader.
+        samples_per_class: samples taken per class, the first ones in data order.
+        max_classes: classes compared at most (a seeded subset when the model has more).
+        projections: random directions of the sliced Wasserstein distance for conv maps.
+        observe: ``"post_act"`` measures U where the next layer reads the channel (after its
+            BatchNorm and activation); ``"module"`` on the raw conv/linear output, as the authors'
+            package does.
+        loss_fn: ``(output, targets) -> loss`` for R; cross-entropy (summed) by default.
+        seed: seeds the class subset and the projections.
+        progress: show a progress bar over calibration samples.
+    """
+    start = time.perf_counter()
+    graph = build(model, example_input)
+    captured = time.perf_counter()
+    scores, record = collect(
+        graph,
+        data,
+        samples_per_class=samples_per_class,
+        max_classes=max_classes,
+        projections=projections,
+        observe=observe,
+        loss_fn=loss_fn,
+        seed=seed,
+        progress=progress,
+    )
+    record["capture_seconds"] = captured - start
+    record["scoring_seconds"] = time.perf_counter() - captured
+    return Analysis(scores, graph, record)
+
+
+def compress(
+    model: torch.nn.Module,
+    example_input: Any,
+    alpha: float = 0.005,
+    data: Iterable[Any] | None = None,
+    **options: Any,
+) -> fx.GraphModule:
+    """FAIR-Pruner in one call: score, plan at ``alpha``, rewrite; returns a smaller GraphModule.
+
+    Without ``data`` the example batch is labelled by the model's own predictions (it must hold
+    at least two predicted classes). ``options`` go to :func:`analyze` (``samples_per_class``,
+    ``observe``, ...) and to :meth:`Analysis.plan` (``importance``, ``group_rule``).
+    """
+    from .planning import check_alpha
+
+    check_alpha(alpha)
+    plan_keys = {"importance", "group_rule", "uniform"}
+    plan_options = {k: options.pop(k) for k in list(options) if k in plan_keys}
+    if data is None:
+        data = self_labelled(model, as_inputs(example_input))
+    analysis = analyze(model, example_input, data, **options)
+    return analysis.compress(alpha, **plan_options)
