@@ -199,10 +199,10 @@ def plan_for_budget(
     reached = getattr(best, key)
     what = "parameters" if params is not None else "MACs"
     best.note = f"target {target:.3f} of {what} kept, reached {reached:.3f}"
-    if reached - target > 0.02:
+    if abs(reached - target) > 0.1 * target:
         best.note += (
-            " (not reachable in one round: ToD removes at most about half of each group; "
-            "prune, fine-tune and prune again for more)"
+            " (not reachable: this is the closest plan; every group keeps at least one unit and "
+            "ToD counts move in steps; for more, prune, fine-tune and prune again)"
         )
     best.extra["target"] = {what: target}
     return best
