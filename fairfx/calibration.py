@@ -1,14 +1,11 @@
-"""Calibration data: validate labelled batches and pick a fixed number of samples per class.
+"""Calibration data: validate labelled batches and choose the classes that take part.
 
-The sampler is streaming: it walks the user's batches once, keeps a sample when its class still
-needs samples, and stops as soon as every chosen class is full, so the dataset's size never
-matters. Which classes take part is a seeded choice (METHOD.md: at most ``max_classes``); which
-samples is the first ``samples_per_class`` of each class in data order.
+Which classes take part is a seeded choice (METHOD.md: at most ``max_classes``); which samples of
+each class is decided in :mod:`fairfx.stats` by a seeded content hash.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -47,55 +44,15 @@ def split_batch(batch: Any) -> tuple[Any, torch.Tensor]:
     )
 
 
-class ClassSampler:
-    """Streams batches and yields only the samples still needed, class by class."""
-
-    def __init__(self, classes: np.ndarray, per_class: int, num_classes: int) -> None:
-        if per_class < 1:
-            raise CalibrationError(f"samples_per_class must be at least 1, got {per_class}")
-        self.classes = classes
-        self.per_class = per_class
-        self.num_classes = num_classes
-        self.counts = np.zeros(num_classes, dtype=np.int64)
-        self.wanted = np.zeros(num_classes, dtype=bool)
-        self.wanted[classes] = True
-
-    def full(self) -> bool:
-        return bool((self.counts[self.classes] >= self.per_class).all())
-
-    def take(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
-        labels = y.detach().cpu().numpy()
-        if labels.size and (labels.min() < 0 or labels.max() >= self.num_classes):
-            raise CalibrationError(
-                f"targets must be class indices in [0, {self.num_classes}) for a model with "
-                f"{self.num_classes} outputs; got values from {labels.min()} to {labels.max()}"
-            )
-        keep = []
-        for i, c in enumerate(labels.tolist()):
-            if self.wanted[c] and self.counts[c] < self.per_class:
-                self.counts[c] += 1
-                keep.append(i)
-        if not keep:
-            return None
-        idx = torch.as_tensor(keep, dtype=torch.long)
-        return x[idx.to(x.device)], y[idx.to(y.device)]
-
-    def batches(self, data: Iterable[Any]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for batch in data:
-            x, y = split_batch(batch)
-            picked = self.take(x, y)
-            if picked is not None:
-                yield picked
-            if self.full():
-                return
-
-    def check(self) -> None:
-        seen = int((self.counts[self.classes] > 0).sum())
-        if seen < 2:
-            raise CalibrationError(
-                f"calibration data holds {seen} class(es) of the model's {self.num_classes}; the "
-                "Utilization score compares classes, so at least 2 classes are needed"
-            )
+def check_labels(y: torch.Tensor, num_classes: int) -> np.ndarray:
+    """Targets as a numpy array, refused when they are not class indices of this model."""
+    labels = y.detach().cpu().numpy()
+    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+        raise CalibrationError(
+            f"targets must be class indices in [0, {num_classes}) for a model with "
+            f"{num_classes} outputs; got values from {labels.min()} to {labels.max()}"
+        )
+    return labels
 
 
 def self_labelled(model: torch.nn.Module, inputs: tuple[Any, ...]) -> list[tuple[Any, Any]]:

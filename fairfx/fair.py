@@ -19,7 +19,8 @@ from .errors import FairfxError, PlanError
 from .groups import ChannelGraph, build
 from .planning import Plan, make_plan, plan_for_budget
 from .rewrite import apply_plan
-from .scoring import Scores, collect
+from .scoring import Scores, calibrate, finalize, new_state
+from .stats import CalibrationState, describe
 
 _FORMAT = "fairfx.analysis/1"
 
@@ -35,6 +36,7 @@ class Analysis:
     scores: dict[int, Scores]
     graph: ChannelGraph | None
     record: dict[str, Any] = field(default_factory=dict)
+    state: CalibrationState | None = None
 
     # ------------------------------------------------------------------ queries
     def by_producer(self) -> dict[str, dict[str, np.ndarray]]:
@@ -170,6 +172,7 @@ def analyze(
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     seed: int = 0,
     progress: bool = True,
+    state: CalibrationState | str | Path | None = None,
 ) -> Analysis:
     """Score every prunable channel group of ``model`` on labelled calibration ``data``.
 
@@ -177,33 +180,69 @@ def analyze(
         model: the model; never modified (weights, buffers, flags and mode are as before).
         example_input: input used to trace the model (a batch of the data works).
         data: iterable of ``(inputs, targets)`` batches, e.g. a DataLoader.
-        samples_per_class: samples taken per class, the first ones in data order.
+        samples_per_class: samples kept per class: the ones with the smallest seeded content
+            hash, so the choice does not depend on data order or on which process saw them.
         max_classes: classes compared at most (a seeded subset when the model has more).
         projections: random directions of the sliced Wasserstein distance for conv maps.
         observe: ``"post_act"`` measures U where the next layer reads the channel (after its
             BatchNorm and activation); ``"module"`` on the raw conv/linear output, as the authors'
             package does.
-        loss_fn: ``(output, targets) -> loss`` for R; cross-entropy (summed) by default.
-        seed: seeds the class subset and the projections.
-        progress: show a progress bar over calibration samples.
+        loss_fn: ``(output, targets) -> loss`` for R, summed over samples; summed
+            cross-entropy by default.
+        seed: seeds the class subset, the sample choice and the projections.
+        progress: show a progress bar over calibration batches.
+        state: a :class:`~fairfx.stats.CalibrationState` (or its file) to continue from, e.g.
+            after an interruption; ``Analysis.state`` is the state to save for that.
+
+    Memory is bounded by the kept samples (see :mod:`fairfx.stats` for the formula), never by
+    the dataset or the feature maps. Under ``torch.distributed`` (an initialised process group)
+    each rank takes every world-th batch of ``data``; the states are gathered and merged, so every
+    rank ends with the same scores as one process over the same batches.
     """
     start = time.perf_counter()
     graph = build(model, example_input)
     captured = time.perf_counter()
-    scores, record = collect(
+    fresh = new_state(
         graph,
-        data,
         samples_per_class=samples_per_class,
         max_classes=max_classes,
         projections=projections,
         observe=observe,
-        loss_fn=loss_fn,
         seed=seed,
-        progress=progress,
+        loss_fn=loss_fn,
     )
+    if isinstance(state, (str, Path)):
+        state = CalibrationState.load(state)
+    if state is not None:
+        fresh.compatible(state)
+    else:
+        state = fresh
+    shard = _shard()
+    state = calibrate(graph, data, state, loss_fn=loss_fn, progress=progress, shard=shard)
+    if shard[1] > 1:
+        state = _gather(state, shard[1])
+    scores = finalize(graph, state)
+    record = describe(state)
     record["capture_seconds"] = captured - start
     record["scoring_seconds"] = time.perf_counter() - captured
-    return Analysis(scores, graph, record)
+    return Analysis(scores, graph, record, state)
+
+
+def _shard() -> tuple[int, int]:
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _gather(state: CalibrationState, world: int) -> CalibrationState:
+    """Every rank's state, gathered with torch.distributed and merged in rank order."""
+    states: list[Any] = [None] * world
+    torch.distributed.all_gather_object(states, state)
+    merged = states[0]
+    for other in states[1:]:
+        merged = merged.merge(other)
+    return merged
 
 
 def compress(

@@ -33,10 +33,11 @@ import torch.fx as fx
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .calibration import ClassSampler, choose_classes
+from .calibration import check_labels, choose_classes, split_batch
 from .errors import CalibrationError
 from .groups import ChannelGraph
 from .slots import Layout
+from .stats import CalibrationState, sample_keys
 from .wasserstein import max_pairwise_w1, project, projection_matrix
 
 OBSERVE = ("post_act", "module")
@@ -187,92 +188,152 @@ def _producer_weight(graph: ChannelGraph, name: str) -> tuple[torch.Tensor | Non
     return None, 0
 
 
-def collect(
+def new_state(
     graph: ChannelGraph,
-    data: Iterable[Any],
     *,
     samples_per_class: int,
     max_classes: int,
     projections: int,
     observe: str,
-    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None,
     seed: int,
-    progress: bool,
-) -> tuple[dict[int, Scores], dict[str, Any]]:
-    """Stream ``data`` once and return per-group scores plus a record of what was used."""
-    gm = graph.analysis.gm
-    out_shape = graph.analysis.gm.graph.find_nodes(op="output")[0].args[0]
-    logits_shape = out_shape.meta.get("fairfx_shape") if isinstance(out_shape, fx.Node) else None
-    if loss_fn is None and (logits_shape is None or len(logits_shape) != 2):
+    loss_fn: Callable[..., torch.Tensor] | None,
+) -> CalibrationState:
+    """An empty state for this model and these options."""
+    out_node = graph.analysis.gm.graph.find_nodes(op="output")[0].args[0]
+    logits = out_node.meta.get("fairfx_shape") if isinstance(out_node, fx.Node) else None
+    if loss_fn is None and (logits is None or len(logits) != 2):
         raise CalibrationError(
             "the model's output is not class logits [N, classes]; FAIR scoring needs a "
             "classification output, or pass loss_fn=(output, targets) -> scalar loss"
         )
-    num_classes = logits_shape[1] if logits_shape is not None else max_classes
-    classes = choose_classes(num_classes, max_classes, seed)
-    sampler = ClassSampler(classes, samples_per_class, num_classes)
-    points = observation_points(graph, observe)
+    if samples_per_class < 1:
+        raise CalibrationError(f"samples_per_class must be at least 1, got {samples_per_class}")
+    num_classes = logits[1] if logits is not None and len(logits) == 2 else max_classes
+    classes = choose_classes(num_classes, max_classes, seed).tolist()
+    points = sorted({p.node for p in observation_points(graph, observe)})
+    return CalibrationState(
+        classes,
+        samples_per_class,
+        projections,
+        observe,
+        seed,
+        points,
+        sorted(_producer_outputs(graph)),
+    )
+
+
+def calibrate(
+    graph: ChannelGraph,
+    data: Iterable[Any],
+    state: CalibrationState,
+    *,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None,
+    progress: bool,
+    shard: tuple[int, int] = (0, 1),
+) -> CalibrationState:
+    """Stream ``data`` into ``state``: one forward and one backward per batch of candidates.
+
+    ``shard = (rank, world)`` takes every world-th batch starting at rank. ``loss_fn`` must sum
+    over samples (the default, summed cross-entropy, does) so each sample's Taylor sum is its own.
+    """
+    gm = graph.analysis.gm
+    points = [p for p in observation_points(graph, state.observe)]
     producers = _producer_outputs(graph)
     loss_fn = loss_fn or (lambda out, y: F.cross_entropy(out, y, reduction="sum"))
-
-    runner = _Collector(gm, points, set(producers), projections, seed)
-    taylor = {gid: np.zeros(graph.groups[gid].size) for gid in {v[0] for v in producers.values()}}
-    member_taylor: dict[str, np.ndarray] = {}
-    labels: list[torch.Tensor] = []
+    runner = _Collector(gm, points, set(producers), state.projections, state.seed)
+    num_classes = max(state.classes) + 1
     was_training = gm.training
     gm.eval()
-    total = len(classes) * samples_per_class
-    bar = tqdm(total=total, desc="fairfx: scoring", unit="sample", disable=not progress)
+    total = len(data) if hasattr(data, "__len__") else None
+    bar = tqdm(total=total, desc="fairfx: scoring", unit="batch", disable=not progress)
+    rank, world = shard
     try:
-        for x, y in sampler.batches(data):
-            runner.z = {}
-            x = x.detach().clone()
-            if x.is_floating_point():
-                x.requires_grad_(True)
-            out = runner.run(x)
-            loss = loss_fn(out, y)
-            names = list(runner.z)
-            grads = torch.autograd.grad(loss, [runner.z[k] for k in names], allow_unused=True)
-            with torch.no_grad():
-                for k, g in zip(names, grads, strict=True):
-                    if g is None:
-                        continue
-                    gid, pname, dim, units = producers[k]
-                    contrib = (runner.z[k] * g).movedim(dim, -1).reshape(-1, g.shape[dim])
-                    per_pos = contrib.sum(0).double().cpu().numpy()
-                    ok = units >= 0
-                    np.add.at(taylor[gid], units[ok], per_pos[ok])
-                    mt = member_taylor.setdefault(pname, np.zeros(graph.groups[gid].size))
-                    np.add.at(mt, units[ok], per_pos[ok])
-            labels.append(y.detach().cpu())
-            bar.update(len(y))
+        for i, batch in enumerate(data):
+            bar.update(1)
+            if i % world != rank:
+                continue
+            x, y = split_batch(batch)
+            labels = check_labels(y, max(num_classes, _logit_count(graph) or 0))
+            keys = sample_keys(x, state.seed)
+            idx = state.wanted(keys, labels)
+            state.batches_seen += 1
+            if len(idx) == 0:
+                continue
+            sel = torch.as_tensor(idx)
+            proj, taylor = _run_batch(
+                runner, producers, x[sel.to(x.device)], y[sel.to(y.device)], loss_fn
+            )
+            state.add(keys[idx], labels[idx], proj, taylor)
     finally:
         bar.close()
         gm.train(was_training)
-    sampler.check()
-    y_all = torch.cat(labels)
-    present = [c for c in classes.tolist() if bool((y_all == c).any())]
+    return state
+
+
+def _logit_count(graph: ChannelGraph) -> int | None:
+    out_node = graph.analysis.gm.graph.find_nodes(op="output")[0].args[0]
+    shape = out_node.meta.get("fairfx_shape") if isinstance(out_node, fx.Node) else None
+    return shape[1] if shape is not None and len(shape) == 2 else None
+
+
+def _run_batch(runner, producers, x, y, loss_fn):
+    runner.z, runner.projected = {}, {}
+    x = x.detach().clone()
+    if x.is_floating_point():
+        x.requires_grad_(True)
+    out = runner.run(x)
+    names = list(runner.z)
+    grads = torch.autograd.grad(loss_fn(out, y), [runner.z[k] for k in names], allow_unused=True)
+    taylor = {}
+    with torch.no_grad():
+        for k, g in zip(names, grads, strict=True):
+            dim = producers[k][2]
+            z = runner.z[k]
+            if g is None:
+                g = torch.zeros_like(z)
+            per = (z * g).movedim(dim, -1).reshape(len(z), -1, z.shape[dim]).sum(1)
+            taylor[k] = per.double().cpu()
+    proj = {k: torch.cat(v) for k, v in runner.projected.items()}
+    return proj, taylor
+
+
+def finalize(graph: ChannelGraph, state: CalibrationState) -> dict[int, Scores]:
+    """Per-group U and R from a (merged) state; sums run in key order, so they reproduce."""
+    present = [c for c in state.classes if c in state.per_class and len(state.per_class[c].keys)]
+    if len(present) < 2:
+        raise CalibrationError(
+            f"calibration data holds {len(present)} of the chosen classes; the Utilization "
+            "score compares classes, so at least 2 classes are needed"
+        )
+    producers = _producer_outputs(graph)
     scores: dict[int, Scores] = {}
-    for gid in taylor:
-        size = graph.groups[gid].size
-        scores[gid] = Scores(np.zeros(size), np.abs(taylor[gid]), _l1(graph, gid))
-    for name, t in member_taylor.items():
-        scores[graph.group_of_producer[name]].member_r[name] = np.abs(t)
-    for p in points:
-        proj = torch.cat(runner.projected[p.node])
-        per_class = [proj[y_all == c] for c in present]
+    signed: dict[int, np.ndarray] = {}
+    for g in graph.groups:
+        if g.prunable:
+            scores[g.id] = Scores(np.zeros(g.size), np.zeros(g.size), _l1(graph, g.id))
+            signed[g.id] = np.zeros(g.size)
+    member: dict[str, np.ndarray] = {}
+    for node, (gid, pname, _, units) in producers.items():
+        rows = [
+            state.per_class[c].taylor[node] for c in present if node in state.per_class[c].taylor
+        ]
+        if not rows:
+            continue
+        per_pos = torch.cat(rows).sum(0).numpy()
+        ok = units >= 0
+        np.add.at(signed[gid], units[ok], per_pos[ok])
+        mt = member.setdefault(pname, np.zeros(graph.groups[gid].size))
+        np.add.at(mt, units[ok], per_pos[ok])
+    for gid, values in signed.items():
+        scores[gid].r = np.abs(values)
+    for name, values in member.items():
+        scores[graph.group_of_producer[name]].member_r[name] = np.abs(values)
+    for p in observation_points(graph, state.observe):
+        per_class = [state.per_class[c].proj[p.node] for c in present]
         u_pos = max_pairwise_w1(per_class).double().numpy()
         ok = p.units >= 0
         s = scores[p.gid]
         np.maximum.at(s.u, p.units[ok], u_pos[ok])
         mu = s.member_u.setdefault(p.producer, np.zeros(len(s.u)))
         np.maximum.at(mu, p.units[ok], u_pos[ok])
-    record = {
-        "classes": present,
-        "samples": int(sampler.counts.sum()),
-        "samples_per_class": samples_per_class,
-        "projections": projections,
-        "observe": observe,
-        "seed": seed,
-    }
-    return scores, record
+    return scores

@@ -80,41 +80,31 @@ def _taylor_by_weights(model, batches, conv):
 def test_reconstruction_score_equals_weight_side_taylor(split) -> None:
     torch.manual_seed(0)
     model = digits.VGGStyle(width=4, bn=False).eval()
-    data = calib(split, 200, 50)
+    data = exactly(split, 5)
     an = fairfx.analyze(model, split.x_train[:4], data, samples_per_class=5, progress=False)
     conv = model.features[1][0]
-    used = _select(data, 5)
-    want = _taylor_by_weights(model, used, conv)
+    want = _taylor_by_weights(model, data, conv)
     got = an.by_producer()["features.1.0"]["r"]
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6 * want.max())
 
 
-def _select(data, per_class):
-    """The samples analyze takes: the first ``per_class`` of each class in data order."""
-    counts: dict[int, int] = {}
-    out = []
-    for x, y in data:
-        keep = []
-        for i, c in enumerate(y.tolist()):
-            if counts.get(c, 0) < per_class:
-                counts[c] = counts.get(c, 0) + 1
-                keep.append(i)
-        if keep:
-            out.append((x[keep], y[keep]))
-    return out
+def exactly(split, per_class, bs=25):
+    """Batches holding exactly ``per_class`` samples of each class, so every one is used."""
+    idx = torch.cat([torch.nonzero(split.y_train == c).flatten()[:per_class] for c in range(10)])
+    return list(digits.batches(split.x_train[idx], split.y_train[idx], bs))
 
 
 def test_linear_utilization_is_exact_max_pairwise_w1(split) -> None:
     torch.manual_seed(0)
     model = digits.VGGStyle(width=4, bn=False).eval()
-    data = calib(split, 300, 100)
+    data = exactly(split, 8)
     an = fairfx.analyze(
         model, split.x_train[:4], data, samples_per_class=8, observe="module", progress=False
     )
     fc = model.classifier[1]
     feats, labels = [], []
     with torch.no_grad():
-        for x, y in _select(data, 8):
+        for x, y in data:
             feats.append(fc(model.features(x).flatten(1)))
             labels.append(y)
     feats, labels = torch.cat(feats).numpy(), torch.cat(labels).numpy()
