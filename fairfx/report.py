@@ -1,0 +1,140 @@
+"""Reporting helpers shared by the demo, the command line and the benchmarks: per-group kept
+counts, the kept-channels plot, latency, export round-trip checks and plain-text tables."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+EXPORT_RTOL = 1e-4
+
+
+def group_rows(analysis: Any, plan: Any) -> list[dict[str, Any]]:
+    """One row per channel group: id, first producer, size, kept units, prunable."""
+    rows = []
+    for g in analysis.graph.groups:
+        kept = len(plan.units[g.id]) if g.id in plan.units else g.size
+        rows.append(
+            {
+                "id": g.id,
+                "producer": g.producers[0],
+                "size": g.size,
+                "kept": kept,
+                "prunable": g.prunable,
+            }
+        )
+    return rows
+
+
+def plot_kept(rows: list[dict[str, Any]], path: Path, title: str) -> None:
+    """Bar chart of channels before and kept per group (PNG; needs matplotlib)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    ids = [g["id"] for g in rows]
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.18 * len(ids) + 2), 3.5))
+    ax.bar(ids, [g["size"] for g in rows], color="#d0d7e1", label="channels before")
+    free = [g for g in rows if g["prunable"]]
+    fixed = [g for g in rows if not g["prunable"]]
+    ax.bar([g["id"] for g in free], [g["kept"] for g in free], color="#2f6db5", label="kept")
+    if fixed:
+        ax.bar(
+            [g["id"] for g in fixed],
+            [g["kept"] for g in fixed],
+            color="#9a9a9a",
+            label="not prunable",
+        )
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("channel group")
+    ax.set_ylabel("channel units")
+    ax.set_title(title, fontsize=10)
+    ax.legend(frameon=False)
+    fig.tight_layout()
+    try:
+        fig.savefig(path, dpi=120)
+    finally:
+        plt.close(fig)
+
+
+@torch.no_grad()
+def latency_ms(
+    module: Callable[..., Any], x: torch.Tensor, *, repeats: int = 30, warmup: int = 5
+) -> float:
+    """Median wall time of one forward pass in milliseconds (eval mode, no grad)."""
+    if isinstance(module, nn.Module):
+        module.eval()
+    for _ in range(warmup):
+        module(x)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        module(x)
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
+def _tensors(value: Any) -> list[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, (list, tuple)):
+        return [t for v in value for t in _tensors(v)]
+    if isinstance(value, dict):
+        return [t for v in value.values() for t in _tensors(v)]
+    return []
+
+
+@torch.no_grad()
+def max_diff(a: Callable[..., Any], b: Callable[..., Any], x: torch.Tensor) -> tuple[float, float]:
+    """Largest absolute difference of the outputs and the largest output magnitude."""
+    want, got = _tensors(a(x)), _tensors(b(x))
+    if len(want) != len(got) or any(w.shape != g.shape for w, g in zip(want, got, strict=True)):
+        return float("inf"), 0.0
+    diff = max((float((w - g).abs().max()) for w, g in zip(want, got, strict=True)), default=0.0)
+    scale = max((float(w.abs().max()) for w in want), default=0.0)
+    return diff, scale
+
+
+def export_and_check(
+    module: nn.Module, example: torch.Tensor, out: Path, extra: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """``torch.export`` with a dynamic batch (static if the model fixes it), save, reload, and
+    compare the reloaded program with ``module`` at the example batch and at batches 1 and 5."""
+    module.eval()
+    batch = torch.export.Dim("batch", min=1)
+    result: dict[str, Any] = {"path": str(out), "dynamic_batch": True, "note": ""}
+    try:
+        program = torch.export.export(module, (example,), dynamic_shapes=({0: batch},))
+    except Exception as exc:  # a model may fix its batch size; export statically then
+        result["dynamic_batch"] = False
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        result["note"] = f"batch size fixed at {len(example)}: {first}"[:300]
+        program = torch.export.export(module, (example,))
+    torch.export.save(program, str(out), extra_files=extra)
+    loaded = torch.export.load(str(out)).module()
+    sizes = [len(example)] + ([1, 5] if result["dynamic_batch"] else [])
+    diffs = []
+    for n in sizes:
+        x = example.repeat(-(-n // len(example)), *([1] * (example.dim() - 1)))[:n]
+        diff, scale = max_diff(module, loaded, x)
+        diffs.append(diff)
+        if not diff <= EXPORT_RTOL * max(scale, 1e-30):
+            result.update(equal=False, max_abs_diff=diff, batches=sizes)
+            return result
+    result.update(equal=True, max_abs_diff=max(diffs), batches=sizes)
+    return result
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A GitHub-markdown table (readable as plain text too)."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
