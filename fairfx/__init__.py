@@ -11,6 +11,7 @@ Public entry points:
 
 from .errors import CalibrationError, CaptureError, FairfxError, PlanError
 from .fair import Analysis, analyze, compress, load_analysis
+from .finetune import finetune
 from .groups import ChannelGroup, channel_groups
 from .oracle import VerifyReport, verify
 from .rewrite import prune
@@ -26,6 +27,7 @@ __all__ = [
     "analyze",
     "channel_groups",
     "compress",
+    "finetune",
     "load_analysis",
     "prune",
     "verify",

@@ -1,0 +1,318 @@
+"""The command line, driven as a user would: ``python -m fairfx ...`` in a subprocess.
+
+Every subprocess pays for importing torch (several seconds on a busy machine), so the
+independent commands of each phase run concurrently, and the bad-input cases past the first run
+in-process through ``fairfx.cli.main`` (the console script's entry point, same code path).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from fairfx.cli import main
+
+MODEL_MODULE = "fairfx_cli_tinynet"
+MODEL = f"{MODEL_MODULE}:tiny"
+
+MODEL_SOURCE = """
+import torch
+from torch import nn
+
+
+class TinyNet(nn.Module):
+    def __init__(self, num_classes=3):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+            nn.Conv2d(8, 12, 3, padding=1), nn.BatchNorm2d(12), nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(12, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+        )
+        self.head = nn.Linear(16, num_classes)
+
+    def forward(self, x):
+        return self.head(self.features(x).mean(dim=(2, 3)))
+
+
+def tiny(num_classes=3):
+    torch.manual_seed(0)
+    return TinyNet(num_classes)
+"""
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory) -> Path:
+    """A model module, an ImageFolder of 3 classes x 6 noisy 16x16 PNGs, an unlabelled .pt."""
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("cli")
+    (root / f"{MODEL_MODULE}.py").write_text(MODEL_SOURCE)
+    rng = np.random.default_rng(0)
+    for c in range(3):
+        folder = root / "images" / f"class{c}"
+        folder.mkdir(parents=True)
+        for i in range(6):
+            pixels = rng.integers(0, 180, (16, 16, 3), dtype=np.uint8)
+            pixels[..., c] += 75  # a class-dependent colour cast
+            Image.fromarray(pixels).save(folder / f"{i}.png")
+    torch.save(torch.randn(6, 3, 16, 16), root / "nolabels.pt")
+    return root
+
+
+def _env(root: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
+    env["OMP_NUM_THREADS"] = "1"  # a shared, oversubscribed CPU: avoid OpenMP spin-waiting
+    return env
+
+
+def _run_all(root: Path, commands: dict[str, list[str]]) -> dict[str, subprocess.CompletedProcess]:
+    """Start every command at once, then collect them."""
+    procs = {
+        name: subprocess.Popen(
+            [sys.executable, "-m", "fairfx", *argv],
+            cwd=root,
+            env=_env(root),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for name, argv in commands.items()
+    }
+    done = {}
+    for name, proc in procs.items():
+        out, err = proc.communicate(timeout=300)
+        done[name] = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+    return done
+
+
+COMMON = ["--model", MODEL, "--data", "images", "--image-size", "16", "--samples-per-class", "6"]
+
+
+@pytest.fixture(scope="module")
+def first(work):
+    """Phase 1: a full compress (scores saved), inspect, and an unknown model."""
+    return _run_all(
+        work,
+        {
+            "compress": [
+                "compress",
+                *COMMON,
+                "--alpha",
+                "0.05",
+                "--out",
+                "tiny.pt2",
+                "--report",
+                "report.json",
+                "--plot",
+                "layers.png",
+                "--analysis",
+                "scores.pt",
+                "--finetune-epochs",
+                "1",
+                "--batch-size",
+                "8",
+            ],
+            "inspect": ["inspect", "--model", MODEL, "--image-size", "16"],
+            "unknown": [
+                "compress",
+                *COMMON,
+                "--model",
+                "torchvision:resnet999",
+                "--alpha",
+                "0.1",
+                "--out",
+                "x.pt2",
+            ],
+        },
+    )
+
+
+@pytest.fixture(scope="module")
+def second(work, first):
+    """Phase 2 (needs the saved scores): compress on a budget reusing them, and plan."""
+    assert first["compress"].returncode == 0, first["compress"].stderr
+    return _run_all(
+        work,
+        {
+            "compress": [
+                "compress",
+                *COMMON,
+                "--params",
+                "0.6",
+                "--out",
+                "budget.pt2",
+                "--report",
+                "report2.json",
+                "--analysis",
+                "scores.pt",
+                "--quiet",
+            ],
+            "plan": [
+                "plan",
+                "--model",
+                MODEL,
+                "--analysis",
+                "scores.pt",
+                "--alpha",
+                "0.001",
+                "0.05",
+                "0.3",
+            ],
+        },
+    )
+
+
+def test_compress_writes_a_checked_program_report_plot_and_scores(work, first) -> None:
+    res = first["compress"]
+    assert res.returncode == 0, res.stderr
+    assert "Traceback" not in res.stderr
+    out = res.stdout
+    assert "parameters" in out and "MACs" in out
+    assert "verify         PASS" in out and "export         OK" in out
+    assert "fine-tune      1 epoch(s)" in out
+    assert "scoring channels" in res.stderr and "fine-tuning" in res.stderr  # not --quiet
+
+    report = json.loads((work / "report.json").read_text())
+    plan = report["plan"]
+    assert plan["params_after"] < plan["params_before"] and plan["alpha"] == 0.05
+    assert 0 < plan["params_kept"] < 1 and 0 < plan["macs_kept"] < 1
+    assert report["verify"]["passed"] and not report["scores"]["reused"]
+    assert report["scores"]["classes"] == 3 and report["scores"]["samples"] == 18
+    assert report["export"]["equal"] and report["export"]["dynamic_batch"]
+    assert len(report["finetune"]["train_loss"]) == 1
+    assert {"load", "analyze", "plan", "compress", "verify", "finetune", "export"} <= set(
+        report["timings_seconds"]
+    )
+    groups = report["groups"]
+    assert [g["size"] for g in groups] == [8, 12, 16, 3]
+    assert all(1 <= g["kept"] <= g["size"] for g in groups)
+    assert groups[-1]["kept"] == 3 and not groups[-1]["prunable"]  # the classifier stays
+    assert sum(g["size"] - g["kept"] for g in groups) == plan["units_removed"]
+    assert (work / "layers.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (work / "scores.pt").is_file()
+
+    # The saved program is a real deployable artifact: any batch size, plan in its extra files.
+    extra = {"fairfx.json": ""}
+    program = torch.export.load(work / "tiny.pt2", extra_files=extra)
+    assert json.loads(extra["fairfx.json"])["plan"]["params_after"] == plan["params_after"]
+    with torch.no_grad():
+        y = program.module()(torch.randn(3, 3, 16, 16))
+    assert y.shape == (3, 3)
+
+
+def test_compress_reuses_saved_scores_for_a_budget(work, second) -> None:
+    res = second["compress"]
+    assert res.returncode == 0, res.stderr
+    assert res.stderr == ""  # --quiet: no progress bars, no chatter
+    assert "verify         PASS" in res.stdout and "export         OK" in res.stdout
+    report = json.loads((work / "report2.json").read_text())
+    assert report["scores"]["reused"] and report["finetune"] is None
+    assert "target 0.600 of parameters kept" in report["plan"]["note"]
+    assert (work / "budget.pt2").is_file()
+
+
+def test_inspect_prints_the_channel_groups(first) -> None:
+    res = first["inspect"]
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.splitlines()
+    assert lines[0].split() == ["id", "size", "producers", "status"]
+    assert lines[1].split() == ["0", "8", "features.0", "prunable"]
+    assert lines[4].split()[:4] == ["3", "3", "head", "fixed:"]
+    assert "reaches the model output" in lines[4]
+    assert "4 channel groups, 3 prunable holding 36 of 39 units" in res.stdout
+
+
+def test_plan_sweeps_alphas_from_saved_scores(work, second) -> None:
+    res = second["plan"]
+    assert res.returncode == 0, res.stderr
+    rows = {line.split()[0]: line.split() for line in res.stdout.splitlines()[2:]}
+    assert set(rows) == {"0.001", "0.05", "0.3"}
+    kept = [float(rows[a][2].rstrip("%")) for a in ("0.001", "0.05", "0.3")]
+    assert kept == sorted(kept, reverse=True)  # a larger alpha never keeps more
+    report = json.loads((work / "report.json").read_text())  # compress at alpha 0.05
+    assert rows["0.05"][1] == f"{report['plan']['params_after']:,}"
+    assert "input (3, 16, 16)" in res.stderr  # the scored input size, no --image-size needed
+
+
+def _one_line_error(err: str, code: int, expected: int = 2) -> str:
+    assert code == expected
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("fairfx: error: ")
+    assert "Traceback" not in err
+    return lines[0]
+
+
+def test_unknown_model_in_a_real_process(first) -> None:
+    res = first["unknown"]
+    line = _one_line_error(res.stderr, res.returncode)
+    assert "unknown torchvision model 'resnet999'" in line and "resnet18" in line
+    assert res.stdout == ""
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--data", "missing"], "--data missing does not exist"),
+        (["--model", "torchvision:resnet999"], "unknown torchvision model 'resnet999'"),
+        (["--model", "no_such_module_xyz:net"], "cannot import 'no_such_module_xyz'"),
+        (["--model", "resnet18"], "--model must be torchvision:NAME or package.module:factory"),
+        (["--alpha", "1.5"], "alpha must be a number in [0, 1), got 1.5"),
+        (["--data", "nolabels.pt"], "holds one tensor and no labels"),
+        (["--params", "0"], "--params is the fraction to keep, in (0, 1]; got 0"),
+        (["--flops", "1.5"], "--flops is the fraction to keep"),
+        (["--out", "nodir/m.pt2"], "directory nodir does not exist"),
+        (["--weights", "missing.pth"], "--weights missing.pth does not exist"),
+        (["--num-classes", "2"], "targets must be class indices in [0, 2)"),
+    ],
+)
+def test_bad_input_is_one_line_with_exit_code_2(work, monkeypatch, capsys, argv, message) -> None:
+    monkeypatch.chdir(work)
+    monkeypatch.syspath_prepend(str(work))
+    options = {"--model": MODEL, "--data": "images", "--out": "m.pt2", "--image-size": "16"}
+    if not {"--alpha", "--params", "--flops"} & set(argv):
+        options["--alpha"] = "0.1"
+    options.update(zip(argv[::2], argv[1::2], strict=True))
+    code = main(["compress", *(a for pair in options.items() for a in pair), "--quiet"])
+    captured = capsys.readouterr()
+    line = _one_line_error(captured.err, code)
+    assert message in line
+    assert not (work / "m.pt2").exists()
+
+
+def test_wrong_weights_file_names_the_mismatch(work, monkeypatch, capsys, tmp_path) -> None:
+    monkeypatch.syspath_prepend(str(work))
+    from fairfx_cli_tinynet import tiny
+
+    torch.save(tiny(num_classes=5).state_dict(), tmp_path / "w5.pth")
+    code = main(["inspect", "--model", MODEL, "--weights", str(tmp_path / "w5.pth")])
+    line = _one_line_error(capsys.readouterr().err, code)
+    assert "does not match the model: 2 of another shape (e.g. head.bias" in line
+    assert "same architecture and --num-classes?" in line
+
+
+def test_plan_refuses_a_bad_alpha_and_a_missing_scores_file(work, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(work)
+    code = main(["plan", "--model", MODEL, "--analysis", "nothing.pt", "--alpha", "0.01"])
+    assert "--analysis nothing.pt does not exist" in _one_line_error(capsys.readouterr().err, code)
+    code = main(["plan", "--model", MODEL, "--analysis", "nothing.pt", "--alpha", "-1"])
+    assert "alpha must be a number in [0, 1)" in _one_line_error(capsys.readouterr().err, code)
+
+
+def test_usage_errors_keep_argparse_exit_code(capsys) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["compress", "--model", MODEL, "--data", "x", "--out", "m.pt2"])  # no target
+    assert exc.value.code == 2
+    assert "one of the arguments --alpha --params --flops is required" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main(["compress", "--model", MODEL, "--data", "x", "--out", "m", "--alpha", "abc"])
+    assert exc.value.code == 2
