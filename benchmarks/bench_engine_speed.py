@@ -1,0 +1,275 @@
+"""Engine speed: Torch-Pruning's DependencyGraph vs fairfx's channel analysis + rewrite.
+
+Same process, same models, same input, same thread count.  For every model:
+
+* Torch-Pruning: build the pruner (dependency graph) and prune 50% of every group with L1
+  magnitude, output layer ignored (``peers.tp_build_and_prune``, on a deepcopy).
+* fairfx: ``fairfx.channel_groups(model, x)`` then ``fairfx.prune(model, x, keep)`` with
+  ``keep = {g.producers[0]: first half of the channels (at least one)}`` for every prunable group.
+  fairfx never mutates its input, so no copy is made.
+
+Medians over ``--repeats``; the repeats alternate between the two engines, and each timed call
+runs with the cyclic garbage collector paused (as ``timeit`` does; ``--gc`` to keep it on).
+If ``import fairfx`` (or its engine API) is not available, only the Torch-Pruning columns are
+filled.  ``OMP_WAIT_POLICY`` defaults to PASSIVE here (see below); timings on a machine shared
+with other jobs still move by 2x between runs, so compare columns of one run only.
+
+    python benchmarks/bench_engine_speed.py --repeats 3
+    python benchmarks/bench_engine_speed.py --models resnet50,vit_b_16 --repeats 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import statistics
+import sys
+import time
+import traceback
+import warnings
+
+# Idle OpenMP workers sleep instead of spinning.  Both engines issue thousands of tiny tensor ops;
+# with spinning workers and any other process on the cores, each op waits for a preempted thread
+# (measured on a loaded 2-core machine: Torch-Pruning on mobilenet_v3_large 0.6 s passive vs
+# 4-8 s spinning).  Must be set before torch starts its thread pool.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch
+import torchvision
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, _HERE)
+sys.path.insert(1, os.path.dirname(_HERE))  # the repo root, so an uninstalled fairfx imports
+import peers  # noqa: E402
+
+DEFAULT_MODELS = (
+    "resnet50",
+    "densenet121",
+    "densenet201",
+    "efficientnet_b0",
+    "mobilenet_v3_large",
+    "convnext_tiny",
+    "vit_b_16",
+)
+
+# attribute names a fairfx channel group may use for its channel count, tried in order
+_WIDTH_ATTRS = ("size", "width", "n_channels", "num_channels", "channels", "n")
+
+
+def _group_width(g) -> int:
+    for attr in _WIDTH_ATTRS:
+        v = getattr(g, attr, None)
+        if isinstance(v, int):
+            return v
+        if v is not None and hasattr(v, "__len__") and not isinstance(v, str):
+            return len(v)
+    try:
+        return len(g)
+    except TypeError:
+        raise AttributeError(
+            f"cannot tell the channel count of {type(g).__name__}; tried {_WIDTH_ATTRS} and len()"
+        ) from None
+
+
+def _load_fairfx():
+    try:
+        import fairfx
+    except Exception as e:  # pragma: no cover - depends on the state of the tree
+        return None, f"import fairfx failed: {type(e).__name__}: {e}"
+    missing = [n for n in ("channel_groups", "prune") if not hasattr(fairfx, n)]
+    if missing:
+        return None, f"fairfx has no {', '.join(missing)}"
+    return fairfx, ""
+
+
+def run_fairfx(fairfx, model, x):
+    """Returns (groups_seconds, prune_seconds, pruned_model, n_prunable, n_groups)."""
+    t0 = time.perf_counter()
+    groups = fairfx.channel_groups(model, x)
+    t1 = time.perf_counter()
+    keep = {}
+    for g in groups:
+        if g.prunable:
+            n = _group_width(g)
+            keep[g.producers[0]] = list(range(max(1, n // 2)))
+    t2 = time.perf_counter()
+    pruned = fairfx.prune(model, x, keep)
+    t3 = time.perf_counter()
+    # the keep-dict construction is the caller's work, counted with neither phase
+    return t1 - t0, t3 - t2, pruned, len(keep), len(groups)
+
+
+def _dist_version(name: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return "?"
+
+
+def _timed(keep_gc: bool, fn, *args, **kwargs):
+    """Run fn like ``timeit`` does: collect garbage first and pause the cyclic GC meanwhile.
+
+    Both engines allocate many small objects; with the collector running, a collection can land
+    in either timing and cost seconds (observed: DenseNet-121 under Torch-Pruning 5 s -> 16 s),
+    which says more about the heap left by earlier models than about the engine.
+    """
+    gc.collect()
+    if not keep_gc:
+        gc.disable()
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        gc.enable()
+
+
+def _median(xs):
+    return statistics.median(xs) if xs else float("nan")
+
+
+def _fmt(v, digits=3):
+    return "n/a" if v is None or v != v else f"{v:.{digits}f}"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument(
+        "--models", default=",".join(DEFAULT_MODELS), help="comma-separated torchvision model names"
+    )
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--no-fairfx", action="store_true", help="time Torch-Pruning only")
+    ap.add_argument("--no-tp", action="store_true", help="time fairfx only")
+    ap.add_argument(
+        "--gc",
+        action="store_true",
+        help="leave Python's cyclic garbage collector on during the timed calls",
+    )
+    ap.add_argument(
+        "--check",
+        action="store_true",
+        help="run each pruned model once (outside the timings) and report param counts",
+    )
+    args = ap.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    warnings.filterwarnings("ignore", message="Unwrapped parameters detected")
+
+    fairfx, why = (None, "disabled by --no-fairfx") if args.no_fairfx else _load_fairfx()
+    if fairfx is None:
+        print(f"[fairfx column skipped] {why}", file=sys.stderr)
+
+    print(
+        f"torch {torch.__version__}, torchvision {torchvision.__version__}, "
+        f"torch-pruning {_dist_version('torch-pruning')}, threads {torch.get_num_threads()}, "
+        f"OMP_WAIT_POLICY {os.environ.get('OMP_WAIT_POLICY')}, repeats {args.repeats}, "
+        f"gc {'on' if args.gc else 'paused'} while timing"
+    )
+
+    rows = []
+    x = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    for name in [m.strip() for m in args.models.split(",") if m.strip()]:
+        torch.manual_seed(0)
+        model = torchvision.models.get_model(name, weights=None).eval()
+        n0 = peers.count_params(model)
+        row = {"model": name, "params": n0}
+
+        # Repeats alternate TP and fairfx so that both see the same machine load.
+        tp_runs, ff_runs = [], []
+        tp_on = not args.no_tp
+        ff_on = fairfx is not None and not args.no_fairfx
+        tp_pruned = ff_pruned = None
+        for _ in range(args.repeats):
+            if tp_on:
+                try:
+                    b, p, tp_pruned = _timed(args.gc, peers.tp_build_and_prune, model, x, ratio=0.5)
+                    tp_runs.append((b, p))
+                except Exception as e:
+                    row["tp_error"] = f"{type(e).__name__}: {e}"
+                    traceback.print_exc()
+                    tp_on = False
+            if ff_on:
+                try:
+                    g, p, ff_pruned, n_prunable, n_groups = _timed(
+                        args.gc, run_fairfx, fairfx, model, x
+                    )
+                    ff_runs.append((g, p))
+                    row.update(ff_prunable=n_prunable, ff_n_groups=n_groups)
+                except Exception as e:
+                    row["ff_error"] = f"{type(e).__name__}: {e}"
+                    traceback.print_exc()
+                    ff_on = False
+        if tp_runs:
+            row.update(
+                tp_build=_median([r[0] for r in tp_runs]),
+                tp_prune=_median([r[1] for r in tp_runs]),
+                tp_total=_median([sum(r) for r in tp_runs]),
+            )
+        if ff_runs:
+            row.update(
+                ff_groups=_median([r[0] for r in ff_runs]),
+                ff_prune=_median([r[1] for r in ff_runs]),
+                ff_total=_median([sum(r) for r in ff_runs]),
+            )
+        if args.check:
+            with torch.no_grad():
+                for key, pm in (("tp_params", tp_pruned), ("ff_params", ff_pruned)):
+                    if pm is not None:
+                        pm(x)
+                        row[key] = peers.count_params(pm)
+        del tp_pruned, ff_pruned
+
+        rows.append(row)
+        print(
+            f"  done {name}: "
+            + ", ".join(
+                f"{k}={_fmt(v) if isinstance(v, float) else v}"
+                for k, v in row.items()
+                if k != "model"
+            ),
+            file=sys.stderr,
+            flush=True,
+        )
+
+    print()
+    print("| model | TP build+prune s | fairfx groups+prune s | speedup |")
+    print("|---|---:|---:|---:|")
+    for r in rows:
+        tp_t = r.get("tp_total")
+        ff_t = r.get("ff_total")
+        speed = tp_t / ff_t if tp_t and ff_t else None
+        tp_s = _fmt(tp_t) if "tp_error" not in r else "error"
+        ff_s = _fmt(ff_t) if "ff_error" not in r else "error"
+        sp = "n/a" if speed is None else f"{speed:.1f}x"
+        print(f"| {r['model']} | {tp_s} | {ff_s} | {sp} |")
+
+    print()
+    print(
+        "| model | params | TP build s | TP prune s | fairfx groups s | fairfx prune s "
+        "| fairfx prunable/groups |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        pg = f"{r['ff_prunable']}/{r['ff_n_groups']}" if "ff_prunable" in r else "n/a"
+        print(
+            f"| {r['model']} | {r['params'] / 1e6:.1f}M | {_fmt(r.get('tp_build'))} "
+            f"| {_fmt(r.get('tp_prune'))} | {_fmt(r.get('ff_groups'))} "
+            f"| {_fmt(r.get('ff_prune'))} | {pg} |"
+        )
+    if args.check:
+        print()
+        for r in rows:
+            print(
+                f"{r['model']}: params {r['params']} -> TP {r.get('tp_params', 'n/a')}, "
+                f"fairfx {r.get('ff_params', 'n/a')}"
+            )
+    errors = [(r["model"], k, r[k]) for r in rows for k in ("tp_error", "ff_error") if k in r]
+    for m, k, e in errors:
+        print(f"{m} {k}: {e}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

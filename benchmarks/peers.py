@@ -1,0 +1,221 @@
+"""Thin adapters around the peer tools used by the benchmarks (never imported by fairfx).
+
+Torch-Pruning (``pip install torch-pruning``, import ``torch_pruning``), tested with 1.6.1.
+
+Ratio semantics in Torch-Pruning, worth keeping in mind when reading its numbers:
+
+* ``pruning_ratio`` is a *channel* ratio.  With ``global_pruning=False`` every prunable
+  group (the channels a root Conv/Linear shares with everything coupled to it) loses
+  ``C - int(C * (1 - ratio))`` channels, ranked by the group importance.  Because a conv loses
+  both input and output channels, ``ratio=0.5`` removes roughly 75% of a conv's weights.
+* With ``global_pruning=True`` all groups go into one ranking; the threshold removes
+  ``total - int(total * (1 - ratio))`` channels overall, capped per layer by
+  ``max_pruning_ratio``.  A group whose selection would empty a layer is skipped entirely
+  (``DependencyGraph.check_pruning_group``), so the parameter count is not monotone in the ratio.
+* ``MagnitudeImportance(p=1)`` is the L1 norm of every parameter slice in the group, reduced by
+  ``mean`` over group members and normalised by its ``mean`` (Torch-Pruning's defaults).
+
+Nothing here changes the caller's model: every function works on a deepcopy.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Iterable, Sequence
+
+import torch
+from torch import nn
+
+
+def _tp():
+    import torch_pruning as tp
+
+    return tp
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def find_output_layers(model: nn.Module, example_input: torch.Tensor) -> list[nn.Module]:
+    """The Conv/Linear modules that run last in a forward pass (the classifier).
+
+    Good enough for classification nets, where the last executed Conv/Linear produces the logits
+    (also SqueezeNet's conv classifier).  Pass ``ignored_layers`` explicitly for anything else.
+    """
+    order: list[nn.Module] = []
+    hooks = [
+        m.register_forward_hook(lambda mod, _i, _o: order.append(mod))
+        for m in model.modules()
+        if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))
+        # attention projections live inside nn.MultiheadAttention and never end a network
+        and not isinstance(m, nn.modules.linear.NonDynamicallyQuantizableLinear)
+    ]
+    try:
+        with torch.no_grad():
+            model(example_input)
+    finally:
+        for h in hooks:
+            h.remove()
+    return [order[-1]] if order else []
+
+
+def _model_specific_kwargs(model: nn.Module) -> dict:
+    """Settings Torch-Pruning's own torchvision example uses for some families."""
+    from torchvision.models.vision_transformer import VisionTransformer
+
+    if isinstance(model, VisionTransformer):
+        # keep the embedding width divisible by the number of heads
+        return {"round_to": model.encoder.layers[0].num_heads}
+    return {}
+
+
+def _after_prune_fixups(model: nn.Module) -> None:
+    from torchvision.models.vision_transformer import VisionTransformer
+
+    if isinstance(model, VisionTransformer):
+        # torchvision's ViT reshapes with a python int stored on the module (TP issue #446 class)
+        model.hidden_dim = model.conv_proj.out_channels
+
+
+def _make_pruner(
+    model: nn.Module,
+    example_input: torch.Tensor,
+    ratio: float,
+    *,
+    global_pruning: bool,
+    ignored_layers: Sequence[nn.Module],
+    max_pruning_ratio: float = 1.0,
+):
+    tp = _tp()
+    return tp.pruner.BasePruner(  # MagnitudePruner / MetaPruner are aliases of BasePruner in 1.6
+        model,
+        example_inputs=example_input,
+        importance=tp.importance.MagnitudeImportance(p=1),
+        global_pruning=global_pruning,
+        pruning_ratio=ratio,
+        max_pruning_ratio=max_pruning_ratio,
+        iterative_steps=1,
+        ignored_layers=list(ignored_layers),
+        **_model_specific_kwargs(model),
+    )
+
+
+def tp_build_and_prune(
+    model: nn.Module,
+    example_input: torch.Tensor,
+    ratio: float = 0.5,
+    ignored_layers: Iterable[nn.Module | str] | None = None,
+) -> tuple[float, float, nn.Module]:
+    """Torch-Pruning on a deepcopy: uniform L1 magnitude pruning of ``ratio`` of each group.
+
+    Returns ``(build_seconds, prune_seconds, pruned_model)``.
+
+    * build = ``BasePruner(...)``: ``DependencyGraph.build_dependency`` (a traced forward plus the
+      graph) and one pass over ``get_all_groups`` to count channels.
+    * prune = ``pruner.step()``: importance of every group, ranking, index mapping and the in-place
+      surgery of every coupled layer.
+
+    The deepcopy and the output-layer search are outside both timings.
+    """
+    original = model
+    model = copy.deepcopy(model).eval()
+    ignored = _resolve_ignored(original, model, ignored_layers, example_input)
+
+    t0 = time.perf_counter()
+    pruner = _make_pruner(model, example_input, ratio, global_pruning=False, ignored_layers=ignored)
+    t1 = time.perf_counter()
+    pruner.step()
+    _after_prune_fixups(model)
+    t2 = time.perf_counter()
+    return t1 - t0, t2 - t1, model
+
+
+def _resolve_ignored(
+    original: nn.Module,
+    copy_: nn.Module,
+    ignored_layers: Iterable[nn.Module | str] | None,
+    example_input: torch.Tensor,
+) -> list[nn.Module]:
+    """Translate ignored layers given as modules of ``original`` or as names onto ``copy_``."""
+    if ignored_layers is None:
+        return find_output_layers(copy_, example_input)
+    by_id = {id(m): n for n, m in original.named_modules()}
+    wanted: set[str] = set()
+    for item in ignored_layers:
+        if isinstance(item, str):
+            wanted.add(item)
+        elif id(item) in by_id:
+            wanted.add(by_id[id(item)])
+        else:
+            raise ValueError(f"ignored layer {type(item).__name__} is not a submodule of the model")
+    return [m for n, m in copy_.named_modules() if n in wanted]
+
+
+def _prune_once(model, example_input, ratio, global_pruning, ignored_layers, max_pruning_ratio):
+    m = copy.deepcopy(model).eval()
+    ignored = _resolve_ignored(model, m, ignored_layers, example_input)
+    if ratio > 0:
+        pruner = _make_pruner(
+            m,
+            example_input,
+            ratio,
+            global_pruning=global_pruning,
+            ignored_layers=ignored,
+            max_pruning_ratio=max_pruning_ratio,
+        )
+        pruner.step()
+        _after_prune_fixups(m)
+    return m
+
+
+def tp_prune_to_budget(
+    model: nn.Module,
+    example_input: torch.Tensor,
+    params_fraction_removed: float,
+    global_pruning: bool,
+    ignored_layers: Iterable[nn.Module | str] | None = None,
+    *,
+    tol: float = 0.005,
+    max_iter: int = 20,
+    max_pruning_ratio: float = 0.9,
+) -> nn.Module:
+    """Torch-Pruning (L1 magnitude, uniform or global) hitting a *parameter* budget.
+
+    ``params_fraction_removed`` is the target fraction of parameters removed (0.3 = keep 70%).
+    The channel ratio is bisected; the model whose achieved fraction is closest to the target is
+    returned (within ``tol`` when reachable).  ``ignored_layers``: modules of ``model`` or their
+    qualified names; ``None`` protects the output layer only.  ``max_pruning_ratio`` caps how much
+    of one layer global ranking may take (Torch-Pruning default is 1.0, which lets global pruning
+    try to empty layers).  The achieved fraction is stored on the result as
+    ``_tp_params_fraction_removed`` and the ratio as ``_tp_pruning_ratio``.
+    """
+    if not 0.0 <= params_fraction_removed < 1.0:
+        raise ValueError("params_fraction_removed must be in [0, 1)")
+    n0 = count_params(model)
+
+    def achieved(m):
+        return 1.0 - count_params(m) / n0
+
+    best, best_err, best_ratio = None, float("inf"), 0.0
+    lo, hi = 0.0, max_pruning_ratio if global_pruning else 0.99
+    for _ in range(max_iter):
+        mid = 0.5 * (lo + hi)
+        m = _prune_once(
+            model, example_input, mid, global_pruning, ignored_layers, max_pruning_ratio
+        )
+        f = achieved(m)
+        err = abs(f - params_fraction_removed)
+        if err < best_err:
+            best, best_err, best_ratio = m, err, mid
+        if err <= tol:
+            break
+        if f < params_fraction_removed:
+            lo = mid
+        else:
+            hi = mid
+    assert best is not None
+    best._tp_params_fraction_removed = achieved(best)  # type: ignore[attr-defined]
+    best._tp_pruning_ratio = best_ratio  # type: ignore[attr-defined]
+    return best
