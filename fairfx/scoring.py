@@ -313,10 +313,9 @@ def finalize(graph: ChannelGraph, state: CalibrationState) -> dict[int, Scores]:
             scores[g.id] = Scores(np.zeros(g.size), np.zeros(g.size), _l1(graph, g.id))
             signed[g.id] = np.zeros(g.size)
     member: dict[str, np.ndarray] = {}
+    ordered = {c: state.ordered(c) for c in present}
     for node, (gid, pname, _, units) in producers.items():
-        rows = [
-            state.per_class[c].taylor[node] for c in present if node in state.per_class[c].taylor
-        ]
+        rows = [ordered[c].taylor[node] for c in present if node in ordered[c].taylor]
         if not rows:
             continue
         per_pos = torch.cat(rows).sum(0).numpy()
@@ -329,7 +328,7 @@ def finalize(graph: ChannelGraph, state: CalibrationState) -> dict[int, Scores]:
     for name, values in member.items():
         scores[graph.group_of_producer[name]].member_r[name] = np.abs(values)
     for p in observation_points(graph, state.observe):
-        per_class = [state.per_class[c].proj[p.node] for c in present]
+        per_class = [ordered[c].proj[p.node] for c in present]
         u_pos = max_pairwise_w1(per_class).double().numpy()
         ok = p.units >= 0
         s = scores[p.gid]

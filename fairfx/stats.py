@@ -12,8 +12,8 @@ sample's positions ``[C]`` (for R). Memory, with K = samples_per_class and M cla
     bytes ~= K * M * (4 * P * sum(C over observation points) + 8 * sum(C over producer calls))
 
 independent of the dataset's size and of the feature maps' size (maps are projected inside the
-forward and dropped). Example: ResNet-50, 10 classes, K = 32, P = 128: about 4.5 GB... of which
-the projections dominate; halve P or K to halve it.
+forward and dropped). The projections dominate: for ResNet-50 (about 26,500 observed channels),
+10 classes, K = 32 and P = 128 they take about 4.3 GB; halve P or K to halve it.
 """
 
 from __future__ import annotations
@@ -47,11 +47,62 @@ def sample_keys(x: torch.Tensor, seed: int) -> np.ndarray:
 
 @dataclass
 class ClassStats:
-    """The kept samples of one class: keys and their per-sample statistics."""
+    """The kept samples of one class, in fixed-capacity rows (unsorted; see ``ordered``).
+
+    A new sample overwrites the row of the largest key once the class is full, so inserting
+    costs one row copy, whatever the order of arrival, and the final set is the bottom-k keys.
+    """
 
     keys: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
     proj: dict[str, torch.Tensor] = field(default_factory=dict)
     taylor: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def insert(
+        self,
+        key: int,
+        proj: dict[str, torch.Tensor],
+        taylor: dict[str, torch.Tensor],
+        capacity: int,
+    ) -> None:
+        if key in self.keys:
+            return  # the same sample seen again (two shards, a resumed run): keep one copy
+        n = len(self.keys)
+        if n < capacity:
+            row = n
+            self.keys = np.append(self.keys, np.int64(key))
+            for store, values in ((self.proj, proj), (self.taylor, taylor)):
+                for name, v in values.items():
+                    if name not in store:
+                        store[name] = v.new_empty((capacity, *v.shape))
+                    store[name][row] = v
+            return
+        row = int(np.argmax(self.keys))
+        if key >= self.keys[row]:
+            return
+        self.keys[row] = key
+        for store, values in ((self.proj, proj), (self.taylor, taylor)):
+            for name, v in values.items():
+                store[name][row] = v
+
+    def ordered(self) -> ClassStats:
+        """The filled rows sorted by key: the order every sum is taken in (reproducible)."""
+        order = np.argsort(self.keys, kind="stable")
+        idx = torch.as_tensor(order)
+        n = len(self.keys)
+        return ClassStats(
+            self.keys[order],
+            {k: v[:n][idx] for k, v in self.proj.items()},
+            {k: v[:n][idx] for k, v in self.taylor.items()},
+        )
+
+    def rows(self):
+        """(key, proj, taylor) of every filled row, for merging."""
+        for i, key in enumerate(self.keys.tolist()):
+            yield (
+                key,
+                {k: v[i] for k, v in self.proj.items()},
+                {k: v[i] for k, v in self.taylor.items()},
+            )
 
 
 @dataclass
@@ -74,7 +125,7 @@ class CalibrationState:
         st = self.per_class.get(c)
         if st is None or len(st.keys) < self.samples_per_class:
             return None
-        return int(st.keys[-1])
+        return int(st.keys.max())
 
     def wanted(self, keys: np.ndarray, labels: np.ndarray) -> np.ndarray:
         """Indices of the batch's samples that may enter the state."""
@@ -95,30 +146,15 @@ class CalibrationState:
         proj: dict[str, torch.Tensor],
         taylor: dict[str, torch.Tensor],
     ) -> None:
-        """Insert samples (rows of ``proj``/``taylor``) and keep the bottom-k per class."""
-        for c in np.unique(labels).tolist():
-            rows = np.flatnonzero(labels == c)
-            idx = torch.as_tensor(rows)
-            new = ClassStats(
-                keys[rows],
-                {k: v[idx] for k, v in proj.items()},
-                {k: v[idx] for k, v in taylor.items()},
+        """Insert samples (rows of ``proj``/``taylor``) keeping the bottom-k keys per class."""
+        for i, (key, c) in enumerate(zip(keys.tolist(), labels.tolist(), strict=True)):
+            st = self.per_class.setdefault(c, ClassStats())
+            st.insert(
+                key,
+                {k: v[i] for k, v in proj.items()},
+                {k: v[i] for k, v in taylor.items()},
+                self.samples_per_class,
             )
-            self.per_class[c] = self._trim(_concat(self.per_class.get(c), new))
-
-    def _trim(self, st: ClassStats) -> ClassStats:
-        order = np.lexsort((np.arange(len(st.keys)), st.keys))[: self.samples_per_class]
-        keys = st.keys[order]
-        # Drop exact duplicates of a key (the same sample seen twice, e.g. two shards).
-        first = np.ones(len(keys), dtype=bool)
-        first[1:] = keys[1:] != keys[:-1]
-        order = order[first]
-        idx = torch.as_tensor(order)
-        return ClassStats(
-            st.keys[order],
-            {k: v[idx] for k, v in st.proj.items()},
-            {k: v[idx] for k, v in st.taylor.items()},
-        )
 
     # ------------------------------------------------------------------ merge / persist
     def compatible(self, other: CalibrationState) -> None:
@@ -145,9 +181,11 @@ class CalibrationState:
             {},
             self.batches_seen + other.batches_seen,
         )
-        for c in sorted(set(self.per_class) | set(other.per_class)):
-            both = _concat(self.per_class.get(c), other.per_class.get(c))
-            out.per_class[c] = out._trim(both)
+        for source in (self, other):
+            for c, st in sorted(source.per_class.items()):
+                target = out.per_class.setdefault(c, ClassStats())
+                for key, proj, taylor in st.rows():
+                    target.insert(key, proj, taylor, self.samples_per_class)
         return out
 
     def sample_count(self) -> int:
@@ -164,19 +202,8 @@ class CalibrationState:
         return cls(**payload["state"])
 
     def ordered(self, c: int) -> ClassStats:
-        """Class ``c``'s samples in key order (the order sums are taken in: reproducible)."""
-        return self.per_class[c]
-
-
-def _concat(a: ClassStats | None, b: ClassStats | None) -> ClassStats:
-    if a is None or len(a.keys) == 0:
-        return b if b is not None else ClassStats()
-    if b is None or len(b.keys) == 0:
-        return a
-    keys = np.concatenate([a.keys, b.keys])
-    proj = {k: torch.cat([a.proj[k], b.proj[k]]) for k in a.proj}
-    taylor = {k: torch.cat([a.taylor[k], b.taylor[k]]) for k in a.taylor}
-    return ClassStats(keys, proj, taylor)
+        """Class ``c``'s samples in key order."""
+        return self.per_class[c].ordered()
 
 
 def describe(state: CalibrationState) -> dict[str, Any]:

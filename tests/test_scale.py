@@ -66,7 +66,7 @@ def test_sample_choice_does_not_depend_on_batch_order() -> None:
     a = analyze(model, x, data)
     b = analyze(model, x, list(reversed(data)))
     for c in a.state.per_class:
-        np.testing.assert_array_equal(a.state.per_class[c].keys, b.state.per_class[c].keys)
+        np.testing.assert_array_equal(a.state.ordered(c).keys, b.state.ordered(c).keys)
     assert_same_scores(a, b, exact=False)
     assert same_plans(a, b)
 
@@ -78,7 +78,7 @@ def test_merged_shards_equal_one_pass() -> None:
     odd = analyze(model, x, data[1::2]).state
     merged = odd.merge(even)
     for c in whole.state.per_class:
-        np.testing.assert_array_equal(merged.per_class[c].keys, whole.state.per_class[c].keys)
+        np.testing.assert_array_equal(merged.ordered(c).keys, whole.state.ordered(c).keys)
     from fairfx.scoring import finalize
 
     scores = finalize(whole.graph, merged)
