@@ -187,6 +187,25 @@ class Unsupported(nn.Module):
         return self.head(y.mean((2, 3)))
 
 
+class Attention(nn.Module):
+    """Tokens through self-attention (sequence-first, weights returned) with a residual add."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Linear(6, 8)
+        self.ln = nn.LayerNorm(8)
+        self.attn = nn.MultiheadAttention(8, 2)
+        self.mlp = nn.Sequential(nn.Linear(8, 12), nn.GELU(), nn.Linear(12, 8))
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        x = self.embed(x)  # [L, N, 8]
+        y, w = self.attn(self.ln(x), self.ln(x), self.ln(x))
+        x = x + y + w.sum() * 0
+        x = x + self.mlp(x)
+        return self.head(x.mean(0))
+
+
 CASES = {
     "residual": (Residual, (2, 3, 8, 8)),
     "concat": (Concat, (2, 3, 8, 8)),
@@ -198,4 +217,5 @@ CASES = {
     "shuffle": (Shuffle, (2, 3, 8, 8)),
     "functional": (Functional, (2, 3, 8, 8)),
     "conv1d": (Conv1d3d, (2, 2, 10)),
+    "attention": (Attention, (5, 2, 6)),
 }

@@ -104,6 +104,18 @@ def test_grouped_conv_ties_columns_and_depthwise_follows() -> None:
     assert fairfx.verify(model, pruned, x).passed
 
 
+def test_self_attention_prunes_the_residual_stream() -> None:
+    model, x = make("attention")
+    groups = fairfx.channel_groups(model, x)
+    stream = group_of(groups, "embed")
+    assert {"embed", "attn.out_proj", "mlp.2"} <= set(stream.producers)
+    assert stream.prunable and not stream.exact  # LayerNorm over the stream
+    pruned = fairfx.prune(model, x, {"embed": [0, 2, 3, 7]})
+    attn = pruned.get_submodule("attn")
+    assert attn.in_proj_weight.shape == (24, 4) and attn.out_proj.out_features == 4
+    assert fairfx.verify(model, pruned, x).passed
+
+
 def test_group_norm_prunes_whole_norm_groups() -> None:
     class M(nn.Module):
         def __init__(self) -> None:

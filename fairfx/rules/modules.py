@@ -258,6 +258,10 @@ MODULE_RULES: dict[type, object] = {
     **{t: spatial for t in _SPATIAL},
 }
 
+from .attention import RULES as _ATTENTION  # noqa: E402 - attention imports this module's helpers
+
+MODULE_RULES.update(_ATTENTION)
+
 try:
     from torchvision.ops import StochasticDepth
 
