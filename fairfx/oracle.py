@@ -101,13 +101,14 @@ class VerifyReport:
         return text
 
 
-def _tensors(value: Any) -> list[torch.Tensor]:
+def flat_tensors(value: Any) -> list[torch.Tensor]:
+    """Every tensor in a (nested) output, in order."""
     if isinstance(value, torch.Tensor):
         return [value]
     if isinstance(value, (tuple, list)):
-        return [t for v in value for t in _tensors(v)]
+        return [t for v in value for t in flat_tensors(v)]
     if isinstance(value, dict):
-        return [t for v in value.values() for t in _tensors(v)]
+        return [t for v in value.values() for t in flat_tensors(v)]
     return []
 
 
@@ -143,9 +144,9 @@ def verify(
     units = graph.units_from_keep(info["keep"]) if info["keep"] else {}
     kept_slot = graph.kept_slots(units)
     inputs = graph.analysis.captured.inputs
-    reference = _tensors(masked_output(graph, kept_slot, inputs))
+    reference = flat_tensors(masked_output(graph, kept_slot, inputs))
     work = copy.deepcopy(pruned).eval()
-    got = _tensors(work(*inputs))
+    got = flat_tensors(work(*inputs))
     if len(got) != len(reference):
         return VerifyReport(False, float("inf"), 0.0, 0)
     diff, scale = 0.0, 0.0

@@ -12,6 +12,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .oracle import flat_tensors
+
 EXPORT_RTOL = 1e-4
 
 
@@ -82,20 +84,10 @@ def latency_ms(
     return statistics.median(times)
 
 
-def _tensors(value: Any) -> list[torch.Tensor]:
-    if isinstance(value, torch.Tensor):
-        return [value]
-    if isinstance(value, (list, tuple)):
-        return [t for v in value for t in _tensors(v)]
-    if isinstance(value, dict):
-        return [t for v in value.values() for t in _tensors(v)]
-    return []
-
-
 @torch.no_grad()
 def max_diff(a: Callable[..., Any], b: Callable[..., Any], x: torch.Tensor) -> tuple[float, float]:
     """Largest absolute difference of the outputs and the largest output magnitude."""
-    want, got = _tensors(a(x)), _tensors(b(x))
+    want, got = flat_tensors(a(x)), flat_tensors(b(x))
     if len(want) != len(got) or any(w.shape != g.shape for w, g in zip(want, got, strict=True)):
         return float("inf"), 0.0
     diff = max((float((w - g).abs().max()) for w, g in zip(want, got, strict=True)), default=0.0)
