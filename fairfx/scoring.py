@@ -313,12 +313,25 @@ def finalize(graph: ChannelGraph, state: CalibrationState) -> dict[int, Scores]:
             scores[g.id] = Scores(np.zeros(g.size), np.zeros(g.size), _l1(graph, g.id))
             signed[g.id] = np.zeros(g.size)
     member: dict[str, np.ndarray] = {}
-    ordered = {c: state.ordered(c) for c in present}
+    # Rows in key order, one tensor at a time: no second copy of the whole state.
+    order = {
+        c: torch.as_tensor(np.argsort(state.per_class[c].keys, kind="stable")) for c in present
+    }
+
+    def rows(store: str, node: str) -> list[torch.Tensor]:
+        out = []
+        for c in present:
+            st = state.per_class[c]
+            table = getattr(st, store)
+            if node in table:
+                out.append(table[node][: len(st.keys)].index_select(0, order[c]))
+        return out
+
     for node, (gid, pname, _, units) in producers.items():
-        rows = [ordered[c].taylor[node] for c in present if node in ordered[c].taylor]
-        if not rows:
+        taylor = rows("taylor", node)
+        if not taylor:
             continue
-        per_pos = torch.cat(rows).sum(0).numpy()
+        per_pos = torch.cat(taylor).sum(0).numpy()
         ok = units >= 0
         np.add.at(signed[gid], units[ok], per_pos[ok])
         mt = member.setdefault(pname, np.zeros(graph.groups[gid].size))
@@ -328,8 +341,7 @@ def finalize(graph: ChannelGraph, state: CalibrationState) -> dict[int, Scores]:
     for name, values in member.items():
         scores[graph.group_of_producer[name]].member_r[name] = np.abs(values)
     for p in observation_points(graph, state.observe):
-        per_class = [ordered[c].proj[p.node] for c in present]
-        u_pos = max_pairwise_w1(per_class).double().numpy()
+        u_pos = max_pairwise_w1(rows("proj", p.node)).double().numpy()
         ok = p.units >= 0
         s = scores[p.gid]
         np.maximum.at(s.u, p.units[ok], u_pos[ok])
