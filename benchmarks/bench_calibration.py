@@ -87,6 +87,11 @@ def main() -> None:
     if args.child:
         child(args.child, args.batch, args.threads)
         return
+    if not args.skip_pairs:  # quick, so first: a long run still reports it
+        print("| classes | channels | samples/class | projections | pair loop s |")
+        print("|---|---|---|---|---|", flush=True)
+        for k, s in pair_loop(args.threads):
+            print(f"| {k} | 2048 | 32 | 128 | {s:.1f} |", flush=True)
     rows = []
     for n in args.images:
         cmd = [sys.executable, __file__, "--child", str(n), "--batch", str(args.batch)]
@@ -101,11 +106,6 @@ def main() -> None:
             f"| {r['images']} | {r['kept_samples']} | {r['wall_s']:.1f} | {r['peak_rss_mb']:.0f} "
             f"| {r['rss_model_mb']:.0f} |"
         )
-    if not args.skip_pairs:
-        print("\n| classes | channels | samples/class | projections | pair loop s |")
-        print("|---|---|---|---|---|")
-        for k, s in pair_loop(args.threads):
-            print(f"| {k} | 2048 | 32 | 128 | {s:.1f} |")
 
 
 if __name__ == "__main__":
