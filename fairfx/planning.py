@@ -9,7 +9,7 @@ user can sweep alphas or bisect a parameter/MAC budget in seconds.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -102,6 +102,7 @@ def make_plan(
     seed: int = 0,
     base: Cost | None = None,
     scale: float = 1.0,
+    cost_of: Callable[[dict[int, np.ndarray]], Cost] | None = None,
 ) -> Plan:
     """One plan: ToD counts (or a uniform ratio) and an importance ranking per group.
 
@@ -130,7 +131,8 @@ def make_plan(
     units = graph.restore_empty(units, priority[graph.roots])
     removed = {g: graph.groups[g].size - len(u) for g, u in units.items()}
     base = base or model_cost(graph)
-    return Plan(units, alpha, importance, uniform, removed, plan_cost(graph, units), base)
+    cost = cost_of(units) if cost_of is not None else plan_cost(graph, units)
+    return Plan(units, alpha, importance, uniform, removed, cost, base)
 
 
 def plan_for_budget(
@@ -161,10 +163,27 @@ def plan_for_budget(
         raise PlanError(f"the budget is a kept fraction in (0, 1], got {target!r}")
     base = model_cost(graph)
     key = "params_kept" if params is not None else "macs_kept"
+    costs: dict[tuple[tuple[int, int], ...], Cost] = {}
+
+    def cost_of(units: dict[int, np.ndarray]) -> Cost:
+        """Sizes, not identities, of kept units decide the cost: bisection steps that land on the
+        same counts reuse it."""
+        counts = tuple(sorted((g, len(u)) for g, u in units.items()))
+        if counts not in costs:
+            costs[counts] = plan_cost(graph, units)
+        return costs[counts]
 
     def build(x: float, scale: float = 1.0) -> Plan:
         if uniform:
-            return make_plan(graph, scores, uniform=x, importance=importance, seed=seed, base=base)
+            return make_plan(
+                graph,
+                scores,
+                uniform=x,
+                importance=importance,
+                seed=seed,
+                base=base,
+                cost_of=cost_of,
+            )
         return make_plan(
             graph,
             scores,
@@ -174,6 +193,7 @@ def plan_for_budget(
             seed=seed,
             base=base,
             scale=scale,
+            cost_of=cost_of,
         )
 
     def bisect(make, lo: float, hi: float) -> list[Plan]:
