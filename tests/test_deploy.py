@@ -11,8 +11,8 @@ from torch import nn
 
 import fairfx
 from fairfx import FairfxError, digits
-from fairfx.cli import export_and_check
 from fairfx.finetune import FinetuneHistory, evaluate_accuracy
+from fairfx.report import export_and_check
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -1,0 +1,261 @@
+"""``fairfx compress``: score, plan, rewrite, verify, fine-tune, export and report in one run."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .cli_inputs import (
+    UserError,
+    _Chatter,
+    _check_alpha,
+    _first_line,
+    _fraction,
+    _human,
+    _json_default,
+    _table,
+    _writable,
+    example_batch,
+    load_data,
+    load_model,
+    weights_fingerprint,
+)
+from .errors import FairfxError
+from .report import export_and_check, plot_kept
+
+
+def _load_scores(path: Path, model: nn.Module, example: torch.Tensor) -> Any:
+    from .fair import load_analysis
+
+    try:
+        return load_analysis(path, model, example)
+    except FairfxError:
+        raise
+    except Exception as exc:
+        raise UserError(
+            f"cannot read --analysis {path} (written by fairfx compress --analysis): "
+            f"{_first_line(exc)}"
+        ) from exc
+
+
+def _classes(ds: torch.utils.data.Dataset) -> int:
+    if hasattr(ds, "classes"):
+        return len(ds.classes)
+    return int(torch.unique(ds.tensors[1]).numel())
+
+
+def cmd_compress(args: argparse.Namespace) -> int:
+    from .fair import analyze
+    from .finetune import finetune
+    from .oracle import verify
+
+    say = _Chatter(args.quiet)
+    # Cheap checks first: a typo must not cost an analysis.
+    if args.alpha is not None:
+        _check_alpha(args.alpha)
+    if args.params is not None:
+        _fraction(args.params, "--params")
+    if args.flops is not None:
+        _fraction(args.flops, "--flops")
+    for flag, value in (
+        ("--image-size", args.image_size),
+        ("--batch-size", args.batch_size),
+        ("--samples-per-class", args.samples_per_class),
+    ):
+        if value < 1:
+            raise UserError(f"{flag} must be at least 1, got {value}")
+    if args.finetune_epochs < 0:
+        raise UserError(f"--finetune-epochs must be 0 or more, got {args.finetune_epochs}")
+    out = _writable(args.out, "--out")
+    report_path = _writable(args.report, "--report")
+    plot_path = _writable(args.plot, "--plot")
+    scores_path = _writable(args.analysis, "--analysis")
+    if plot_path is not None and importlib.util.find_spec("matplotlib") is None:
+        raise UserError("--plot needs matplotlib: pip install matplotlib (or fairfx[demo])")
+    assert out is not None
+
+    times: dict[str, float] = {}
+    t = time.perf_counter()
+    model = load_model(args.model, args.weights, args.num_classes)
+    dataset = load_data(args.data, args.image_size, args.channels)
+    example = example_batch(dataset)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, shuffle=False)
+    fingerprint = weights_fingerprint(model)
+    times["load"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    if scores_path is not None and scores_path.exists():
+        analysis = _load_scores(scores_path, model, example)
+        saved = analysis.record.get("weights_sha1")
+        if saved is not None and saved != fingerprint:
+            raise UserError(
+                f"--analysis {scores_path} holds scores of other weights of this model; delete "
+                "it or give another path to score these weights"
+            )
+        say(f"reusing scores from {scores_path} (delete it to score again)")
+        reused = True
+    else:
+        say(
+            f"scoring channels on {args.data} ({len(dataset)} samples, {_classes(dataset)} classes)"
+        )
+        analysis = analyze(
+            model,
+            example,
+            loader,
+            samples_per_class=args.samples_per_class,
+            seed=args.seed,
+            progress=not args.quiet,
+        )
+        analysis.record.update(
+            model=args.model,
+            weights_sha1=fingerprint,
+            input_shape=list(example.shape[1:]),
+        )
+        reused = False
+        if scores_path is not None:
+            analysis.save(scores_path)
+            say(f"saved scores to {scores_path}")
+    times["analyze"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    if args.alpha is not None:
+        plan = analysis.plan(args.alpha)
+        target = f"alpha {args.alpha:g}"
+    elif args.params is not None:
+        plan = analysis.plan_for(params=args.params)
+        target = f"keep {args.params:g} of parameters"
+    else:
+        plan = analysis.plan_for(flops=args.flops)
+        target = f"keep {args.flops:g} of MACs"
+    times["plan"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    pruned = analysis.compress(plan)
+    times["compress"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    check = verify(model, pruned, example)
+    times["verify"] = time.perf_counter() - t
+    if not check.passed:
+        raise UserError(
+            f"the pruned model does not match the masked original ({check}); nothing was written. "
+            "This is a fairfx bug: please report the model",
+            code=1,
+        )
+
+    history = None
+    if args.finetune_epochs:
+        t = time.perf_counter()
+        say(f"fine-tuning {args.finetune_epochs} epoch(s) on the calibration data")
+        train = torch.utils.data.DataLoader(
+            dataset,
+            batch_size=args.batch_size,
+            shuffle=True,
+            generator=torch.Generator().manual_seed(args.seed),
+        )
+        finetune(pruned, train, epochs=args.finetune_epochs, lr=args.lr, progress=not args.quiet)
+        history = pruned.meta["fairfx"]["finetune"]
+        times["finetune"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    summary = plan.summary()
+    say(f"exporting to {out}")
+    try:
+        export = export_and_check(
+            pruned,
+            example,
+            out,
+            extra={"fairfx.json": json.dumps({"plan": summary}, default=_json_default)},
+        )
+    except Exception as exc:
+        raise UserError(f"torch.export failed: {_first_line(exc)}", code=1) from exc
+    times["export"] = time.perf_counter() - t
+
+    groups = analysis.graph.groups if analysis.graph is not None else []
+    per_group = [
+        {
+            "id": g.id,
+            "producers": list(g.producers),
+            "size": g.size,
+            "kept": len(plan.units[g.id]) if g.id in plan.units else g.size,
+            "prunable": g.prunable,
+            "reason": g.reason,
+        }
+        for g in groups
+    ]
+    record = analysis.record
+    report = {
+        "model": args.model,
+        "weights": args.weights,
+        "data": args.data,
+        "target": target,
+        "plan": summary,
+        "scores": {
+            "reused": reused,
+            "path": args.analysis,
+            "samples": record.get("samples"),
+            "classes": len(record.get("classes", [])),
+        },
+        "verify": {
+            "passed": check.passed,
+            "max_abs_diff": check.max_abs_diff,
+            "tolerance": check.tolerance,
+        },
+        "finetune": history,
+        "export": export,
+        "timings_seconds": {k: round(v, 4) for k, v in times.items()},
+        "groups": per_group,
+    }
+    if report_path is not None:
+        report_path.write_text(json.dumps(report, indent=2, default=_json_default) + "\n")
+        say(f"wrote {report_path}")
+    if plot_path is not None:
+        plot_kept(per_group, plot_path, f"{args.model}: {target}")
+        say(f"wrote {plot_path}")
+    print(_compress_table(args, target, summary, check, history, export, times, reused))
+    return 0 if export["equal"] else 1
+
+
+def _compress_table(args, target, s, check, history, export, times, reused) -> str:
+    rows = [
+        ("", "before", "after", "kept"),
+        (
+            "parameters",
+            f"{s['params_before']:,}",
+            f"{s['params_after']:,}",
+            f"{s['params_kept']:.1%}",
+        ),
+        ("MACs", _human(s["macs_before"]), _human(s["macs_after"]), f"{s['macs_kept']:.1%}"),
+    ]
+    lines = [f"fairfx compress {args.model} ({target})", _table(rows, (False, True, True, True))]
+    lines.append(
+        f"groups pruned  {s['groups_pruned']} ({s['units_removed']} channel units removed)"
+        + (f"; {s['note']}" if s["note"] else "")
+    )
+    lines.append(
+        f"verify         {'PASS' if check.passed else 'FAIL'} (max |pruned - masked original| "
+        f"{check.max_abs_diff:.2g}, tolerance {check.tolerance:.2g})"
+    )
+    if history is not None:
+        lines.append(
+            f"fine-tune      {history['epochs']} epoch(s) on the calibration data, train loss "
+            + " -> ".join(f"{v:.4f}" for v in history["train_loss"])
+        )
+    batch = "dynamic batch >= 1" if export["dynamic_batch"] else export["note"]
+    lines.append(
+        f"export         {'OK' if export['equal'] else 'MISMATCH'} {export['path']} ({batch}; "
+        f"reloaded and compared at batch {', '.join(map(str, export['batches']))}: max |diff| "
+        f"{export['max_abs_diff']:.2g})"
+    )
+    names = {"analyze": "load scores" if reused else "analyze", "finetune": "fine-tune"}
+    lines.append(
+        "time           " + ", ".join(f"{names.get(k, k)} {v:.2f}s" for k, v in times.items())
+    )
+    return "\n".join(lines)
