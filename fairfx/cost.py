@@ -50,9 +50,4 @@ def plan_cost(graph: ChannelGraph, units: Mapping[int, Sequence[int]]) -> Cost:
     return Cost(count_params(meta), _macs(meta, graph.analysis.captured.inputs))
 
 
-def kept_fraction(graph: ChannelGraph, units: Mapping[int, Sequence[int]]) -> tuple[float, float]:
-    base, now = model_cost(graph), plan_cost(graph, units)
-    return now.params / max(base.params, 1), now.macs / max(base.macs, 1)
-
-
-__all__ = ["Cost", "kept_fraction", "model_cost", "plan_cost"]
+__all__ = ["Cost", "model_cost", "plan_cost"]

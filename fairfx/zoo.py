@@ -27,7 +27,6 @@ for _name in ("vit_b_16", "vit_b_32", "vit_l_16", "vit_l_32", "vit_h_14", "maxvi
     INPUT_SIZE[_name] = 224
 for _name in ("swin_t", "swin_s", "swin_b", "swin_v2_t", "swin_v2_s", "swin_v2_b"):
     INPUT_SIZE[_name] = 224
-INPUT_SIZE["vit_h_14"] = 224
 
 
 @dataclass
@@ -121,7 +120,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("models", nargs="*", help="model names (default: the whole zoo)")
     parser.add_argument("--no-export", action="store_true")
     args = parser.parse_args(argv)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     names = args.models or torchvision.models.list_models(module=torchvision.models)
     results = []
     for name in names:
