@@ -199,17 +199,15 @@ def new_state(
     loss_fn: Callable[..., torch.Tensor] | None,
 ) -> CalibrationState:
     """An empty state for this model and these options."""
-    out_node = graph.analysis.gm.graph.find_nodes(op="output")[0].args[0]
-    logits = out_node.meta.get("fairfx_shape") if isinstance(out_node, fx.Node) else None
-    if loss_fn is None and (logits is None or len(logits) != 2):
+    logits = _logit_count(graph)
+    if loss_fn is None and logits is None:
         raise CalibrationError(
             "the model's output is not class logits [N, classes]; FAIR scoring needs a "
             "classification output, or pass loss_fn=(output, targets) -> scalar loss"
         )
     if samples_per_class < 1:
         raise CalibrationError(f"samples_per_class must be at least 1, got {samples_per_class}")
-    num_classes = logits[1] if logits is not None and len(logits) == 2 else max_classes
-    classes = choose_classes(num_classes, max_classes, seed).tolist()
+    classes = choose_classes(logits or max_classes, max_classes, seed).tolist()
     points = sorted({p.node for p in observation_points(graph, observe)})
     return CalibrationState(
         classes,
@@ -237,11 +235,11 @@ def calibrate(
     over samples (the default, summed cross-entropy, does) so each sample's Taylor sum is its own.
     """
     gm = graph.analysis.gm
-    points = [p for p in observation_points(graph, state.observe)]
+    points = observation_points(graph, state.observe)
     producers = _producer_outputs(graph)
     loss_fn = loss_fn or (lambda out, y: F.cross_entropy(out, y, reduction="sum"))
     runner = _Collector(gm, points, set(producers), state.projections, state.seed)
-    num_classes = max(state.classes) + 1
+    num_classes = max(max(state.classes) + 1, _logit_count(graph) or 0)
     was_training = gm.training
     gm.eval()
     total = len(data) if hasattr(data, "__len__") else None
@@ -253,7 +251,7 @@ def calibrate(
             if i % world != rank:
                 continue
             x, y = split_batch(batch)
-            labels = check_labels(y, max(num_classes, _logit_count(graph) or 0))
+            labels = check_labels(y, num_classes)
             keys = sample_keys(x, state.seed)
             idx = state.wanted(keys, labels)
             state.batches_seen += 1
@@ -271,6 +269,7 @@ def calibrate(
 
 
 def _logit_count(graph: ChannelGraph) -> int | None:
+    """Number of classes when the model's output is ``[N, classes]`` logits, else None."""
     out_node = graph.analysis.gm.graph.find_nodes(op="output")[0].args[0]
     shape = out_node.meta.get("fairfx_shape") if isinstance(out_node, fx.Node) else None
     return shape[1] if shape is not None and len(shape) == 2 else None
