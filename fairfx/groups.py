@@ -91,10 +91,10 @@ class ChannelGraph:
         self._attach_consumers()
 
     def _attach_consumers(self) -> None:
-        group_of_root = np.full(len(self.roots), -1, dtype=np.int64)
+        self.group_of_root = np.full(len(self.roots), -1, dtype=np.int64)
         for gid, classes in enumerate(self.group_classes):
-            group_of_root[classes] = gid
-        readers = self.analysis.consumers_by_group(group_of_root[self.roots])
+            self.group_of_root[classes] = gid
+        readers = self.analysis.consumers_by_group(self.group_of_root[self.roots])
         self.groups = [
             dataclasses.replace(g, consumers=tuple(readers.get(g.id, ()))) for g in self.groups
         ]
@@ -180,7 +180,9 @@ class ChannelGraph:
             _, slots = empty[0]
             best = slots[int(np.argmax(score[slots]))] if score is not None else slots[0]
             root = self.roots[best]
-            gid = next(g for g, c in enumerate(self.group_classes) if root in c)
+            gid = int(self.group_of_root[root])
+            if gid < 0:  # only group channels can be removed, so this cannot happen
+                raise PlanError(f"node {empty[0][0]!r} lost channels that belong to no group")
             unit = int(np.searchsorted(self.group_classes[gid], root))
             plan[gid] = np.union1d(plan.get(gid, np.arange(self.groups[gid].size)), [unit])
 
