@@ -26,7 +26,7 @@ slow: $(VENV)/.installed
 	$(PY) -m pytest -q -m slow
 
 zoo: $(VENV)/.installed
-	$(PY) -m fairfx.zoo
+	$(PY) -m fairfx.apps.zoo
 
 demo: $(VENV)/.installed
-	$(PY) -m fairfx.demo
+	$(PY) -m fairfx.apps.demo

@@ -63,7 +63,7 @@ def child(images: int, batch: int, threads: int) -> None:
 def pair_loop(threads: int) -> list[tuple[int, float]]:
     import torch
 
-    from fairfx.wasserstein import max_pairwise_w1
+    from fairfx.method.wasserstein import max_pairwise_w1
 
     torch.set_num_threads(threads)
     out = []

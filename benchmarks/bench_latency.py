@@ -22,7 +22,7 @@ import torch
 import torchvision
 
 import fairfx
-from fairfx.report import latency_ms, table
+from fairfx.apps.report import latency_ms, table
 
 
 def synthetic(n: int, seed: int = 0):

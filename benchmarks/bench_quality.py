@@ -1,6 +1,6 @@
 """Quality benchmark on real data: accuracy of small pruned CNNs at matched parameter budgets.
 
-Data: scikit-learn's bundled digits (``fairfx.digits``, 8x8 grey, fixed stratified 60/15/25
+Data: scikit-learn's bundled digits (``fairfx.apps.digits``, 8x8 grey, fixed stratified 60/15/25
 train/val/test split; the test split is only ever used for the reported numbers).
 Models: ``digits.VGGStyle``, ``digits.ResNetStyle`` and ``digits.DenseNetStyle``, trained with
 ``digits.train`` for every seed (trained state_dicts are cached under ``artifacts/bench_quality``).
@@ -84,8 +84,8 @@ sys.path.insert(0, str(_HERE))  # peers.py
 import peers  # noqa: E402
 
 import fairfx  # noqa: E402
-import fairfx.digits as digits  # noqa: E402
-from fairfx.report import table  # noqa: E402
+import fairfx.apps.digits as digits  # noqa: E402
+from fairfx.apps.report import table  # noqa: E402
 
 ART = _ROOT / "artifacts" / "bench_quality"
 RESULTS_MD = _HERE / "RESULTS_quality.md"

@@ -2,8 +2,9 @@
 
 One model, one calibration set, both tools:
 
-* model: ``fairfx.digits.VGGStyle(width=16, bn=False)`` trained on the digits train split (fixed
-  seed); no BatchNorm and no Dropout, so the authors' train-mode R pass equals an eval-mode one.
+* model: ``fairfx.apps.digits.VGGStyle(width=16, bn=False)`` trained on the digits train split
+  (fixed seed); no BatchNorm and no Dropout, so the authors' train-mode R pass equals an eval-mode
+  one.
 * calibration set: the first ``--per-class`` training samples of each of the 10 classes, in data
   order, as one ``TensorDataset``; one ``DataLoader`` over it (``--batch``, no shuffle) is given
   to both tools. Because the set holds *exactly* ``per_class`` samples of every class, both tools
@@ -25,8 +26,9 @@ Tables printed (markdown):
    the ReLU *and* a following MaxPool, to where the next layer reads it), and with
    ``layers2analysis`` = the ReLU right after the layer (their example script's choice; for the
    layers followed by a MaxPool this is another tensor, so U differs by more than noise there).
-2. Counts: for each alpha, ``get_ratios`` on their results vs ``fairfx.tod.prune_count`` on *their*
-   U and R (must be identical), and fairfx's own counts from its own scores (for information).
+2. Counts: for each alpha, ``get_ratios`` on their results vs ``fairfx.method.tod.prune_count`` on
+   *their* U and R (must be identical), and fairfx's own counts from its own scores (for
+   information).
 3. Wall time of one full scoring run, median of ``--repeats`` (each repeat uses another seed, which
    also gives the self-noise floors above), and the ratio.
 
@@ -61,8 +63,8 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(_HERE))  # the repo root, so an uninstalled fairfx imports
 
 import fairfx  # noqa: E402
-import fairfx.digits as digits  # noqa: E402
-from fairfx.tod import prune_count  # noqa: E402
+import fairfx.apps.digits as digits  # noqa: E402
+from fairfx.method.tod import prune_count  # noqa: E402
 
 ALPHAS = (0.005, 0.015, 0.05, 0.2)
 
@@ -109,7 +111,7 @@ def observed_modules(an, model: nn.Module, names: list[str]):
     """{producer: (module name, named_modules() index)} of the module whose output fairfx's
     ``post_act`` scoring observes, or None when some point is not a module call (then the
     package cannot be pointed at the same tensor)."""
-    from fairfx.scoring import observation_points
+    from fairfx.method.scoring import observation_points
 
     index = {n: i for i, (n, _) in enumerate(model.named_modules())}
     nodes = {n.name: n for n in an.graph.analysis.gm.graph.nodes}
@@ -406,7 +408,7 @@ def main() -> None:
     print("## 2. Per-layer counts of units to remove\n")
     print(
         "`theirs` = `get_ratios(model, results, layers2prune, ToD_level=alpha)` on their "
-        "results; `fx(their U,R)` = `fairfx.tod.prune_count(their U, their R, alpha)`; "
+        "results; `fx(their U,R)` = `fairfx.method.tod.prune_count(their U, their R, alpha)`; "
         "`fx own` = `prune_count` on fairfx's own U and R; `fx plan` = "
         "`Analysis.plan(alpha).removed` of that producer's group (fairfx's own scores).\n"
     )

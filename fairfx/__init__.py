@@ -9,12 +9,12 @@ Public entry points:
 - :func:`analyze` / :func:`compress` — FAIR-Pruner scoring, ToD planning and the rewrite.
 """
 
+from .engine.groups import ChannelGroup, channel_groups
+from .engine.oracle import VerifyReport, verify
+from .engine.rewrite import prune
 from .errors import CalibrationError, CaptureError, FairfxError, PlanError
-from .fair import Analysis, analyze, compress, load_analysis
-from .finetune import finetune
-from .groups import ChannelGroup, channel_groups
-from .oracle import VerifyReport, verify
-from .rewrite import prune
+from .method.fair import Analysis, analyze, compress, load_analysis
+from .method.finetune import finetune
 
 __all__ = [
     "Analysis",

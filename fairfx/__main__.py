@@ -1,7 +1,7 @@
-"""``python -m fairfx``: the command line (see :mod:`fairfx.cli`)."""
+"""``python -m fairfx``: the command line (see :mod:`fairfx.apps.cli`)."""
 
 import sys
 
-from .cli import main
+from .apps.cli import main
 
 sys.exit(main())

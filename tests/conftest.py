@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from fairfx.groups import build
-from fairfx.oracle import verify
-from fairfx.rewrite import apply_plan, count_params
-from fairfx.zoo import random_plan
+from fairfx.apps.zoo import random_plan
+from fairfx.engine.groups import build
+from fairfx.engine.oracle import verify
+from fairfx.engine.rewrite import apply_plan, count_params
 
 
 def prune_and_verify(model: torch.nn.Module, x, *, seed: int = 0, fraction: float = 0.5):

@@ -2,7 +2,7 @@
 
 Every subprocess pays for importing torch (several seconds on a busy machine), so the
 independent commands of each phase run concurrently, and the bad-input cases past the first run
-in-process through ``fairfx.cli.main`` (the console script's entry point, same code path).
+in-process through ``fairfx.apps.cli.main`` (the console script's entry point, same code path).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from fairfx.cli import main
+from fairfx.apps.cli import main
 
 MODEL_MODULE = "fairfx_cli_tinynet"
 MODEL = f"{MODEL_MODULE}:tiny"

@@ -10,9 +10,10 @@ import torch
 from torch import nn
 
 import fairfx
-from fairfx import FairfxError, digits
-from fairfx.finetune import FinetuneHistory, evaluate_accuracy
-from fairfx.report import export_and_check
+from fairfx import FairfxError
+from fairfx.apps import digits
+from fairfx.apps.report import export_and_check
+from fairfx.method.finetune import FinetuneHistory, evaluate_accuracy
 
 
 @pytest.fixture(scope="module", autouse=True)

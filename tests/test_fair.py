@@ -10,8 +10,9 @@ import torch.nn.functional as F
 from torch import nn
 
 import fairfx
-from fairfx import CalibrationError, PlanError, digits
-from fairfx.tod import prune_count
+from fairfx import CalibrationError, PlanError
+from fairfx.apps import digits
+from fairfx.method.tod import prune_count
 
 from .conftest import assert_same_state, state_snapshot
 

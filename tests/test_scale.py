@@ -12,8 +12,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import fairfx
-from fairfx import digits
-from fairfx.stats import CalibrationState
+from fairfx.apps import digits
+from fairfx.method.stats import CalibrationState
 
 
 def model_and_data(n: int = 400, bs: int = 40):
@@ -79,7 +79,7 @@ def test_merged_shards_equal_one_pass() -> None:
     merged = odd.merge(even)
     for c in whole.state.per_class:
         np.testing.assert_array_equal(merged.ordered(c).keys, whole.state.ordered(c).keys)
-    from fairfx.scoring import finalize
+    from fairfx.method.scoring import finalize
 
     scores = finalize(whole.graph, merged)
     for gid, s in scores.items():

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fairfx.tod import prune_count, ranks, removal_order, tod_curve
+from fairfx.method.tod import prune_count, ranks, removal_order, tod_curve
 
 
 def brute_curve(u: np.ndarray, r: np.ndarray) -> np.ndarray:

@@ -9,8 +9,8 @@ import pytest
 import torch
 from scipy.stats import wasserstein_distance
 
-from fairfx import wasserstein
-from fairfx.wasserstein import max_pairwise_w1, project, projection_matrix, w1_1d
+from fairfx.method import wasserstein
+from fairfx.method.wasserstein import max_pairwise_w1, project, projection_matrix, w1_1d
 
 
 def classes(

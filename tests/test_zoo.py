@@ -12,9 +12,9 @@ import pytest
 import torch
 import torchvision
 
-from fairfx.groups import build
-from fairfx.rewrite import apply_plan
-from fairfx.zoo import check_model, example_input, random_plan
+from fairfx.apps.zoo import check_model, example_input, random_plan
+from fairfx.engine.groups import build
+from fairfx.engine.rewrite import apply_plan
 
 SUBSET = [
     "resnet18",

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import FairfxError
+from ..errors import FairfxError
 
 PROG = "fairfx"
 
@@ -244,7 +244,7 @@ def _fraction(value: float, flag: str) -> float:
 
 
 def _check_alpha(value: float) -> float:
-    from .planning import check_alpha
+    from ..method.planning import check_alpha
 
     try:
         return check_alpha(value)

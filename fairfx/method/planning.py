@@ -1,7 +1,7 @@
 """Planning: turn cached scores into per-group keep lists for any alpha or budget.
 
-Counts come from Tolerance of Difference (:mod:`fairfx.tod`) per group; which units go is chosen
-by an importance ranking (``fair``: lowest U; ``l1``: lowest filter L1 norm; ``random``). The
+Counts come from Tolerance of Difference (:mod:`fairfx.method.tod`) per group; which units go is
+chosen by an importance ranking (``fair``: lowest U; ``l1``: lowest filter L1 norm; ``random``). The
 ``uniform=r`` baseline removes the same fraction of every group. No data is needed to plan, so a
 user can sweep alphas or bisect a parameter/MAC budget in seconds.
 """
@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from .cost import Cost, model_cost, plan_cost
-from .errors import PlanError
-from .groups import ChannelGraph
+from ..engine.cost import Cost, model_cost, plan_cost
+from ..engine.groups import ChannelGraph
+from ..errors import PlanError
 from .tod import prune_count, removal_order
 
 IMPORTANCE = ("fair", "l1", "random")

@@ -1,10 +1,10 @@
 """The channel pass: walk the captured graph once and describe how channels flow.
 
-For every node the pass records a :class:`~fairfx.slots.Layout` (which slot sits at each position
-of the tensor's channel axis), unions slots that must be kept or removed together, blocks slots that
-reach an op without a rule, and collects *edits*: what the rewrite must change (module weights,
-parameters, shape constants) for any plan. The rules that do this live in :mod:`fairfx.rules`, one
-per op; this module is the bookkeeping they share.
+For every node the pass records a :class:`~fairfx.engine.slots.Layout` (which slot sits at each
+position of the tensor's channel axis), unions slots that must be kept or removed together, blocks
+slots that reach an op without a rule, and collects *edits*: what the rewrite must change (module
+weights, parameters, shape constants) for any plan. The rules that do this live in
+:mod:`fairfx.engine.rules`, one per op; this module is the bookkeeping they share.
 """
 
 from __future__ import annotations
@@ -35,9 +35,13 @@ class Producer:
 class ChannelAnalysis:
     """Result of the channel pass over one captured graph."""
 
-    def __init__(self, captured: Captured) -> None:
-        from .rules import rule_for  # rules import this module's types
+    def __init__(self, captured: Captured, rule_for: Callable[..., Any]) -> None:
+        """Run the pass; ``rule_for(analysis, node)`` returns the rule for a node.
 
+        The rule table is passed in, not imported, because the rules build on this module's
+        bookkeeping: :func:`fairfx.engine.groups.build` supplies
+        :func:`fairfx.engine.rules.rule_for`.
+        """
         self.captured = captured
         self.gm = captured.gm
         self.table = SlotTable()

@@ -120,7 +120,7 @@ PLACEHOLDER_RULES: dict[str, Rule] = {
 
 
 def rule_for(a: ChannelAnalysis, node: fx.Node) -> Rule:
-    """The rule for one node; :func:`~fairfx.rules.common.unknown` when there is none."""
+    """The rule for one node; :func:`~fairfx.engine.rules.common.unknown` when there is none."""
     if node.op in PLACEHOLDER_RULES:
         return PLACEHOLDER_RULES[node.op]
     if node.op == "call_module":

@@ -23,7 +23,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from .errors import CaptureError
+from ..errors import CaptureError
 
 # torchvision modules whose forward is channel-separable and whose behaviour depends on
 # ``self.training``: tracing into them would freeze the eval branch into the graph.

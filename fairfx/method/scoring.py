@@ -33,10 +33,10 @@ import torch.fx as fx
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ..engine.groups import ChannelGraph
+from ..engine.slots import Layout
+from ..errors import CalibrationError
 from .calibration import check_labels, choose_classes, split_batch
-from .errors import CalibrationError
-from .groups import ChannelGraph
-from .slots import Layout
 from .stats import CalibrationState, sample_keys
 from .wasserstein import max_pairwise_w1, project, projection_matrix
 

@@ -1,7 +1,7 @@
 """Calibration data: validate labelled batches and choose the classes that take part.
 
 Which classes take part is a seeded choice (METHOD.md: at most ``max_classes``); which samples of
-each class is decided in :mod:`fairfx.stats` by a seeded content hash.
+each class is decided in :mod:`fairfx.method.stats` by a seeded content hash.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import CalibrationError
+from ..errors import CalibrationError
 
 
 def choose_classes(num_classes: int, max_classes: int, seed: int) -> np.ndarray:

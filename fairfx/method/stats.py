@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import CalibrationError
+from ..errors import CalibrationError
 
 _FORMAT = "fairfx.state/1"
 

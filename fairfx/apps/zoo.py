@@ -4,8 +4,8 @@ Each model is captured, pruned with a random plan keeping about half of every pr
 checked against the masked-execution oracle, exported with ``torch.export`` and compared with the
 export. A model that cannot be handled is reported with its reason, never skipped.
 
-Run ``python -m fairfx.zoo`` for the whole zoo (minutes), or name models:
-``python -m fairfx.zoo resnet18 vit_b_16``.
+Run ``python -m fairfx.apps.zoo`` for the whole zoo (minutes), or name models:
+``python -m fairfx.apps.zoo resnet18 vit_b_16``.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .groups import build
-from .oracle import verify
-from .rewrite import apply_plan, count_params
+from ..engine.groups import build
+from ..engine.oracle import verify
+from ..engine.rewrite import apply_plan, count_params
 
 # Models whose architecture fixes or bounds the input size; the rest run at 64x64.
 INPUT_SIZE = {"inception_v3": 96, "googlenet": 64}

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import FairfxError
 from .cli_inputs import (
     UserError,
     _Chatter,
@@ -27,12 +28,11 @@ from .cli_inputs import (
     load_model,
     weights_fingerprint,
 )
-from .errors import FairfxError
 from .report import export_and_check, plot_kept
 
 
 def _load_scores(path: Path, model: nn.Module, example: torch.Tensor) -> Any:
-    from .fair import load_analysis
+    from ..method.fair import load_analysis
 
     try:
         return load_analysis(path, model, example)
@@ -52,9 +52,9 @@ def _classes(ds: torch.utils.data.Dataset) -> int:
 
 
 def cmd_compress(args: argparse.Namespace) -> int:
-    from .fair import analyze
-    from .finetune import finetune
-    from .oracle import verify
+    from ..engine.oracle import verify
+    from ..method.fair import analyze
+    from ..method.finetune import finetune
 
     say = _Chatter(args.quiet)
     # Cheap checks first: a typo must not cost an analysis.

@@ -2,7 +2,7 @@
 
 The heads stay as they are; the input projection's columns follow the input channels and the
 output projection's rows are new channels (usually tied to a residual stream by the add that
-follows). The pruned graph holds a :class:`~fairfx.modules.PrunedMultiheadAttention`.
+follows). The pruned graph holds a :class:`~fairfx.engine.modules.PrunedMultiheadAttention`.
 Query, key and value share the input projection's columns, so their channels are tied; separate
 k/v widths (``kdim``/``vdim``), ``bias_kv`` and zero-attention are not handled and block.
 """

@@ -16,9 +16,10 @@ import networkx as nx
 import numpy as np
 import torch
 
+from ..errors import PlanError
 from .analysis import ChannelAnalysis
 from .capture import capture
-from .errors import PlanError
+from .rules import rule_for
 from .slots import Layout
 
 
@@ -231,7 +232,7 @@ def _indices(values: Sequence[int] | Any, size: int, what: str) -> np.ndarray:
 
 def build(model: torch.nn.Module, example_input: Any) -> ChannelGraph:
     """Capture ``model`` and run the channel pass: the shared first step of every entry point."""
-    return ChannelGraph(ChannelAnalysis(capture(model, example_input)))
+    return ChannelGraph(ChannelAnalysis(capture(model, example_input), rule_for))
 
 
 def channel_groups(model: torch.nn.Module, example_input: Any) -> list[ChannelGroup]:

@@ -13,12 +13,12 @@ import numpy as np
 import torch
 import torch.fx as fx
 
+from ..engine.capture import as_inputs
+from ..engine.groups import ChannelGraph, build
+from ..engine.rewrite import apply_plan
+from ..errors import FairfxError, PlanError
 from .calibration import self_labelled
-from .capture import as_inputs
-from .errors import FairfxError, PlanError
-from .groups import ChannelGraph, build
 from .planning import Plan, make_plan, plan_for_budget
-from .rewrite import apply_plan
 from .scoring import Scores, calibrate, finalize, new_state
 from .stats import CalibrationState, describe
 
@@ -191,10 +191,10 @@ def analyze(
             cross-entropy by default.
         seed: seeds the class subset, the sample choice and the projections.
         progress: show a progress bar over calibration batches.
-        state: a :class:`~fairfx.stats.CalibrationState` (or its file) to continue from, e.g.
+        state: a :class:`~fairfx.method.stats.CalibrationState` (or its file) to continue from, e.g.
             after an interruption; ``Analysis.state`` is the state to save for that.
 
-    Memory is bounded by the kept samples (see :mod:`fairfx.stats` for the formula), never by
+    Memory is bounded by the kept samples (see :mod:`fairfx.method.stats` for the formula), never by
     the dataset or the feature maps. Under ``torch.distributed`` (an initialised process group)
     each rank takes every world-th batch of ``data``; the states are gathered and merged, so every
     rank ends with the same scores as one process over the same batches.

@@ -1,6 +1,7 @@
 """The main job: train on real digits, compress with FAIR-Pruner, fine-tune, export, report.
 
-Run ``make demo`` (or ``python -m fairfx.demo``). On a 2-core CPU it takes a few minutes at most:
+Run ``make demo`` (or ``python -m fairfx.apps.demo``). On a 2-core CPU it takes a few minutes at
+most:
 
 1. trains a small ResNet-style CNN on scikit-learn's handwritten digits (cached after the first
    run under ``artifacts/demo``);
@@ -25,8 +26,8 @@ from typing import Any
 import torch
 
 import fairfx
-from fairfx import digits
-from fairfx.report import export_and_check, group_rows, latency_ms, plot_kept, table
+from fairfx.apps import digits
+from fairfx.apps.report import export_and_check, group_rows, latency_ms, plot_kept, table
 
 
 def _trained(split: digits.Split, cache: Path, width: int, epochs: int, seed: int):

@@ -10,9 +10,9 @@ import numpy as np
 import torch
 import torch.fx as fx
 
+from ..errors import FairfxError, PlanError
 from .capture import record_shapes
 from .edits import ArgEdit
-from .errors import FairfxError, PlanError
 from .groups import ChannelGraph, build
 from .slots import Layout
 

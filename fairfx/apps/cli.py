@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from ..errors import FairfxError
 from .cli_compress import _load_scores, cmd_compress
 from .cli_inputs import (
     PROG,
@@ -31,14 +32,13 @@ from .cli_inputs import (
     _table,
     load_model,
 )
-from .errors import FairfxError
 
 DEFAULT_ALPHAS = (0.001, 0.005, 0.01, 0.05)
 
 
 # ------------------------------------------------------------------------------------- commands
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from .groups import channel_groups
+    from ..engine.groups import channel_groups
 
     model = load_model(args.model, args.weights, args.num_classes)
     groups = channel_groups(model, _example_from_size(args, args.image_size))

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from ..analysis import ChannelAnalysis
 from ..edits import ArgEdit, ParamEdit
+from ..masking import masked_layer_norm
 from ..slots import Layout
 from .common import describe, passthrough, unknown
 
@@ -71,7 +72,6 @@ def batch_norm(a: ChannelAnalysis, node: fx.Node) -> Layout | None:
 
 
 def layer_norm(a: ChannelAnalysis, node: fx.Node) -> Layout | None:
-    from ..oracle import masked_layer_norm
 
     x = node.args[0]
     lay, shp = a.layout(x), a.shape(x)

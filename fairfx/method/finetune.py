@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import FairfxError
+from ..errors import FairfxError
 
 HISTORY_ATTRIBUTE = "finetune_history"
 

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .oracle import flat_tensors
+from ..engine.oracle import flat_tensors
 
 EXPORT_RTOL = 1e-4
 

@@ -15,6 +15,7 @@ from torch import nn
 
 from ..analysis import ChannelAnalysis
 from ..edits import ModuleEdit, replace_tensor, select
+from ..masking import masked_layer_norm
 from ..slots import Layout
 from .common import passthrough, spatial, unknown
 
@@ -187,7 +188,6 @@ def _shrink_layer_norm(m: nn.LayerNorm, in_keep, out_keep) -> nn.Module:
 
 def layer_norm(a: ChannelAnalysis, node: fx.Node) -> Layout | None:
     """LayerNorm over the channel axis: prunable, but statistics change (not oracle-exact)."""
-    from ..oracle import masked_layer_norm
 
     x = node.args[0]
     lay, shp = a.layout(x), a.shape(x)
