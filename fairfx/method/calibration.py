@@ -1,7 +1,8 @@
 """Calibration data: validate labelled batches and choose the classes that take part.
 
-Which classes take part is a seeded choice (METHOD.md: at most ``max_classes``); which samples of
-each class is decided in :mod:`fairfx.method.stats` by a seeded content hash.
+Which classes take part is a seeded choice (all of them, or a seeded subset of ``max_classes``
+when the model has more); which samples of each class is decided in :mod:`fairfx.method.stats`
+by a seeded content hash.
 """
 
 from __future__ import annotations
@@ -24,13 +25,24 @@ def choose_classes(num_classes: int, max_classes: int, seed: int) -> np.ndarray:
     return np.sort(rng.choice(num_classes, max_classes, replace=False))
 
 
+LABEL_KEYS = ("label", "labels", "target", "targets", "y")
+
+
+def split_dict(batch: dict[str, Any]) -> tuple[Any, Any] | None:
+    """``(inputs, targets)`` of a dict batch whose targets sit under one of :data:`LABEL_KEYS`
+    (the other entries are the inputs: the value itself when there is one, else a dict of them);
+    None when no key names the targets."""
+    for key in LABEL_KEYS:
+        if key in batch:
+            inputs = {k: v for k, v in batch.items() if k != key}
+            return next(iter(inputs.values())) if len(inputs) == 1 else inputs, batch[key]
+    return None
+
+
 def split_batch(batch: Any) -> tuple[Any, torch.Tensor]:
     """``(inputs, targets)`` of one batch, with a clear error when targets are missing."""
-    if isinstance(batch, dict):
-        for key in ("label", "labels", "target", "targets", "y"):
-            if key in batch:
-                inputs = {k: v for k, v in batch.items() if k != key}
-                return next(iter(inputs.values())) if len(inputs) == 1 else inputs, batch[key]
+    if isinstance(batch, dict) and (pair := split_dict(batch)) is not None:
+        return pair
     if isinstance(batch, (tuple, list)) and len(batch) == 2:
         x, y = batch
         if isinstance(y, torch.Tensor) and y.dim() == 1 and not y.is_floating_point():

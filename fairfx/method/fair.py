@@ -16,10 +16,10 @@ import torch.fx as fx
 from ..engine.capture import as_inputs
 from ..engine.groups import ChannelGraph, build
 from ..engine.rewrite import apply_plan
-from ..errors import FairfxError, PlanError
+from ..errors import CalibrationError, FairfxError, PlanError
 from .calibration import self_labelled
-from .planning import Plan, make_plan, plan_for_budget
-from .scoring import Scores, calibrate, finalize, new_state
+from .planning import Plan, check_choice, check_plan_options, make_plan, plan_for_budget
+from .scoring import OBSERVE, Scores, calibrate, finalize, new_state
 from .stats import CalibrationState, describe
 
 _FORMAT = "fairfx.analysis/1"
@@ -199,6 +199,13 @@ def analyze(
     each rank takes every world-th batch of ``data``; the states are gathered and merged, so every
     rank ends with the same scores as one process over the same batches.
     """
+    check_analyze_options(
+        samples_per_class=samples_per_class,
+        max_classes=max_classes,
+        projections=projections,
+        observe=observe,
+        loss_fn=loss_fn,
+    )
     start = time.perf_counter()
     graph = build(model, example_input)
     captured = time.perf_counter()
@@ -226,6 +233,33 @@ def analyze(
     record["capture_seconds"] = captured - start
     record["scoring_seconds"] = time.perf_counter() - captured
     return Analysis(scores, graph, record, state)
+
+
+def check_analyze_options(
+    *,
+    samples_per_class: Any = 32,
+    max_classes: Any = 100,
+    projections: Any = 128,
+    observe: Any = "post_act",
+    loss_fn: Any = None,
+    **others: Any,
+) -> None:
+    """The options of :func:`analyze`, checked before the model is even traced."""
+    for name, value, least in (
+        ("samples_per_class", samples_per_class, 1),
+        ("max_classes", max_classes, 2),
+        ("projections", projections, 1),
+    ):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
+            raise CalibrationError(f"{name} must be an integer >= {least}, got {value!r}")
+    try:
+        check_choice("observe", observe, OBSERVE)
+    except PlanError as exc:
+        raise CalibrationError(str(exc)) from None
+    if loss_fn is not None and not callable(loss_fn):
+        raise CalibrationError(
+            f"loss_fn must be callable (output, targets) -> loss, got {loss_fn!r}"
+        )
 
 
 def _shard() -> tuple[int, int]:
@@ -258,11 +292,11 @@ def compress(
     at least two predicted classes). ``options`` go to :func:`analyze` (``samples_per_class``,
     ``observe``, ...) and to :meth:`Analysis.plan` (``importance``, ``group_rule``).
     """
-    from .planning import check_alpha
-
-    check_alpha(alpha)
     plan_keys = {"importance", "group_rule", "uniform"}
     plan_options = {k: options.pop(k) for k in list(options) if k in plan_keys}
+    # Every option is checked before the scoring pass: a typo must cost milliseconds, not a scan.
+    check_plan_options(alpha=alpha, **plan_options)
+    check_analyze_options(**options)
     if data is None:
         data = self_labelled(model, as_inputs(example_input))
     analysis = analyze(model, example_input, data, **options)

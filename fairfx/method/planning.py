@@ -8,6 +8,7 @@ user can sweep alphas or bisect a parameter/MAC budget in seconds.
 
 from __future__ import annotations
 
+import difflib
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -69,6 +70,72 @@ def check_alpha(alpha: float) -> float:
     return float(alpha)
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+
+
+def check_choice(option: str, value: Any, choices: tuple[str, ...]) -> str:
+    """``value`` if it is one of ``choices``; otherwise a one-line error naming the valid ones
+    and the closest match (``group_rule="members"`` -> did you mean 'member'?)."""
+    if isinstance(value, str) and value in choices:
+        return value
+    lower = {c.lower(): c for c in choices}
+    close = difflib.get_close_matches(str(value).lower(), list(lower), n=1)
+    hint = f" (did you mean {lower[close[0]]!r}?)" if close else ""
+    raise PlanError(f"{option} must be one of {', '.join(map(repr, choices))}; got {value!r}{hint}")
+
+
+def check_uniform_ratio(uniform: Any) -> float:
+    """``plan(uniform=r)``: the fraction of every group's units removed, a number in [0, 1).
+    ``True`` is refused rather than read as 1 (that is ``plan_for``'s switch)."""
+    if not _is_number(uniform) or not 0 <= uniform < 1:
+        raise PlanError(
+            f"uniform is the fraction of units removed from every group, a number in [0, 1); got "
+            f"{uniform!r} (to bisect one uniform ratio to a budget: plan_for(params=..., "
+            "uniform=True))"
+        )
+    return float(uniform)
+
+
+def check_plan_options(
+    *,
+    alpha: Any = None,
+    importance: Any = "fair",
+    uniform: Any = None,
+    group_rule: Any = "joint",
+) -> None:
+    """Every planning option checked up front, so ``compress`` refuses a typo before scoring."""
+    check_choice("importance", importance, IMPORTANCE)
+    check_choice("group_rule", group_rule, GROUP_RULES)
+    if uniform is not None:
+        check_uniform_ratio(uniform)
+    elif alpha is None:
+        raise PlanError("give alpha (Tolerance of Difference) or uniform=ratio")
+    else:
+        check_alpha(alpha)
+
+
+def check_budget(params: Any = None, flops: Any = None, uniform: Any = False) -> tuple[str, float]:
+    """``("params" | "flops", kept fraction)`` of a ``plan_for`` budget, or a one-line error.
+
+    ``uniform`` there is a switch (bisect one ratio for every group instead of alpha); a number
+    such as ``0.5`` is refused instead of being read as True."""
+    if (params is None) == (flops is None):
+        raise PlanError(
+            "give exactly one budget: params=fraction of parameters to keep or "
+            "flops=fraction of FLOPs (MACs) to keep"
+        )
+    name, target = ("params", params) if params is not None else ("flops", flops)
+    if not _is_number(target) or not 0 < target <= 1:
+        raise PlanError(f"{name}= is the fraction to keep, a number in (0, 1]; got {target!r}")
+    if not isinstance(uniform, bool):
+        raise PlanError(
+            f"plan_for(uniform=...) is True or False (bisect one ratio for every group to meet "
+            f"the budget); got {uniform!r}. For a fixed ratio use plan(uniform={uniform!r})"
+        )
+    return name, float(target)
+
+
 def _removal(scores, gid: int, importance: str, seed: int) -> np.ndarray:
     if importance == "fair":
         return removal_order(scores.u)
@@ -109,14 +176,9 @@ def make_plan(
     ``scale`` multiplies every ToD count (rounded down); ``plan_for`` uses it for budgets that
     keep more than ``alpha = 0`` does, keeping ToD's allocation across layers.
     """
-    if importance not in IMPORTANCE:
-        raise PlanError(f"importance must be one of {IMPORTANCE}, got {importance!r}")
-    if group_rule not in GROUP_RULES:
-        raise PlanError(f"group_rule must be one of {GROUP_RULES}, got {group_rule!r}")
+    check_plan_options(alpha=alpha, importance=importance, uniform=uniform, group_rule=group_rule)
     if uniform is None:
         alpha = check_alpha(alpha)
-    elif not 0 <= uniform < 1:
-        raise PlanError(f"uniform must be a ratio in [0, 1), got {uniform!r}")
     units: dict[int, np.ndarray] = {}
     removed: dict[int, int] = {}
     priority = np.zeros(len(graph.roots))
@@ -152,15 +214,13 @@ def plan_for_budget(
     The kept fraction falls as alpha grows, though not strictly (ToD counts move in steps), so
     every evaluated plan is kept and the one closest to the target wins; its note says how close
     it came and whether the target was reachable (one ToD round prunes at most about half of
-    each group, see METHOD.md). When even ``alpha = 0`` keeps less than the target (U and R
-    disagree enough that ToD already removes many units), every ToD count is scaled down by one
-    bisected factor instead, which keeps ToD's per-layer allocation.
+    each group, ``m_hat <= n / (2 - alpha)``: see :mod:`fairfx.method.tod`). When even
+    ``alpha = 0`` keeps less than the target (U and R disagree enough that ToD already removes
+    many units), every ToD count is scaled down by one bisected factor instead, which keeps ToD's
+    per-layer allocation.
     """
-    if (params is None) == (macs is None):
-        raise PlanError("give exactly one budget: params=fraction to keep or macs=fraction")
-    target = params if params is not None else macs
-    if not 0 < target <= 1:
-        raise PlanError(f"the budget is a kept fraction in (0, 1], got {target!r}")
+    _, target = check_budget(params, macs, uniform)
+    check_plan_options(alpha=0.0, importance=importance, group_rule=group_rule)
     base = model_cost(graph)
     key = "params_kept" if params is not None else "macs_kept"
     costs: dict[tuple[tuple[int, int], ...], Cost] = {}

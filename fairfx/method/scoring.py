@@ -7,7 +7,8 @@ One forward and one backward per calibration batch serve every layer at once:
   (``[N, C, S] @ [S, P]``), so only ``[N, C, P]`` numbers per sample are kept, never the maps;
 - the backward is ``torch.autograd.grad`` of the loss with respect to every producer's output
   ``z``, and ``z * dL/dz`` summed over samples and positions is accumulated *signed*; the
-  absolute value is taken once at the end (METHOD.md: sum first, absolute value last).
+  absolute value is taken once at the end (sum first, absolute value last: the
+  first-order Taylor estimate of removing the unit, arXiv 2508.02291).
 
 The graph is a structural copy of the user's model that shares its weights; it runs in eval mode
 (BatchNorm statistics are not touched), gradients flow to the activations only (``.grad`` of the
