@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import FairfxError
+from .calibration import LABEL_KEYS, split_dict
 
 HISTORY_ATTRIBUTE = "finetune_history"
 
@@ -55,13 +56,16 @@ class FinetuneHistory:
 
 
 def _batch(batch: Any) -> tuple[Any, torch.Tensor]:
-    if isinstance(batch, (tuple, list)) and len(batch) == 2:
-        x, y = batch
-        if isinstance(y, torch.Tensor):
-            return x, y
+    """``(inputs, targets)`` from a pair or from a dict batch, as :func:`fairfx.analyze` reads
+    them (targets under ``label``/``labels``/``target``/``targets``/``y``)."""
+    pair = split_dict(batch) if isinstance(batch, dict) else None
+    if pair is None and isinstance(batch, (tuple, list)) and len(batch) == 2:
+        pair = tuple(batch)
+    if pair is not None and isinstance(pair[1], torch.Tensor):
+        return pair
     raise FairfxError(
-        "fine-tuning data must yield (inputs, targets) batches with targets as a tensor of class "
-        f"indices; got {type(batch).__name__}"
+        "fine-tuning data must yield (inputs, targets) pairs or dicts with the targets under one "
+        f"of {', '.join(LABEL_KEYS)}, targets as a tensor; got {type(batch).__name__}"
     )
 
 
@@ -70,11 +74,22 @@ def _to(value: Any, device: torch.device) -> Any:
         return value.to(device)
     if isinstance(value, (tuple, list)):
         return type(value)(_to(v, device) for v in value)
+    if isinstance(value, dict):
+        return {k: _to(v, device) for k, v in value.items()}
     return value
 
 
 def _call(module: nn.Module, x: Any) -> Any:
+    if isinstance(x, dict):  # several named inputs of a dict batch: keyword arguments
+        return module(**x)
     return module(*x) if isinstance(x, tuple) else module(x)
+
+
+def _length(data: Iterable[Any]) -> int | None:
+    try:
+        return len(data)  # type: ignore[arg-type]
+    except TypeError:
+        return None
 
 
 def _check_reiterable(data: Iterable[Any], name: str) -> None:
@@ -128,15 +143,18 @@ def finetune(
     Args:
         module: the model to train (e.g. the GraphModule from ``Analysis.compress``); its
             parameters are updated in place, frozen parameters (``requires_grad=False``) stay.
-        train_data: re-iterable ``(inputs, targets)`` batches (a DataLoader or a list); shuffling
-            is the loader's job. Batches are moved to the module's device.
+        train_data: re-iterable ``(inputs, targets)`` batches (a DataLoader or a list), or dict
+            batches as :func:`fairfx.analyze` takes them (targets under ``label``, ``labels``,
+            ``target``, ``targets`` or ``y``; several other entries are passed as keyword
+            arguments); shuffling is the loader's job. Batches are moved to the module's device.
         epochs: passes over ``train_data`` (0 changes nothing).
         lr, momentum, weight_decay: SGD settings; the defaults are the FAIR-Pruner paper's.
         val_data: ``(inputs, targets)`` batches; when given, top-1 accuracy is measured after
             every epoch and the weights (and buffers) of the best epoch are restored at the end
             (the earliest one on ties).
         loss_fn: ``(output, targets) -> scalar loss``; mean cross-entropy by default.
-        progress: show a progress bar over epochs.
+        progress: show a progress bar over the training batches (all epochs, updated per
+            batch; the postfix shows the epoch, the loss and the last validation accuracy).
 
     Returns:
         ``module`` itself, in eval mode. The :class:`FinetuneHistory` is on
@@ -165,13 +183,21 @@ def finetune(
 
     from tqdm.auto import tqdm
 
-    bar = tqdm(range(epochs), desc="fine-tuning", unit="epoch", disable=not progress)
+    # One bar over every batch of every epoch: a large epoch shows progress, not 0% for minutes.
+    per_epoch = _length(train_data)
+    bar = tqdm(
+        total=None if per_epoch is None else per_epoch * epochs,
+        desc="fine-tuning",
+        unit="batch",
+        disable=not progress or not epochs,
+    )
     if epochs:
         opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
-    for epoch in bar:
+    shown: dict[str, str] = {}
+    for epoch in range(epochs):
         module.train()
         total, count = 0.0, 0
-        for batch in train_data:
+        for step, batch in enumerate(train_data):
             x, y = _batch(batch)
             x, y = _to(x, device), y.to(device)
             loss = loss_fn(_call(module, x), y)
@@ -179,12 +205,16 @@ def finetune(
             loss.backward()
             opt.step()
             n = int(y.shape[0]) if y.dim() else 1
-            total += float(loss.detach()) * n
+            value = float(loss.detach())
+            total += value * n
             count += n
+            bar.update(1)
+            if step % 10 == 0:
+                bar.set_postfix(shown | {"epoch": f"{epoch + 1}/{epochs}", "loss": f"{value:.4f}"})
         if count == 0:
             raise FairfxError("train_data yielded no batches")
         history.train_loss.append(total / count)
-        shown = {"loss": f"{total / count:.4f}"}
+        shown = {"epoch": f"{epoch + 1}/{epochs}", "loss": f"{total / count:.4f}"}
         if val_data is not None:
             acc = evaluate_accuracy(module, val_data)
             history.val_accuracy.append(acc)
