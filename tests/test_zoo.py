@@ -3,7 +3,8 @@
 CI runs a representative subset covering every hard case named in the guide (channel shuffle,
 branch concat, dense concat, fire concat, squeeze-excite, grouped/depthwise convs, LayerNorm over
 channels, attention); ``pytest -m slow`` (or ``make zoo``) runs all of
-``torchvision.models.list_models(module=torchvision.models)``.
+``torchvision.models.list_models(module=torchvision.models)``, each also through the FAIR path
+(analyze on synthetic labelled batches, ``plan_for(params=0.5)``, compress, verify, export).
 """
 
 from __future__ import annotations
@@ -34,12 +35,21 @@ SUBSET = [
 ALL = torchvision.models.list_models(module=torchvision.models)
 
 
-def _check(name: str) -> None:
-    r = check_model(name)
+def _check(name: str, *, fair: bool = False) -> None:
+    r = check_model(name, fair=fair)
     assert r.handled, r.error
     assert r.oracle_exact, f"{name}: oracle difference {r.oracle_diff}"
     assert r.params_after < r.params_before
     assert r.exported, f"{name}: export failed or differs: {r.error}"
+    if fair:
+        assert r.fair_done, r.fair_error
+        assert r.fair_exact and r.fair_exported, r.fair_error
+        assert r.fair_params_after < 0.6 * r.params_before
+
+
+def test_zoo_fair_path() -> None:
+    """analyze on synthetic labelled batches, plan_for(params=0.5), compress, verify, export."""
+    _check("resnet18", fair=True)
 
 
 @pytest.mark.parametrize("name", SUBSET)
@@ -50,7 +60,7 @@ def test_zoo_subset(name: str) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("name", [n for n in ALL if n not in SUBSET])
 def test_zoo_full(name: str) -> None:
-    _check(name)
+    _check(name, fair=True)
 
 
 @pytest.mark.slow

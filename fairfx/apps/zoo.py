@@ -2,7 +2,9 @@
 
 Each model is captured, pruned with a random plan keeping about half of every prunable group,
 checked against the masked-execution oracle, exported with ``torch.export`` and compared with the
-export. A model that cannot be handled is reported with its reason, never skipped.
+export. The real FAIR path runs too: ``analyze`` on a few synthetic labelled batches,
+``plan_for(params=0.5)``, ``compress``, the oracle and the export again. A model that cannot be
+handled is reported with its reason, never skipped.
 
 Run ``python -m fairfx.apps.zoo`` for the whole zoo (minutes), or name models:
 ``python -m fairfx.apps.zoo resnet18 vit_b_16``.
@@ -20,6 +22,7 @@ import torch
 from ..engine.groups import build
 from ..engine.oracle import verify
 from ..engine.rewrite import apply_plan, count_params
+from ..method.fair import analyze
 
 # Models whose architecture fixes or bounds the input size; the rest run at 64x64.
 INPUT_SIZE = {"inception_v3": 96, "googlenet": 64}
@@ -43,6 +46,12 @@ class ZooResult:
     exported: bool = False
     seconds: float = 0.0
     error: str = ""
+    fair_done: bool = False
+    fair_params_after: int = 0
+    fair_exact: bool = False
+    fair_exported: bool = False
+    fair_seconds: float = 0.0
+    fair_error: str = ""
 
 
 def example_input(name: str) -> torch.Tensor:
@@ -61,7 +70,51 @@ def random_plan(graph, seed: int = 0, fraction: float = 0.5) -> dict[int, np.nda
     return graph.restore_empty(units)
 
 
-def check_model(name: str, *, export: bool = True, seed: int = 0) -> ZooResult:
+def synthetic_batches(
+    x: torch.Tensor, batches: int = 2, per_batch: int = 4, classes: int = 2, seed: int = 0
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """A few labelled batches of random inputs shaped like ``x`` (classes 0..classes-1)."""
+    gen = torch.Generator().manual_seed(seed)
+    shape = (per_batch, *x.shape[1:])
+    labels = torch.arange(per_batch) % classes
+    return [(torch.randn(shape, generator=gen), labels) for _ in range(batches)]
+
+
+def _describe_error(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
+
+
+def _exports(pruned: torch.nn.Module, x: torch.Tensor) -> bool:
+    """Export the pruned graph and compare the exported program's output with it."""
+    ep = torch.export.export(pruned.eval(), (x,))
+    with torch.no_grad():
+        want, got = pruned(x), ep.module()(x)
+    return bool(torch.allclose(want, got, rtol=1e-4, atol=1e-6 * want.abs().max()))
+
+
+def check_fair(res: ZooResult, model: torch.nn.Module, x: torch.Tensor) -> None:
+    """The FAIR path on synthetic labelled data: analyze, plan for half the parameters, compress,
+    verify, export. Fills the ``fair_*`` fields of ``res``."""
+    start = time.perf_counter()
+    try:
+        data = synthetic_batches(x)
+        with torch.no_grad():
+            logits = model(x).shape[-1]
+        analysis = analyze(
+            model, x, data, samples_per_class=4, max_classes=logits, projections=16,
+            progress=False,
+        )  # fmt: skip
+        pruned = analysis.compress(analysis.plan_for(params=0.5))
+        res.fair_params_after = count_params(pruned)
+        res.fair_exact = verify(model, pruned, x).passed
+        res.fair_done = True
+        res.fair_exported = _exports(pruned, x)
+    except Exception as exc:  # the sweep reports every failure by name
+        res.fair_error = _describe_error(exc)
+    res.fair_seconds = time.perf_counter() - start
+
+
+def check_model(name: str, *, export: bool = True, fair: bool = False, seed: int = 0) -> ZooResult:
     import torchvision
 
     res = ZooResult(name)
@@ -80,36 +133,53 @@ def check_model(name: str, *, export: bool = True, seed: int = 0) -> ZooResult:
         res.oracle_exact, res.oracle_diff = report.passed, report.max_abs_diff
         res.inexact_groups = len(report.inexact_groups)
         if export:
-            ep = torch.export.export(pruned.eval(), (x,))
-            with torch.no_grad():
-                want, got = pruned(x), ep.module()(x)
-            res.exported = bool(torch.allclose(want, got, rtol=1e-4, atol=1e-6 * want.abs().max()))
+            res.exported = _exports(pruned, x)
     except Exception as exc:  # the sweep reports every failure by name
-        res.error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
+        res.error = _describe_error(exc)
     res.seconds = time.perf_counter() - start
+    if fair and res.handled:
+        check_fair(res, model, x)
     return res
 
 
 def format_table(results: list[ZooResult]) -> str:
-    lines = [
-        "| model | groups (prunable) | params before -> after | oracle | export | s | note |",
-        "|---|---|---|---|---|---|---|",
-    ]
+    fair = any(r.fair_done or r.fair_error for r in results)
+    head = "| model | groups (prunable) | random half: params before -> after | oracle | export |"
+    rule = "|---|---|---|---|---|"
+    if fair:
+        head += " FAIR plan_for(params=0.5): params after | oracle | export |"
+        rule += "---|---|---|"
+    lines = [head + " s | note |", rule + "---|---|"]
     for r in results:
         oracle = "exact" if r.oracle_exact else ("FAIL" if r.handled else "-")
         if r.inexact_groups:
             oracle += f" ({r.inexact_groups} LN groups renormalized)"
-        lines.append(
+        row = (
             f"| {r.name} | {r.groups} ({r.prunable}) | {r.params_before / 1e6:.2f}M -> "
-            f"{r.params_after / 1e6:.2f}M | {oracle} | {'yes' if r.exported else 'no'} | "
-            f"{r.seconds:.1f} | {r.error} |"
+            f"{r.params_after / 1e6:.2f}M | {oracle} | {'yes' if r.exported else 'no'} |"
         )
+        if fair:
+            kept = r.fair_params_after / r.params_before if r.params_before else 0.0
+            fair_oracle = "exact" if r.fair_exact else ("FAIL" if r.fair_done else "-")
+            row += (
+                f" {r.fair_params_after / 1e6:.2f}M ({kept:.0%}) | {fair_oracle} | "
+                f"{'yes' if r.fair_exported else 'no'} |"
+            )
+        note = "; ".join(e for e in (r.error, r.fair_error and f"FAIR: {r.fair_error}") if e)
+        lines.append(f"{row} {r.seconds + r.fair_seconds:.1f} | {note} |")
     n = len(results)
-    lines.append(
-        f"\nhandled {sum(r.handled for r in results)}/{n}, exported "
+    summary = (
+        f"\nrandom half: handled {sum(r.handled for r in results)}/{n}, exported "
         f"{sum(r.exported for r in results)}/{n}, oracle-exact "
         f"{sum(r.oracle_exact for r in results)}/{n}"
     )
+    if fair:
+        summary += (
+            f"; FAIR: compressed {sum(r.fair_done for r in results)}/{n}, oracle-exact "
+            f"{sum(r.fair_exact for r in results)}/{n}, exported "
+            f"{sum(r.fair_exported for r in results)}/{n}"
+        )
+    lines.append(summary)
     return "\n".join(lines)
 
 
@@ -119,14 +189,16 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("models", nargs="*", help="model names (default: the whole zoo)")
     parser.add_argument("--no-export", action="store_true")
+    parser.add_argument("--no-fair", action="store_true", help="random plans only (faster)")
     args = parser.parse_args(argv)
     names = args.models or torchvision.models.list_models(module=torchvision.models)
     results = []
     for name in names:
-        r = check_model(name, export=not args.no_export)
+        r = check_model(name, export=not args.no_export, fair=not args.no_fair)
         print(
             f"{name}: handled={r.handled} exact={r.oracle_exact} export={r.exported} "
-            f"{r.seconds:.1f}s {r.error}",
+            f"fair={r.fair_done} fair_exact={r.fair_exact} fair_export={r.fair_exported} "
+            f"{r.seconds + r.fair_seconds:.1f}s {r.error} {r.fair_error}",
             flush=True,
         )
         results.append(r)

@@ -61,6 +61,26 @@ class ChannelAnalysis:
             self.node = node
             self.layouts[node.name] = rule_for(self, node)(self, node)
         self.node = None
+        self._point_producers_at_tensors()
+
+    def _point_producers_at_tensors(self) -> None:
+        """A producer whose op returns a tuple (``nn.MultiheadAttention`` returns output and
+        weights) is recorded at the ``getitem`` that takes its channels out, so every producer
+        node names a tensor with a :class:`Layout` (scoring hooks and reads these tensors)."""
+        nodes = {n.name: n for n in self.gm.graph.nodes}
+        for prod in self.producers:
+            resolved = []
+            for name in prod.nodes:
+                if isinstance(self.layouts.get(name), Layout):
+                    resolved.append(name)
+                    continue
+                resolved.extend(
+                    u.name
+                    for u in nodes[name].users
+                    if isinstance(self.layouts.get(u.name), Layout)
+                    and self.layouts[u.name].slots is prod.slots
+                )
+            prod.nodes = resolved
 
     # ----------------------------------------------------------------- queries used by rules
     def layout(self, arg: Any) -> Any:

@@ -61,15 +61,13 @@ class PrunedMultiheadAttention(nn.Module):
             dropout=m.dropout,
             batch_first=m.batch_first,
         )
-        with torch.no_grad():
-            new.in_proj_weight.copy_(w_in)
-            if new.in_proj_bias is not None:
-                new.in_proj_bias.copy_(m.in_proj_bias.detach())
-            new.out_proj.weight.copy_(w_out)
-            if new.out_proj.bias is not None:
-                new.out_proj.bias.copy_(b_out.detach())
-        for p_new, p_old in ((new.in_proj_weight, m.in_proj_weight),):
-            p_new.requires_grad_(p_old.requires_grad)
+        # Assign, never copy_: the cost model runs this on meta tensors, which hold no data.
+        new.in_proj_weight = _like(w_in, m.in_proj_weight)
+        if m.in_proj_bias is not None:
+            new.in_proj_bias = _like(m.in_proj_bias.detach(), m.in_proj_bias)
+        new.out_proj.weight = _like(w_out, m.out_proj.weight)
+        if b_out is not None:
+            new.out_proj.bias = _like(b_out.detach(), m.out_proj.bias)
         return new
 
     def forward(
@@ -112,6 +110,11 @@ class PrunedMultiheadAttention(nn.Module):
         if not need_weights:
             return out, None
         return out, weights.mean(dim=1) if average_attn_weights else weights
+
+
+def _like(value: torch.Tensor, old: torch.Tensor) -> nn.Parameter:
+    """A parameter holding a copy of ``value`` with ``old``'s ``requires_grad`` flag."""
+    return nn.Parameter(value.detach().clone(), requires_grad=old.requires_grad)
 
 
 def _apply_mask(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
