@@ -26,7 +26,6 @@ from .cli_inputs import (
     _Chatter,
     _check_alpha,
     _example_from_size,
-    _first_line,
     _human,
     _one_line,
     _table,
@@ -62,18 +61,16 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
+    from ..method.fair import load_analysis
+
     alphas = [_check_alpha(a) for a in args.alpha]
     path = Path(args.analysis)
     if not path.is_file():
         raise UserError(
             f"--analysis {args.analysis} does not exist (fairfx compress --analysis writes it)"
         )
+    record = load_analysis(path).record  # a safe load: a crafted file is refused unread
     model = load_model(args.model, args.weights, args.num_classes)
-    try:
-        raw = torch.load(path, weights_only=False)
-        record = raw.get("record", {}) if isinstance(raw, dict) else {}
-    except Exception as exc:
-        raise UserError(f"cannot read --analysis {args.analysis}: {_first_line(exc)}") from exc
     shape = record.get("input_shape")
     if args.image_size is not None or not shape:
         example = _example_from_size(args, args.image_size or 224)

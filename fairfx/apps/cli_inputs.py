@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from ..errors import FairfxError
+from ..files import safe_load
 
 PROG = "fairfx"
 
@@ -107,13 +108,9 @@ def load_weights(model: nn.Module, path: str) -> None:
     p = Path(path)
     if not p.is_file():
         raise UserError(f"--weights {path} does not exist")
-    try:
-        state = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise UserError(
-            f"cannot read --weights {path} as a state_dict (save one with "
-            f"torch.save(model.state_dict(), path)): {_first_line(exc)}"
-        ) from exc
+    state = _safe_load(
+        p, "--weights", "a state_dict", "save one with torch.save(model.state_dict(), path)"
+    )
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -175,15 +172,23 @@ def load_data(path: str, image_size: int, channels: int) -> torch.utils.data.Dat
         if len(ds.classes) < 2:
             raise UserError(f"--data {path} has {len(ds.classes)} class folder(s); need at least 2")
         return ds
-    try:
-        obj = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise UserError(
-            f"cannot read --data {path}: give an ImageFolder directory or a .pt file saved with "
-            f"torch.save((inputs, targets), path) ({_first_line(exc)})"
-        ) from exc
+    obj = _safe_load(
+        p,
+        "--data",
+        "labelled data",
+        "give an ImageFolder directory or a .pt file saved with "
+        "torch.save((inputs, targets), path)",
+    )
     x, y = _pair(obj, path)
     return torch.utils.data.TensorDataset(x, y)
+
+
+def _safe_load(p: Path, flag: str, what: str, fix: str) -> Any:
+    """A load that cannot run code (weights_only=True); failures are one line naming ``flag``."""
+    try:
+        return safe_load(p, what, fix)
+    except FairfxError as exc:
+        raise UserError(f"{flag}: {exc}") from None
 
 
 def _pair(obj: Any, path: str) -> tuple[torch.Tensor, torch.Tensor]:

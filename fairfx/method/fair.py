@@ -17,12 +17,13 @@ from ..engine.capture import as_inputs
 from ..engine.groups import ChannelGraph, build
 from ..engine.rewrite import apply_plan
 from ..errors import CalibrationError, FairfxError, PlanError
+from ..files import load_payload, plain, save_payload
 from .calibration import self_labelled
 from .planning import Plan, check_choice, check_plan_options, make_plan, plan_for_budget
 from .scoring import OBSERVE, Scores, calibrate, finalize, new_state
 from .stats import CalibrationState, describe
 
-_FORMAT = "fairfx.analysis/1"
+_FORMAT = "fairfx.analysis/2"  # /1 pickled numpy arrays: a safe load refuses it
 
 
 @dataclass
@@ -37,6 +38,7 @@ class Analysis:
     graph: ChannelGraph | None
     record: dict[str, Any] = field(default_factory=dict)
     state: CalibrationState | None = None
+    saved_groups: list[Any] | None = None  # (producers, size) per group, of a loaded file
 
     # ------------------------------------------------------------------ queries
     def by_producer(self) -> dict[str, dict[str, np.ndarray]]:
@@ -119,45 +121,98 @@ class Analysis:
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | Path) -> None:
-        """Keep the scores; reload with :func:`load_analysis` and plan with no data."""
-        groups = self.graph.groups if self.graph is not None else None
+        """Keep the scores; reload with :func:`load_analysis` and plan with no data.
+
+        The file holds tensors and plain values only (``torch.load(weights_only=True)`` reads
+        it, so loading a shared file cannot run code) and is written atomically."""
+        if self.graph is not None:
+            groups = [(g.producers, g.size) for g in self.graph.groups]
+        else:
+            groups = self.saved_groups
         payload = {
             "format": _FORMAT,
-            "record": self.record,
-            "groups": None if groups is None else [(g.producers, g.size) for g in groups],
+            "record": plain(self.record),
+            "groups": None if groups is None else [[list(p), int(n)] for p, n in groups],
             "scores": {
-                gid: {
-                    "u": s.u,
-                    "r": s.r,
-                    "l1": s.l1,
-                    "member_u": s.member_u,
-                    "member_r": s.member_r,
+                int(gid): {
+                    "u": plain(s.u),
+                    "r": plain(s.r),
+                    "l1": plain(s.l1),
+                    "member_u": plain(s.member_u),
+                    "member_r": plain(s.member_r),
                 }
                 for gid, s in self.scores.items()
             },
         }
-        torch.save(payload, Path(path))
+        save_payload(payload, path)
+
+
+_FIX = "write it with fairfx (Analysis.save or fairfx compress --analysis) from this version"
+
+
+def _arrays(v: dict[str, Any]) -> dict[str, np.ndarray]:
+    return {k: t.numpy() for k, t in v.items()}
 
 
 def load_analysis(
     path: str | Path, model: torch.nn.Module | None = None, example_input: Any = None
 ) -> Analysis:
-    """Load saved scores; with the model and example input, planning and compressing work."""
-    payload = torch.load(Path(path), weights_only=False)
-    if not isinstance(payload, dict) or payload.get("format") != _FORMAT:
-        raise FairfxError(f"{path} is not a fairfx analysis file (expected {_FORMAT})")
-    scores = {int(g): Scores(**v) for g, v in payload["scores"].items()}
+    """Load saved scores; with the model and example input, planning and compressing work.
+
+    The file is read with ``torch.load(weights_only=True)``: a file holding anything but
+    tensors and plain values is refused without running it. With a model, the saved channel
+    groups (producer names and sizes) must match the model's, so scores of a same-named but
+    wider or narrower model are refused."""
+    payload = load_payload(path, _FORMAT, "a fairfx scores file", _FIX)
+    try:
+        scores = {
+            int(g): Scores(
+                v["u"].numpy(),
+                v["r"].numpy(),
+                v["l1"].numpy(),
+                _arrays(v["member_u"]),
+                _arrays(v["member_r"]),
+            )
+            for g, v in payload["scores"].items()
+        }
+        record = dict(payload["record"])
+        saved = payload["groups"]
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise FairfxError(
+            f"{path} is a damaged fairfx scores file ({type(exc).__name__}: {exc}); {_FIX}"
+        ) from None
     graph = None
     if model is not None:
         graph = build(model, example_input)
-        saved = payload["groups"]
-        now = [(g.producers, g.size) for g in graph.groups]
-        if saved is not None and [tuple(p) for p, _ in saved] != [p for p, _ in now]:
+        _check_groups(path, saved, graph, scores)
+    return Analysis(scores, graph, record, saved_groups=saved)
+
+
+def _check_groups(
+    path: str | Path, saved: Any, graph: ChannelGraph, scores: dict[int, Scores]
+) -> None:
+    """Refuse scores computed for other channel groups: names AND sizes must agree."""
+    now = [(tuple(g.producers), g.size) for g in graph.groups]
+    if saved is not None:
+        then = [(tuple(p), int(n)) for p, n in saved]
+        if [p for p, _ in then] != [p for p, _ in now]:
             raise FairfxError(
                 f"{path} was computed for a model with different channel groups; re-run "
                 "fairfx.analyze on this model"
             )
-    return Analysis(scores, graph, payload["record"])
+        for (producers, n_then), (_, n_now) in zip(then, now, strict=True):
+            if n_then != n_now:
+                raise FairfxError(
+                    f"{path} was computed for a model whose group {producers[0]} has {n_then} "
+                    f"units; this model's has {n_now} (same names, other widths); re-run "
+                    "fairfx.analyze on this model"
+                )
+    for gid, s in scores.items():
+        if gid >= len(now) or len(s.u) != now[gid][1]:
+            raise FairfxError(
+                f"{path} holds scores that do not fit this model's channel group {gid}; re-run "
+                "fairfx.analyze on this model"
+            )
 
 
 def analyze(

@@ -19,16 +19,18 @@ forward and dropped). The projections dominate: for ResNet-50 (about 26,500 obse
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from ..errors import CalibrationError
+from ..errors import CalibrationError, FairfxError
+from ..files import load_payload, plain, save_payload
 
-_FORMAT = "fairfx.state/1"
+_FORMAT = "fairfx.state/2"  # /1 pickled numpy arrays: a safe load refuses it
+_STATE_FIX = "save one with Analysis.state.save(path) from this fairfx version"
 
 
 def sample_keys(x: torch.Tensor, seed: int) -> np.ndarray:
@@ -192,14 +194,35 @@ class CalibrationState:
         return sum(len(s.keys) for s in self.per_class.values())
 
     def save(self, path: str | Path) -> None:
-        torch.save({"format": _FORMAT, "state": self.__dict__}, Path(path))
+        """Write the state atomically as tensors and plain values (loadable without pickle
+        code: ``torch.load(weights_only=True)``)."""
+        state = {
+            f.name: plain(getattr(self, f.name)) for f in fields(self) if f.name != "per_class"
+        }
+        state["per_class"] = {
+            int(c): {"keys": torch.from_numpy(st.keys.copy()), "proj": st.proj, "taylor": st.taylor}
+            for c, st in self.per_class.items()
+        }
+        save_payload({"format": _FORMAT, "state": state}, path)
 
     @classmethod
     def load(cls, path: str | Path) -> CalibrationState:
-        payload = torch.load(Path(path), weights_only=False)
-        if not isinstance(payload, dict) or payload.get("format") != _FORMAT:
-            raise CalibrationError(f"{path} is not a fairfx calibration state ({_FORMAT})")
-        return cls(**payload["state"])
+        """Read a state saved by :meth:`save`; a file of another kind is refused unread."""
+        try:
+            payload = load_payload(path, _FORMAT, "a fairfx calibration state", _STATE_FIX)
+            state = dict(payload["state"])
+            state["per_class"] = {
+                int(c): ClassStats(v["keys"].numpy().astype(np.int64), v["proj"], v["taylor"])
+                for c, v in state["per_class"].items()
+            }
+            return cls(**state)
+        except FairfxError as exc:
+            raise CalibrationError(str(exc)) from None
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise CalibrationError(
+                f"{path} is a damaged fairfx calibration state ({type(exc).__name__}: {exc}); "
+                f"{_STATE_FIX}"
+            ) from None
 
     def ordered(self, c: int) -> ClassStats:
         """Class ``c``'s samples in key order."""
