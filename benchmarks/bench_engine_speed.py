@@ -1,28 +1,38 @@
-"""Engine speed: Torch-Pruning's DependencyGraph vs fairfx's channel analysis + rewrite.
+"""Engine speed: Torch-Pruning's DependencyGraph vs fairfx's channel graph + rewrite, and the floor.
 
-Same process, same models, same input, same thread count.  For every model:
+Same process, same models, same input, same thread count.  For every model, one repeat runs:
 
-* Torch-Pruning: build the pruner (dependency graph) and prune 50% of every group with L1
-  magnitude, output layer ignored (``peers.tp_build_and_prune``, on a deepcopy).
-* fairfx: ``fairfx.channel_groups(model, x)`` then ``fairfx.prune(model, x, keep)`` with
-  ``keep = {g.producers[0]: first half of the channels (at least one)}`` for every prunable group.
-  fairfx never mutates its input, so no copy is made.
+* Torch-Pruning: ``copy.deepcopy`` (it prunes in place; a user keeping the original needs the
+  copy), build the pruner (dependency graph) and prune 50% of every group with L1 magnitude,
+  output layer ignored (``peers.tp_build_and_prune``).
+* fairfx: ``fairfx.channel_graph(model, x)`` (one capture and one channel pass: what
+  ``channel_groups`` returns) then ``graph.prune(keep)`` with ``keep = {g.producers[0]: first
+  half of the channels (at least one)}`` for every prunable group.  fairfx never mutates its
+  input, so no copy is made.  On a tree without ``channel_graph`` the column falls back to
+  ``channel_groups`` + ``prune`` (two captures), as the old API did.
+* floor: ``torch.fx.symbolic_trace`` of the model plus one shape pass, the cheaper of torch's
+  ``ShapeProp`` on the real example input and on meta tensors: what any fx-based pruner must pay.
 
-Medians over ``--repeats``; the repeats alternate between the two engines, and each timed call
-runs with the cyclic garbage collector paused (as ``timeit`` does; ``--gc`` to keep it on).
-If ``import fairfx`` (or its engine API) is not available, only the Torch-Pruning columns are
-filled.  ``OMP_WAIT_POLICY`` defaults to PASSIVE here (see below); timings on a machine shared
-with other jobs still move by 2x between runs, so compare columns of one run only.
+Medians over ``--repeats``; the repeats alternate between the three, and each timed call runs with
+the cyclic garbage collector paused (as ``timeit`` does; ``--gc`` to keep it on).
+``OMP_WAIT_POLICY`` defaults to PASSIVE here (see below); timings on a machine shared with other
+jobs still move by 2x between runs, so compare columns of one run only.
+``--profile NAME`` prints a cProfile of one fairfx build + prune of that model (top entries).
 
     python benchmarks/bench_engine_speed.py --repeats 3
     python benchmarks/bench_engine_speed.py --models resnet50,vit_b_16 --repeats 1
+    python benchmarks/bench_engine_speed.py --models resnet50 --repeats 0 --profile resnet50
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
+import cProfile
 import gc
+import io
 import os
+import pstats
 import statistics
 import sys
 import time
@@ -83,21 +93,63 @@ def _load_fairfx():
     return fairfx, ""
 
 
-def run_fairfx(fairfx, model, x):
-    """Returns (groups_seconds, prune_seconds, pruned_model, n_prunable, n_groups)."""
-    t0 = time.perf_counter()
-    groups = fairfx.channel_groups(model, x)
-    t1 = time.perf_counter()
+def _half_plan(groups) -> dict[str, list[int]]:
     keep = {}
     for g in groups:
         if g.prunable:
-            n = _group_width(g)
-            keep[g.producers[0]] = list(range(max(1, n // 2)))
+            keep[g.producers[0]] = list(range(max(1, _group_width(g) // 2)))
+    return keep
+
+
+def run_fairfx(fairfx, model, x):
+    """Returns (groups_seconds, prune_seconds, pruned_model, n_prunable, n_groups)."""
+    t0 = time.perf_counter()
+    graph = fairfx.channel_graph(model, x) if hasattr(fairfx, "channel_graph") else None
+    groups = graph.groups if graph is not None else fairfx.channel_groups(model, x)
+    t1 = time.perf_counter()
+    keep = _half_plan(groups)
     t2 = time.perf_counter()
-    pruned = fairfx.prune(model, x, keep)
+    pruned = graph.prune(keep) if graph is not None else fairfx.prune(model, x, keep)
     t3 = time.perf_counter()
     # the keep-dict construction is the caller's work, counted with neither phase
     return t1 - t0, t3 - t2, pruned, len(keep), len(groups)
+
+
+def run_floor(model, x):
+    """One symbolic trace plus the cheaper of a real and a meta ShapeProp: (trace_s, shape_s)."""
+    import torch.fx as fx
+    from torch.fx.passes.shape_prop import ShapeProp
+
+    t0 = time.perf_counter()
+    gm = fx.symbolic_trace(model)
+    t1 = time.perf_counter()
+    with torch.no_grad():
+        ShapeProp(gm).propagate(x)
+    t2 = time.perf_counter()
+    meta = copy.deepcopy(gm).to("meta")  # the copy is not part of the meta pass's cost
+    t3 = time.perf_counter()
+    with torch.no_grad():
+        ShapeProp(meta).propagate(x.to("meta"))
+    t4 = time.perf_counter()
+    return t1 - t0, min(t2 - t1, t4 - t3)
+
+
+def profile_fairfx(fairfx, model, x, top: int = 25) -> str:
+    run_fairfx(fairfx, model, x)  # warm caches (imports, dispatch tables) first
+    prof = cProfile.Profile()
+    gc.collect()
+    gc.disable()
+    try:
+        prof.enable()
+        run_fairfx(fairfx, model, x)
+        prof.disable()
+    finally:
+        gc.enable()
+    out = io.StringIO()
+    stats = pstats.Stats(prof, stream=out).strip_dirs()
+    stats.sort_stats("cumulative").print_stats(top)
+    stats.sort_stats("tottime").print_stats(top)
+    return out.getvalue()
 
 
 def _dist_version(name: str) -> str:
@@ -142,6 +194,7 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-fairfx", action="store_true", help="time Torch-Pruning only")
     ap.add_argument("--no-tp", action="store_true", help="time fairfx only")
+    ap.add_argument("--profile", default="", help="comma-separated models to cProfile (fairfx)")
     ap.add_argument(
         "--gc",
         action="store_true",
@@ -169,6 +222,7 @@ def main(argv=None) -> int:
     )
 
     rows = []
+    profiles = {m.strip(): "" for m in args.profile.split(",") if m.strip()}
     x = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(0))
     for name in [m.strip() for m in args.models.split(",") if m.strip()]:
         torch.manual_seed(0)
@@ -177,15 +231,17 @@ def main(argv=None) -> int:
         row = {"model": name, "params": n0}
 
         # Repeats alternate TP and fairfx so that both see the same machine load.
-        tp_runs, ff_runs = [], []
+        tp_runs, ff_runs, floor_runs = [], [], []
         tp_on = not args.no_tp
         ff_on = fairfx is not None and not args.no_fairfx
         tp_pruned = ff_pruned = None
         for _ in range(args.repeats):
             if tp_on:
                 try:
-                    b, p, tp_pruned = _timed(args.gc, peers.tp_build_and_prune, model, x, ratio=0.5)
-                    tp_runs.append((b, p))
+                    c, b, p, tp_pruned = _timed(
+                        args.gc, peers.tp_build_and_prune, model, x, ratio=0.5
+                    )
+                    tp_runs.append((c, b, p))
                 except Exception as e:
                     row["tp_error"] = f"{type(e).__name__}: {e}"
                     traceback.print_exc()
@@ -201,10 +257,12 @@ def main(argv=None) -> int:
                     row["ff_error"] = f"{type(e).__name__}: {e}"
                     traceback.print_exc()
                     ff_on = False
+            floor_runs.append(_timed(args.gc, run_floor, model, x))
         if tp_runs:
             row.update(
-                tp_build=_median([r[0] for r in tp_runs]),
-                tp_prune=_median([r[1] for r in tp_runs]),
+                tp_copy=_median([r[0] for r in tp_runs]),
+                tp_build=_median([r[1] for r in tp_runs]),
+                tp_prune=_median([r[2] for r in tp_runs]),
                 tp_total=_median([sum(r) for r in tp_runs]),
             )
         if ff_runs:
@@ -213,6 +271,14 @@ def main(argv=None) -> int:
                 ff_prune=_median([r[1] for r in ff_runs]),
                 ff_total=_median([sum(r) for r in ff_runs]),
             )
+        if floor_runs:
+            row.update(
+                floor_trace=_median([r[0] for r in floor_runs]),
+                floor_shape=_median([r[1] for r in floor_runs]),
+                floor=_median([sum(r) for r in floor_runs]),
+            )
+        if name in profiles and fairfx is not None:
+            profiles[name] = profile_fairfx(fairfx, model, x)
         if args.check:
             with torch.no_grad():
                 for key, pm in (("tp_params", tp_pruned), ("ff_params", ff_pruned)):
@@ -221,7 +287,8 @@ def main(argv=None) -> int:
                         row[key] = peers.count_params(pm)
         del tp_pruned, ff_pruned
 
-        rows.append(row)
+        if args.repeats:
+            rows.append(row)
         print(
             f"  done {name}: "
             + ", ".join(
@@ -234,30 +301,36 @@ def main(argv=None) -> int:
         )
 
     print()
-    print("| model | TP build+prune s | fairfx groups+prune s | speedup |")
-    print("|---|---:|---:|---:|")
+    print(
+        "| model | TP copy+build+prune s | fairfx graph+prune s | fairfx vs TP "
+        "| floor s | fairfx / floor |"
+    )
+    print("|---|---:|---:|---:|---:|---:|")
     for r in rows:
-        tp_t = r.get("tp_total")
-        ff_t = r.get("ff_total")
-        speed = tp_t / ff_t if tp_t and ff_t else None
+        tp_t, ff_t, fl = r.get("tp_total"), r.get("ff_total"), r.get("floor")
+        speed = f"{tp_t / ff_t:.2f}x" if tp_t and ff_t else "n/a"
+        over = f"{ff_t / fl:.2f}" if ff_t and fl else "n/a"
         tp_s = _fmt(tp_t) if "tp_error" not in r else "error"
         ff_s = _fmt(ff_t) if "ff_error" not in r else "error"
-        sp = "n/a" if speed is None else f"{speed:.1f}x"
-        print(f"| {r['model']} | {tp_s} | {ff_s} | {sp} |")
+        print(f"| {r['model']} | {tp_s} | {ff_s} | {speed} | {_fmt(fl)} | {over} |")
 
     print()
     print(
-        "| model | params | TP build s | TP prune s | fairfx groups s | fairfx prune s "
-        "| fairfx prunable/groups |"
+        "| model | params | TP copy s | TP build s | TP prune s | fairfx graph s | fairfx prune s "
+        "| floor trace s | floor shape s | fairfx prunable/groups |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         pg = f"{r['ff_prunable']}/{r['ff_n_groups']}" if "ff_prunable" in r else "n/a"
         print(
-            f"| {r['model']} | {r['params'] / 1e6:.1f}M | {_fmt(r.get('tp_build'))} "
-            f"| {_fmt(r.get('tp_prune'))} | {_fmt(r.get('ff_groups'))} "
-            f"| {_fmt(r.get('ff_prune'))} | {pg} |"
+            f"| {r['model']} | {r['params'] / 1e6:.1f}M | {_fmt(r.get('tp_copy'))} "
+            f"| {_fmt(r.get('tp_build'))} | {_fmt(r.get('tp_prune'))} | {_fmt(r.get('ff_groups'))} "
+            f"| {_fmt(r.get('ff_prune'))} | {_fmt(r.get('floor_trace'))} "
+            f"| {_fmt(r.get('floor_shape'))} | {pg} |"
         )
+    for name, text in profiles.items():
+        print(f"\n### cProfile: fairfx graph + prune of {name}\n")
+        print(text)
     if args.check:
         print()
         for r in rows:

@@ -4,14 +4,16 @@ Public entry points:
 
 - :func:`channel_groups` — which channels are coupled, who produces and reads them, what
   blocks them.
+- :func:`channel_graph` — the analysed model (one capture, one channel pass) to plan, cost and
+  prune from as often as needed (``graph.groups``, ``graph.prune(keep)``, ``graph.cost(units)``).
 - :func:`prune` — physically remove channels for a given plan; returns a smaller GraphModule.
 - :func:`verify` — the masked-execution oracle: prove a pruned graph against the original.
 - :func:`analyze` / :func:`compress` — FAIR-Pruner scoring, ToD planning and the rewrite.
 """
 
-from .engine.groups import ChannelGroup, channel_groups
+from .engine.groups import ChannelGraph, ChannelGroup, channel_groups, prune
+from .engine.groups import build as channel_graph
 from .engine.oracle import VerifyReport, verify
-from .engine.rewrite import prune
 from .errors import CalibrationError, CaptureError, FairfxError, PlanError
 from .method.fair import Analysis, analyze, compress, load_analysis
 from .method.finetune import finetune
@@ -20,11 +22,13 @@ __all__ = [
     "Analysis",
     "CalibrationError",
     "CaptureError",
+    "ChannelGraph",
     "ChannelGroup",
     "FairfxError",
     "PlanError",
     "VerifyReport",
     "analyze",
+    "channel_graph",
     "channel_groups",
     "compress",
     "finetune",

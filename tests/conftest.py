@@ -9,14 +9,14 @@ import torch
 from fairfx.apps.zoo import random_plan
 from fairfx.engine.groups import build
 from fairfx.engine.oracle import verify
-from fairfx.engine.rewrite import apply_plan, count_params
+from fairfx.engine.rewrite import count_params
 
 
 def prune_and_verify(model: torch.nn.Module, x, *, seed: int = 0, fraction: float = 0.5):
     """Random plan on every prunable group; returns (graph, pruned, report)."""
     model.eval()
     graph = build(model, x)
-    pruned = apply_plan(graph, random_plan(graph, seed, fraction))
+    pruned = graph.rewrite(random_plan(graph, seed, fraction))
     report = verify(model, pruned, x)
     assert report.passed, str(report)
     with torch.no_grad():

@@ -10,7 +10,7 @@ import torch.fx as fx
 from torch import nn
 
 import fairfx
-from fairfx import CaptureError, PlanError
+from fairfx import CaptureError, FairfxError, PlanError
 from fairfx.engine.groups import build
 
 from .conftest import assert_same_state, prune_and_verify, state_snapshot
@@ -75,6 +75,83 @@ def test_flatten_into_linear_rewrites_view_constant() -> None:
     assert pruned.get_submodule("fc").in_features == 3 * 4
     assert "12" in pruned.code  # view(size, 40) became view(size, 12)
     assert fairfx.verify(model, pruned, x).passed
+
+
+def _sabotage(graph, kind: type, change) -> None:
+    """Replace every edit of ``kind`` in ``graph`` with ``change(edit)``: a simulated rule bug."""
+    a = graph.analysis
+    a.edits = [change(e) if isinstance(e, kind) else e for e in a.edits]
+
+
+def test_size_check_catches_a_missed_shape_constant() -> None:
+    from fairfx.engine.edits import ArgEdit
+
+    model, x = make("flatten_linear")
+    graph = build(model, x)
+    _sabotage(graph, ArgEdit, lambda e: ArgEdit(e.node, lambda node, kept: None))
+    with pytest.raises(FairfxError, match="internal error"):
+        graph.prune({"c.0": [1, 3, 5], "fc": list(range(8))})
+
+
+def test_size_check_catches_a_wrongly_sliced_module() -> None:
+    import dataclasses
+
+    from fairfx.engine.edits import ModuleEdit
+
+    model, x = make("residual")
+    graph = build(model, x)
+
+    def keep_outputs(edit):  # a shrink that forgets to remove output channels
+        shrink = edit.shrink
+        return dataclasses.replace(edit, shrink=lambda m, i, o: shrink(m, i, None))
+
+    _sabotage(graph, ModuleEdit, keep_outputs)
+    with pytest.raises(FairfxError, match="internal error"):
+        graph.prune({"stem.0": [0, 1, 2]})
+
+
+def test_size_check_catches_wrong_split_sizes() -> None:
+    from fairfx.engine.edits import ArgEdit
+
+    model, x = make("split_chunk")
+    graph = build(model, x)
+    _sabotage(graph, ArgEdit, lambda e: ArgEdit(e.node, lambda node, kept: None))
+    with pytest.raises(FairfxError, match="internal error"):
+        graph.prune({"p": [0, 3, 6, 2, 5, 8, 9, 11]})
+
+
+def test_one_graph_serves_many_plans_costs_and_rewrites(monkeypatch) -> None:
+    from fairfx.engine import groups as groups_mod
+
+    model, x = make("residual")
+    graph = fairfx.channel_graph(model, x)
+    assert graph.groups == fairfx.channel_groups(model, x)
+    runs = []
+    real = groups_mod.capture
+    monkeypatch.setattr(groups_mod, "capture", lambda *a: runs.append(1) or real(*a))
+    base = graph.cost()
+    pruned = []
+    for keep in ([0, 1, 2], [3, 4, 5, 6], [7]):
+        pruned.append(graph.prune({"stem.0": keep}))
+        assert pruned[-1].get_submodule("b").out_channels == len(keep)
+        cost = graph.cost(pruned[-1].meta["fairfx"]["units"])
+        assert cost.params == sum(p.numel() for p in pruned[-1].parameters()) < base.params
+    assert not runs, "plans, costs and rewrites must not capture the model again"
+    for p in pruned:
+        assert fairfx.verify(model, p, x).passed
+
+
+def test_pruned_graph_shares_no_storage_with_the_model() -> None:
+    model, x = make("residual")
+    pruned = fairfx.prune(model, x, {"stem.0": [0, 1, 2]})
+    theirs = {t.untyped_storage().data_ptr() for t in model.state_dict().values() if t.numel()}
+    ours = {t.untyped_storage().data_ptr() for t in pruned.state_dict().values() if t.numel()}
+    assert not theirs & ours
+    snap = state_snapshot(pruned)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    assert_same_state(pruned, snap)
 
 
 def test_layer_norm_over_channels_is_prunable_but_reported_inexact() -> None:

@@ -21,7 +21,7 @@ import torch
 
 from ..engine.groups import build
 from ..engine.oracle import verify
-from ..engine.rewrite import apply_plan, count_params
+from ..engine.rewrite import count_params
 from ..method.fair import analyze
 
 # Models whose architecture fixes or bounds the input size; the rest run at 64x64.
@@ -126,7 +126,7 @@ def check_model(name: str, *, export: bool = True, fair: bool = False, seed: int
         graph = build(model, x)
         res.groups = len(graph.groups)
         res.prunable = sum(g.prunable for g in graph.groups)
-        pruned = apply_plan(graph, random_plan(graph, seed))
+        pruned = graph.rewrite(random_plan(graph, seed))
         res.params_before, res.params_after = count_params(model), count_params(pruned)
         report = verify(model, pruned, x)
         res.handled = True

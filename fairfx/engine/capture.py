@@ -24,6 +24,7 @@ import torch.fx as fx
 from torch import nn
 
 from ..errors import CaptureError
+from .shapes import ShapeInterpreter
 
 # torchvision modules whose forward is channel-separable and whose behaviour depends on
 # ``self.training``: tracing into them would freeze the eval branch into the graph.
@@ -73,7 +74,7 @@ def capture(model: nn.Module, example_input: Any) -> Captured:
     if not any(isinstance(t, torch.Tensor) for t in inputs):
         raise CaptureError("example_input must be a tensor or a tuple holding at least one tensor.")
     was_training = model.training
-    work = copy.deepcopy(model, _share_tensors(model))
+    work = copy.deepcopy(model, share_tensors(model))
     work.eval()
     gm = work if isinstance(work, fx.GraphModule) else _trace(work)
     record_shapes(gm, inputs)
@@ -81,14 +82,24 @@ def capture(model: nn.Module, example_input: Any) -> Captured:
     return Captured(gm=gm, inputs=inputs)
 
 
-def _share_tensors(model: nn.Module, device: str | None = None) -> dict[int, Any]:
+def tensors_of(model: nn.Module) -> list[torch.Tensor]:
+    """Every tensor a module tree holds: parameters, buffers and plain tensor attributes."""
+    out: list[torch.Tensor] = []
+    for m in model.modules():
+        out.extend(t for t in m._parameters.values() if t is not None)
+        out.extend(t for t in m._buffers.values() if t is not None)
+        out.extend(v for v in vars(m).values() if isinstance(v, torch.Tensor))
+    return out
+
+
+def share_tensors(model: nn.Module, device: str | None = None) -> dict[int, Any]:
     """A deepcopy memo that copies the module tree but shares (or moves) its tensors.
 
-    Capture only reads weights, and the rewrite deep-copies before it changes anything, so the
-    structure is copied (train/eval flags can be set freely) without paying for the weights.
+    Capture only reads weights and the rewrite copies only what it keeps, so the structure is
+    copied (train/eval flags can be set freely) without paying for the weights.
     """
     memo: dict[int, Any] = {}
-    for t in list(model.parameters()) + list(model.buffers()):
+    for t in tensors_of(model):
         if device is None:
             memo[id(t)] = t
         elif isinstance(t, nn.Parameter):
@@ -140,7 +151,7 @@ def _describe(value: Any) -> tuple[tuple[int, ...] | None, Any]:
     return None, None
 
 
-class _Recorder(fx.Interpreter):
+class _Recorder(ShapeInterpreter):
     """Runs the graph once and stores shapes and small constants in ``node.meta``."""
 
     def run_node(self, n: fx.Node) -> Any:
@@ -171,11 +182,14 @@ def record_shapes(gm: fx.GraphModule, inputs: Sequence[Any], *, fake: bool = Tru
     gm.eval()
     try:
         if fake:
-            for run in (_meta_run, _fake_run):
+            for mode, run in (("meta", _meta_run), ("fake", _fake_run)):
                 try:
-                    return run(gm, inputs)
+                    out = run(gm, inputs)
+                    gm.meta["fairfx_shapes"] = mode
+                    return out
                 except CaptureError:
                     pass
+        gm.meta["fairfx_shapes"] = "real"
         return _Recorder(gm).run(*inputs)
     finally:
         gm.train(was_training)
@@ -183,9 +197,8 @@ def record_shapes(gm: fx.GraphModule, inputs: Sequence[Any], *, fake: bool = Tru
 
 def _meta_run(gm: fx.GraphModule, inputs: Sequence[Any]) -> Any:
     """Shapes from the meta device: no data, no arithmetic, the cheapest way to propagate."""
-    meta_root = copy.deepcopy(gm, _share_tensors(gm, "meta"))
     meta_inputs = [t.to("meta") if isinstance(t, torch.Tensor) else t for t in inputs]
-    return _Recorder(meta_root, graph=gm.graph).run(*meta_inputs)
+    return _Recorder(gm, meta=True).run(*meta_inputs)
 
 
 def _fake_run(gm: fx.GraphModule, inputs: Sequence[Any]) -> Any:

@@ -7,17 +7,16 @@ rewrite that produces the real model, so the two cannot disagree, and it costs n
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from .capture import _share_tensors
-from .groups import ChannelGraph
-from .rewrite import apply_edits, count_params
+from .analysis import ChannelAnalysis
+from .capture import share_tensors
+from .rewrite import count_params, rebuild
+from .shapes import ShapeInterpreter
 
 
 @dataclass(frozen=True)
@@ -28,26 +27,15 @@ class Cost:
     macs: int
 
 
-def _macs(module: torch.nn.Module, inputs: tuple[Any, ...]) -> int:
-    meta_inputs = [t.to("meta") if isinstance(t, torch.Tensor) else t for t in inputs]
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        module(*meta_inputs)
-    return counter.get_total_flops() // 2
+@torch.no_grad()
+def slot_cost(a: ChannelAnalysis, kept_slot: np.ndarray) -> Cost:
+    """Cost of the captured model pruned to a slot keep-mask, computed on the meta device."""
+    gm, _ = rebuild(a, kept_slot, share_tensors(a.gm, "meta"))
+    gm.eval()
+    inputs = [t.to("meta") if isinstance(t, torch.Tensor) else t for t in a.captured.inputs]
+    with FlopCounterMode(display=False) as counter:
+        ShapeInterpreter(gm, meta=True).run(*inputs)
+    return Cost(count_params(gm), counter.get_total_flops() // 2)
 
 
-def model_cost(graph: ChannelGraph) -> Cost:
-    """Cost of the unpruned captured model."""
-    return plan_cost(graph, {})
-
-
-def plan_cost(graph: ChannelGraph, units: Mapping[int, Sequence[int]]) -> Cost:
-    """Cost of the model pruned to ``{group id: kept units}``, computed on the meta device."""
-    gm = graph.analysis.gm
-    meta = copy.deepcopy(gm, _share_tensors(gm, "meta"))
-    if units:
-        apply_edits(graph, meta, graph.kept_slots(units))
-    meta.eval()
-    return Cost(count_params(meta), _macs(meta, graph.analysis.captured.inputs))
-
-
-__all__ = ["Cost", "model_cost", "plan_cost"]
+__all__ = ["Cost", "slot_cost"]

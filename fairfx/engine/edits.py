@@ -22,12 +22,13 @@ def _mask(kept_slot: np.ndarray, slots: np.ndarray | None) -> np.ndarray | None:
     return None if slots is None else kept_slot[slots]
 
 
-def select(t: torch.Tensor, dim: int, keep: np.ndarray | None) -> torch.Tensor:
-    """``t`` restricted to the positions ``keep`` marks along ``dim`` (a contiguous copy)."""
+def select(t: torch.Tensor, dim: int, keep: np.ndarray | None) -> torch.Tensor | None:
+    """``t`` restricted to the positions ``keep`` marks along ``dim`` (a new contiguous tensor
+    holding only the kept slices), or None when nothing along ``dim`` is removed."""
     if keep is None or bool(keep.all()):
-        return t.detach().clone()
+        return None
     idx = torch.as_tensor(np.flatnonzero(keep), dtype=torch.long, device=t.device)
-    return t.detach().index_select(dim, idx).contiguous()
+    return t.detach().index_select(dim, idx)
 
 
 def replace_tensor(owner: nn.Module, name: str, value: torch.Tensor) -> None:
@@ -51,15 +52,17 @@ class ModuleEdit:
     def key(self) -> tuple[str, str]:
         return ("module", self.target)
 
-    def apply(self, gm: fx.GraphModule, kept_slot: np.ndarray) -> None:
+    def apply(self, gm: fx.GraphModule, kept_slot: np.ndarray) -> bool:
+        """Replace the module by its smaller copy; False when the plan keeps all its channels."""
         in_keep, out_keep = _mask(kept_slot, self.in_slots), _mask(kept_slot, self.out_slots)
         if all(m is None or bool(m.all()) for m in (in_keep, out_keep)):
-            return
+            return False
         old = gm.get_submodule(self.target)
         new = self.shrink(old, in_keep, out_keep)
         new.train(old.training)
         parent, _, leaf = self.target.rpartition(".")
         setattr(gm.get_submodule(parent) if parent else gm, leaf, new)
+        return True
 
 
 @dataclass
@@ -73,13 +76,14 @@ class ParamEdit:
     def key(self) -> tuple[str, str]:
         return ("param", f"{self.target}:{self.dim}")
 
-    def apply(self, gm: fx.GraphModule, kept_slot: np.ndarray) -> None:
+    def apply(self, gm: fx.GraphModule, kept_slot: np.ndarray) -> bool:
         keep = kept_slot[self.slots]
         if bool(keep.all()):
-            return
+            return False
         parent, _, leaf = self.target.rpartition(".")
         owner = gm.get_submodule(parent) if parent else gm
         replace_tensor(owner, leaf, select(getattr(owner, leaf), self.dim, keep))
+        return True
 
 
 @dataclass
@@ -92,5 +96,6 @@ class ArgEdit:
     def key(self) -> tuple[str, str]:
         return ("node", self.node)
 
-    def apply(self, gm: fx.GraphModule, kept_slot: np.ndarray, nodes: dict[str, Any]) -> None:
+    def apply(self, gm: fx.GraphModule, kept_slot: np.ndarray, nodes: dict[str, Any]) -> bool:
         self.rewrite(nodes[self.node], kept_slot)
+        return True

@@ -3,6 +3,10 @@
 A *group* is a connected set of producers whose channels are tied by coupling ops (a residual
 stream, a conv and its depthwise followers). Its *units* are the equivalence classes of slots it
 holds, ordered by their first slot, so unit ``i`` of a plain conv is its output channel ``i``.
+
+A :class:`ChannelGraph` is the analysed model: one capture and one channel pass, then any number
+of plans, plan costs and rewrites from it (``graph.prune(keep)``, ``graph.rewrite(units)``,
+``graph.cost(units)``). ``channel_groups`` and ``prune`` are one-call wrappers around it.
 """
 
 from __future__ import annotations
@@ -15,10 +19,13 @@ from typing import Any
 import networkx as nx
 import numpy as np
 import torch
+import torch.fx as fx
 
 from ..errors import PlanError
 from .analysis import ChannelAnalysis
 from .capture import capture
+from .cost import Cost, slot_cost
+from .rewrite import count_params, rewrite
 from .rules import rule_for
 from .slots import Layout
 
@@ -54,6 +61,7 @@ class ChannelGraph:
 
     def __init__(self, analysis: ChannelAnalysis) -> None:
         self.analysis = analysis
+        self._costs: dict[bytes, Cost] = {}
         roots = analysis.table.roots()
         self.roots = roots
         blocked = analysis.blocked_reasons(roots)
@@ -197,6 +205,43 @@ class ChannelGraph:
                 out[name] = np.flatnonzero(kept_slot[prod.slots]).tolist()
         return out
 
+    # ------------------------------------------------------------------ rewrites and costs
+    def rewrite(self, units: Mapping[int, Sequence[int]]) -> fx.GraphModule:
+        """The smaller GraphModule for ``{group id: kept unit indices}``; plan in ``.meta``."""
+        kept_slot = self.kept_slots(units)
+        self.check_nonempty(kept_slot)
+        gm = rewrite(self.analysis, kept_slot)
+        gm.meta["fairfx"] = {
+            "keep": self.keep_from_units(units),
+            "units": {int(g): np.asarray(u).tolist() for g, u in units.items()},
+            "params_before": count_params(self.analysis.gm),
+            "params_after": count_params(gm),
+        }
+        return gm
+
+    def prune(self, keep: Mapping[str, Sequence[int]]) -> fx.GraphModule:
+        """The smaller GraphModule for ``{producer name: output channels to keep}``."""
+        if not keep:
+            raise PlanError("keep is empty: name at least one producer (see fairfx.channel_groups)")
+        return self.rewrite(self.units_from_keep(keep))
+
+    def cost(self, units: Mapping[int, Sequence[int]] | None = None) -> Cost:
+        """Parameters and MACs of the plan (of the unpruned model without one); cached per plan."""
+        kept_slot = self.kept_slots(units or {})
+        key = np.packbits(kept_slot).tobytes()
+        if key not in self._costs:
+            self._costs[key] = slot_cost(self.analysis, kept_slot)
+        return self._costs[key]
+
+    def check_nonempty(self, kept_slot: np.ndarray) -> None:
+        """Refuse a plan that would leave some tensor with no channels at all."""
+        empty = self.empty_tensors(kept_slot)
+        if empty:
+            raise PlanError(
+                f"the plan removes every channel of node {empty[0][0]!r}; keep at least one "
+                "channel of each tensor (e.g. of each branch that is concatenated or split)"
+            )
+
     def unit_index(self, gid: int, slots: np.ndarray) -> np.ndarray:
         """Unit index (within group ``gid``) of each slot; -1 for slots of other groups."""
         classes = self.group_classes[gid]
@@ -231,10 +276,32 @@ def _indices(values: Sequence[int] | Any, size: int, what: str) -> np.ndarray:
 
 
 def build(model: torch.nn.Module, example_input: Any) -> ChannelGraph:
-    """Capture ``model`` and run the channel pass: the shared first step of every entry point."""
+    """Capture ``model`` and run the channel pass once: the analysed graph every entry point
+    plans, costs and rewrites from. Public as ``fairfx.channel_graph``."""
     return ChannelGraph(ChannelAnalysis(capture(model, example_input), rule_for))
 
 
 def channel_groups(model: torch.nn.Module, example_input: Any) -> list[ChannelGroup]:
     """Every channel group of ``model``: size, producers, consumers, prunable or why not."""
     return list(build(model, example_input).groups)
+
+
+def prune(
+    model: torch.nn.Module, example_input: Any, keep: Mapping[str, Sequence[int]]
+) -> fx.GraphModule:
+    """Physically remove channels and return a new, smaller ``torch.fx.GraphModule``.
+
+    One call for one plan; for several plans (or ``channel_groups`` first) build the graph once
+    with ``fairfx.channel_graph(model, example_input)`` and call its ``prune`` each time.
+
+    Args:
+        model: the model (or a GraphModule); it is never modified, and the result shares no
+            storage with it.
+        example_input: a tensor or tuple of positional inputs used to trace and record shapes.
+        keep: ``{producer qualified name: output-channel indices to keep}``. Naming any producer
+            of a channel group prunes the whole group; names of one group must agree.
+
+    Raises:
+        PlanError: unknown names, empty or out-of-range indices, disagreeing lists, a split unit.
+    """
+    return build(model, example_input).prune(keep)

@@ -1,19 +1,31 @@
-"""Rewrite: apply a plan to a copy of the captured graph and return a smaller GraphModule."""
+"""Rewrite: build the smaller GraphModule of a plan, holding only the kept slices of each weight.
+
+The captured graph is copied as structure only (its tensors are shared, not copied); every edit
+then builds the smaller module or parameter from the kept slices, and every tensor the plan
+leaves whole gets one copy of its own. So the rewrite copies each kept weight once, never the
+whole model first, and the result shares no storage with the user's model.
+
+The rewrite knows every new size, so its check needs no shape pass over the pruned graph: each
+rebuilt module and every function or method call is evaluated once on meta tensors fed the
+shapes the plan predicts for its inputs, and must give the shape the plan predicts for its
+output (every channel axis at its kept count). Modules the plan leaves as they are take the
+predicted shapes without running.
+"""
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 import torch.fx as fx
 
-from ..errors import FairfxError, PlanError
-from .capture import record_shapes
-from .edits import ArgEdit
-from .groups import ChannelGraph, build
+from ..errors import FairfxError
+from .analysis import ChannelAnalysis
+from .capture import share_tensors, tensors_of
+from .edits import ArgEdit, ModuleEdit
+from .shapes import ShapeInterpreter
 from .slots import Layout
 
 
@@ -21,83 +33,168 @@ def count_params(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def check_nonempty(graph: ChannelGraph, kept_slot: np.ndarray) -> None:
-    """Refuse a plan that would leave some tensor with no channels at all."""
-    empty = graph.empty_tensors(kept_slot)
-    if empty:
-        raise PlanError(
-            f"the plan removes every channel of node {empty[0][0]!r}; keep at least one channel "
-            "of each tensor (e.g. of each branch that is concatenated or split)"
-        )
-
-
-def apply_plan(graph: ChannelGraph, units: Mapping[int, Sequence[int]]) -> fx.GraphModule:
-    """Rewrite ``graph``'s captured model for ``{group id: kept unit indices}``."""
-    kept_slot = graph.kept_slots(units)
-    check_nonempty(graph, kept_slot)
-    a = graph.analysis
-    gm = apply_edits(graph, copy.deepcopy(a.gm), kept_slot)
-    _check_shapes(graph, gm, kept_slot)
-    keep = graph.keep_from_units(units)
-    gm.meta["fairfx"] = {
-        "keep": keep,
-        "units": {int(g): np.asarray(u).tolist() for g, u in units.items()},
-        "params_before": count_params(a.gm),
-        "params_after": count_params(gm),
-    }
+def rewrite(a: ChannelAnalysis, kept_slot: np.ndarray) -> fx.GraphModule:
+    """The pruned GraphModule for a slot keep-mask, its sizes checked (see the module docstring)."""
+    gm, changed = rebuild(a, kept_slot)
+    check_sizes(a, gm, kept_slot, changed)
     return gm
 
 
-def apply_edits(graph: ChannelGraph, gm: fx.GraphModule, kept_slot: np.ndarray) -> fx.GraphModule:
+def rebuild(
+    a: ChannelAnalysis, kept_slot: np.ndarray, memo: dict[int, Any] | None = None
+) -> tuple[fx.GraphModule, set[str]]:
+    """The pruned copy of the captured graph and the names of the modules and nodes it changed.
+
+    ``memo`` (a deepcopy memo from :func:`~fairfx.engine.capture.share_tensors`) says what the
+    copy holds in place of each original tensor; by default the originals are shared while the
+    edits run and every one still shared afterwards is copied, so the result owns its storage.
+    """
+    own = memo is None
+    gm = copy.deepcopy(a.gm, share_tensors(a.gm) if own else memo)
+    changed = apply_edits(a, gm, kept_slot)
+    if own:
+        _own_tensors(gm, {id(t) for t in tensors_of(a.gm)})
+    return gm, changed
+
+
+def apply_edits(a: ChannelAnalysis, gm: fx.GraphModule, kept_slot: np.ndarray) -> set[str]:
     """Apply every recorded edit to ``gm`` (a copy of the captured graph) in place."""
     nodes = {n.name: n for n in gm.graph.nodes}
     done: set[tuple[str, str]] = set()
-    for edit in graph.analysis.edits:
+    changed: set[str] = set()
+    for edit in a.edits:
         if isinstance(edit, ArgEdit):
-            edit.apply(gm, kept_slot, nodes)
+            if edit.apply(gm, kept_slot, nodes):
+                changed.add(edit.node)
             continue
         if edit.key() in done:
             continue
         done.add(edit.key())
-        edit.apply(gm, kept_slot)
+        if edit.apply(gm, kept_slot) and isinstance(edit, ModuleEdit):
+            changed.add(edit.target)
     gm.graph.lint()
     gm.recompile()
-    return gm
+    return changed
 
 
-def _check_shapes(graph: ChannelGraph, gm: fx.GraphModule, kept_slot: np.ndarray) -> None:
-    """Every channel axis must have exactly the kept count: catches a shape constant we missed."""
-    try:
-        record_shapes(gm, graph.analysis.captured.inputs)
-    except Exception as exc:
-        raise FairfxError(f"the pruned graph does not run: {exc}") from exc
-    for node in gm.graph.nodes:
-        lay = graph.analysis.layouts.get(node.name)
-        shape = node.meta.get("fairfx_shape")
-        if isinstance(lay, Layout) and shape is not None:
-            want = int(kept_slot[lay.slots].sum())
-            if shape[lay.dim] != want:
-                raise FairfxError(
-                    f"internal error: node {node.name!r} has {shape[lay.dim]} channels on axis "
-                    f"{lay.dim} after rewriting, expected {want}; please report this model"
-                )
+def _own_tensors(gm: fx.GraphModule, originals: set[int]) -> None:
+    """Give every tensor of ``gm`` still shared with the original a copy (ties are kept)."""
+    copies: dict[int, torch.Tensor] = {}
+
+    def owned(t: torch.Tensor) -> torch.Tensor:
+        if id(t) not in copies:
+            copies[id(t)] = copy.deepcopy(t)  # a Parameter stays one, flags included
+        return copies[id(t)]
+
+    for m in gm.modules():
+        for store in (m._parameters, m._buffers):
+            for k, t in store.items():
+                if t is not None and id(t) in originals:
+                    store[k] = owned(t)
+        for k, v in list(vars(m).items()):
+            if isinstance(v, torch.Tensor) and id(v) in originals:
+                m.__dict__[k] = owned(v)
 
 
-def prune(
-    model: torch.nn.Module, example_input: Any, keep: Mapping[str, Sequence[int]]
-) -> fx.GraphModule:
-    """Physically remove channels and return a new, smaller ``torch.fx.GraphModule``.
+def _predicted(node: fx.Node, lay: Any, kept_slot: np.ndarray) -> Any:
+    """The shape (or tuple of shapes) the plan gives ``node``: channel axes at their kept count."""
+    shape = node.meta.get("fairfx_shape")
+    if isinstance(lay, Layout) and shape is not None:
+        out = list(shape)
+        out[lay.dim] = int(kept_slot[lay.slots].sum())
+        return tuple(out)
+    if isinstance(lay, tuple) and isinstance(shape, tuple) and len(lay) == len(shape):
+        return tuple(_predicted_item(s, la, kept_slot) for s, la in zip(shape, lay, strict=True))
+    return shape
 
-    Args:
-        model: the model (or a GraphModule); it is never modified.
-        example_input: a tensor or tuple of positional inputs used to trace and check shapes.
-        keep: ``{producer qualified name: output-channel indices to keep}``. Naming any producer
-            of a channel group prunes the whole group; names of one group must agree.
 
-    Raises:
-        PlanError: unknown names, empty or out-of-range indices, disagreeing lists, a split unit.
+def _predicted_item(shape: Any, lay: Any, kept_slot: np.ndarray) -> Any:
+    if isinstance(lay, Layout) and isinstance(shape, tuple):
+        out = list(shape)
+        out[lay.dim] = int(kept_slot[lay.slots].sum())
+        return tuple(out)
+    return shape
+
+
+def _is_shape(s: Any) -> bool:
+    return isinstance(s, tuple) and all(isinstance(d, int) for d in s)
+
+
+def _stand_in(want: Any, dtype: torch.dtype) -> Any:
+    """Meta tensors of the predicted shapes, for a node the check does not run."""
+    if _is_shape(want):
+        return torch.empty(want, dtype=dtype, device="meta")
+    if isinstance(want, tuple) and all(s is None or _is_shape(s) for s in want):
+        return tuple(None if s is None else _stand_in(s, dtype) for s in want)
+    return NotImplemented
+
+
+def _shapes_of(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return tuple(value.shape)
+    if isinstance(value, (tuple, list)):
+        return tuple(tuple(v.shape) if isinstance(v, torch.Tensor) else None for v in value)
+    return None
+
+
+class _SizeCheck(ShapeInterpreter):
+    """Runs what the rewrite changed on meta tensors; the rest takes the plan's shapes."""
+
+    def __init__(
+        self,
+        a: ChannelAnalysis,
+        gm: fx.GraphModule,
+        kept_slot: np.ndarray,
+        changed: set[str],
+        *,
+        meta: bool,
+    ) -> None:
+        super().__init__(gm, meta=meta)
+        self.changed = changed
+        self.originals = {n.name: n for n in a.gm.graph.nodes}
+        self.layouts = a.layouts
+        self.kept_slot = kept_slot
+
+    def run_node(self, n: fx.Node) -> Any:
+        old = self.originals.get(n.name)
+        lay = self.layouts.get(n.name)
+        want = None if old is None else _predicted(old, lay, self.kept_slot)
+        if self.meta and old is not None and n.op == "call_module" and n.target not in self.changed:
+            stand_in = _stand_in(want, old.meta.get("fairfx_dtype") or torch.float32)
+            if stand_in is not NotImplemented:
+                return stand_in
+        try:
+            result = super().run_node(n)
+        except Exception as exc:
+            raise FairfxError(
+                f"internal error: the pruned graph does not run at node {n.name!r} ({n.op} "
+                f"{n.target}): {type(exc).__name__}: {exc}; please report this model"
+            ) from exc
+        if lay is not None and want is not None and _shapes_of(result) != want:
+            raise FairfxError(
+                f"internal error: node {n.name!r} has shape {_shapes_of(result)} after "
+                f"rewriting, expected {want} (every channel axis at its kept count); please "
+                "report this model"
+            )
+        return result
+
+
+@torch.no_grad()
+def check_sizes(
+    a: ChannelAnalysis, gm: fx.GraphModule, kept_slot: np.ndarray, changed: set[str]
+) -> None:
+    """Every channel axis must have exactly the kept count: catches a wrong or missed edit.
+
+    Graphs whose shapes were recorded on meta tensors are checked there (rebuilt parts only);
+    the rare graph that needed fake or real tensors at capture runs whole on its example input.
     """
-    if not keep:
-        raise PlanError("keep is empty: name at least one producer (see fairfx.channel_groups)")
-    graph = build(model, example_input)
-    return apply_plan(graph, graph.units_from_keep(keep))
+    meta = a.gm.meta.get("fairfx_shapes", "meta") == "meta"
+    inputs = a.captured.inputs
+    if meta:
+        inputs = tuple(t.to("meta") if isinstance(t, torch.Tensor) else t for t in inputs)
+    was = gm.training
+    gm.eval()
+    try:
+        _SizeCheck(a, gm, kept_slot, changed, meta=meta).run(*inputs)
+    finally:
+        gm.train(was)

@@ -15,7 +15,6 @@ import torch.fx as fx
 
 from ..engine.capture import as_inputs
 from ..engine.groups import ChannelGraph, build
-from ..engine.rewrite import apply_plan
 from ..errors import CalibrationError, FairfxError, PlanError
 from ..files import load_payload, plain, save_payload
 from .calibration import self_labelled
@@ -112,7 +111,7 @@ class Analysis:
         graph = self._need_graph()
         plan = alpha if isinstance(alpha, Plan) else self.plan(alpha, **plan_options)
         start = time.perf_counter()
-        pruned = apply_plan(graph, plan.units)
+        pruned = graph.rewrite(plan.units)
         info = pruned.meta["fairfx"]
         info["plan"] = plan.summary()
         info["rewrite_seconds"] = time.perf_counter() - start

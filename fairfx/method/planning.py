@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ..engine.cost import Cost, model_cost, plan_cost
+from ..engine.cost import Cost
 from ..engine.groups import ChannelGraph
 from ..errors import PlanError
 from .tod import prune_count, removal_order
@@ -192,8 +192,8 @@ def make_plan(
         priority[graph.group_classes[gid]] = s.u
     units = graph.restore_empty(units, priority[graph.roots])
     removed = {g: graph.groups[g].size - len(u) for g, u in units.items()}
-    base = base or model_cost(graph)
-    cost = cost_of(units) if cost_of is not None else plan_cost(graph, units)
+    base = base or graph.cost()
+    cost = cost_of(units) if cost_of is not None else graph.cost(units)
     return Plan(units, alpha, importance, uniform, removed, cost, base)
 
 
@@ -221,7 +221,7 @@ def plan_for_budget(
     """
     _, target = check_budget(params, macs, uniform)
     check_plan_options(alpha=0.0, importance=importance, group_rule=group_rule)
-    base = model_cost(graph)
+    base = graph.cost()
     key = "params_kept" if params is not None else "macs_kept"
     costs: dict[tuple[tuple[int, int], ...], Cost] = {}
 
@@ -230,7 +230,7 @@ def plan_for_budget(
         same counts reuse it."""
         counts = tuple(sorted((g, len(u)) for g, u in units.items()))
         if counts not in costs:
-            costs[counts] = plan_cost(graph, units)
+            costs[counts] = graph.cost(units)
         return costs[counts]
 
     def build(x: float, scale: float = 1.0) -> Plan:

@@ -14,6 +14,7 @@ import torch.fx as fx
 from torch import nn
 
 from ..analysis import ChannelAnalysis
+from ..capture import share_tensors
 from ..edits import ModuleEdit, replace_tensor, select
 from ..masking import masked_layer_norm
 from ..slots import Layout
@@ -21,13 +22,16 @@ from .common import passthrough, spatial, unknown
 
 
 def _copy(m: nn.Module) -> nn.Module:
-    return copy.deepcopy(m)
+    """A copy of ``m``'s structure that shares its tensors: ``_set`` replaces the ones it slices,
+    and the rewrite gives every tensor still shared with the original a copy of its own."""
+    return copy.deepcopy(m, share_tensors(m))
 
 
 def _set(m: nn.Module, name: str, dim: int, keep: np.ndarray | None) -> None:
     t = getattr(m, name, None)
-    if t is not None:
-        replace_tensor(m, name, select(t, dim, keep))
+    kept = None if t is None else select(t, dim, keep)
+    if kept is not None:
+        replace_tensor(m, name, kept)
 
 
 def _count(keep: np.ndarray | None, default: int) -> int:
