@@ -17,6 +17,7 @@ from .engine.oracle import VerifyReport, verify
 from .errors import CalibrationError, CaptureError, FairfxError, PlanError
 from .method.fair import Analysis, analyze, compress, load_analysis
 from .method.finetune import finetune
+from .version import __version__
 
 __all__ = [
     "Analysis",
@@ -27,6 +28,7 @@ __all__ = [
     "FairfxError",
     "PlanError",
     "VerifyReport",
+    "__version__",
     "analyze",
     "channel_graph",
     "channel_groups",

@@ -120,6 +120,12 @@ def first(work):
                 "1",
                 "--batch-size",
                 "8",
+                "--model-args",
+                "num_classes=3",
+                "--normalize",
+                "imagenet",
+                "--val-fraction",
+                "0.2",
             ],
             "inspect": ["inspect", "--model", MODEL, "--image-size", "16"],
             "unknown": [
@@ -178,15 +184,27 @@ def test_compress_writes_a_checked_program_report_plot_and_scores(work, first) -
     out = res.stdout
     assert "parameters" in out and "MACs" in out
     assert "verify         PASS" in out and "export         OK" in out
-    assert "fine-tune      1 epoch(s)" in out
+    assert "fine-tune      1 epoch(s) on the training split" in out
+    assert "validation     3 held-out samples: accuracy original" in out
     assert "scoring channels" in res.stderr and "fine-tuning" in res.stderr  # not --quiet
+    assert "3 held out for validation" in res.stderr
 
     report = json.loads((work / "report.json").read_text())
     plan = report["plan"]
     assert plan["params_after"] < plan["params_before"] and plan["alpha"] == 0.05
     assert 0 < plan["params_kept"] < 1 and 0 < plan["macs_kept"] < 1
     assert report["verify"]["passed"] and not report["scores"]["reused"]
-    assert report["scores"]["classes"] == 3 and report["scores"]["samples"] == 18
+    # One of the 6 images of each class is held out (stratified, seeded): 15 scored, 3 validated.
+    assert report["split"] == {"train": 15, "validation": 3, "seed": 0}
+    assert report["scores"]["classes"] == 3 and report["scores"]["samples"] == 15
+    acc = report["accuracy"]
+    assert acc["samples"] == 3 and acc["split"] == "validation"
+    for key in ("original", "one_shot", "fine_tuned"):
+        assert acc[key] in (0.0, 1 / 3, 2 / 3, 1.0), acc  # a share of 3 samples
+    assert acc["fine_tuned"] == report["finetune"]["best_val_accuracy"]
+    assert acc["one_shot"] == report["finetune"]["initial_val_accuracy"]
+    assert report["normalize"]["mean"] == [0.485, 0.456, 0.406]
+    assert report["model_args"] == {"num_classes": 3}
     assert report["export"]["equal"] and report["export"]["dynamic_batch"]
     assert len(report["finetune"]["train_loss"]) == 1
     assert {"load", "analyze", "plan", "compress", "verify", "finetune", "export"} <= set(
@@ -234,12 +252,14 @@ def test_inspect_prints_the_channel_groups(first) -> None:
 def test_plan_sweeps_alphas_from_saved_scores(work, second) -> None:
     res = second["plan"]
     assert res.returncode == 0, res.stderr
-    rows = {line.split()[0]: line.split() for line in res.stdout.splitlines()[2:]}
+    lines = res.stdout.splitlines()
+    assert lines[1].split()[:3] == ["target", "alpha", "params"]
+    rows = {line.split()[1]: line.split() for line in lines[2:]}
     assert set(rows) == {"0.001", "0.05", "0.3"}
-    kept = [float(rows[a][2].rstrip("%")) for a in ("0.001", "0.05", "0.3")]
+    kept = [float(rows[a][4].rstrip("%")) for a in ("0.001", "0.05", "0.3")]
     assert kept == sorted(kept, reverse=True)  # a larger alpha never keeps more
     report = json.loads((work / "report.json").read_text())  # compress at alpha 0.05
-    assert rows["0.05"][1] == f"{report['plan']['params_after']:,}"
+    assert rows["0.05"][3] == f"{report['plan']['params_after']:,}"
     assert "input (3, 16, 16)" in res.stderr  # the scored input size, no --image-size needed
 
 
@@ -273,6 +293,12 @@ def test_unknown_model_in_a_real_process(first) -> None:
         (["--out", "nodir/m.pt2"], "directory nodir does not exist"),
         (["--weights", "missing.pth"], "--weights missing.pth does not exist"),
         (["--num-classes", "2"], "targets must be class indices in [0, 2)"),
+        (["--normalize", "0.5,0.5/0.2"], "one value per channel"),
+        (["--normalize", "imagenet", "--channels", "1"], "--normalize imagenet is for 3 channels"),
+        (["--val-fraction", "1"], "--val-fraction is the share held out, in [0, 1)"),
+        (["--model-args", "image_size"], "--model-args takes KEY=VALUE pairs"),
+        (["--model-args", "num_classes=4", "--num-classes", "3"], "disagree; give one"),
+        (["--model-args", "depth=3"], "tiny(depth=3) failed"),
     ],
 )
 def test_bad_input_is_one_line_with_exit_code_2(work, monkeypatch, capsys, argv, message) -> None:
@@ -316,3 +342,80 @@ def test_usage_errors_keep_argparse_exit_code(capsys) -> None:
     with pytest.raises(SystemExit) as exc:
         main(["compress", "--model", MODEL, "--data", "x", "--out", "m", "--alpha", "abc"])
     assert exc.value.code == 2
+
+
+def test_plan_takes_budgets(work, first, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(work)
+    monkeypatch.syspath_prepend(str(work))
+    assert first["compress"].returncode == 0, first["compress"].stderr
+    base = ["plan", "--model", MODEL, "--analysis", "scores.pt", "--quiet"]
+    assert main([*base, "--params", "0.5", "0.8"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    rows = {" ".join(line.split()[:2]): line.split() for line in out[2:4]}
+    assert set(rows) == {"params 0.5", "params 0.8"}
+    assert float(rows["params 0.5"][4].rstrip("%")) < float(rows["params 0.8"][4].rstrip("%"))
+    assert any(line.startswith("params 0.5: target 0.500 of parameters kept") for line in out)
+    assert main([*base, "--flops", "0.6"]) == 0
+    assert "MACs 0.6: target 0.600 of MACs kept" in capsys.readouterr().out
+    code = main([*base, "--params", "1.5"])
+    assert "--params is the fraction to keep" in _one_line_error(capsys.readouterr().err, code)
+    with pytest.raises(SystemExit):
+        main([*base, "--params", "0.5", "--alpha", "0.1"])  # one kind of target per run
+    assert "not allowed with argument" in capsys.readouterr().err
+
+
+def test_model_args_reach_the_factory(work, monkeypatch, capsys) -> None:
+    monkeypatch.syspath_prepend(str(work))
+    assert (
+        main(
+            [
+                "inspect",
+                "--model",
+                MODEL,
+                "--image-size",
+                "16",
+                "--model-args",
+                '{"num_classes": 5}',
+            ]
+        )
+        == 0
+    )
+    assert "4 channel groups, 3 prunable holding 36 of 41 units" in capsys.readouterr().out
+    assert (
+        main(["inspect", "--model", MODEL, "--image-size", "16", "--model-args", "num_classes=7"])
+        == 0
+    )
+    assert "36 of 43 units" in capsys.readouterr().out
+
+
+def test_version(capsys) -> None:
+    import fairfx
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0
+    assert capsys.readouterr().out.startswith(f"fairfx {fairfx.__version__} (torch ")
+    from importlib.metadata import version
+
+    assert fairfx.__version__ == version("fairfx")  # pyproject reads the same constant
+
+
+def test_plot_names_layers_not_group_ids(work, first) -> None:
+    pytest.importorskip("matplotlib")
+    import matplotlib.pyplot as plt
+
+    from fairfx.apps.report import kept_figure
+
+    groups = json.loads((work / "report.json").read_text())["groups"]
+    fig = kept_figure(groups, "t")
+    try:
+        labels = [t.get_text() for t in fig.axes[0].get_xticklabels()]
+    finally:
+        plt.close(fig)
+    assert labels == ["features.0", "features.3", "features.7", "head"]
+    shared = [{"producers": ["a.conv", "b.conv", "c.conv"], "size": 4, "kept": 2, "prunable": True}]
+    fig = kept_figure(shared, "t")
+    try:
+        assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["a.conv (+2)"]
+    finally:
+        plt.close(fig)

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from ..errors import FairfxError
+from ..version import __version__
 from .cli_compress import _load_scores, cmd_compress
 from .cli_inputs import (
     PROG,
@@ -26,11 +27,13 @@ from .cli_inputs import (
     _Chatter,
     _check_alpha,
     _example_from_size,
+    _fraction,
     _human,
     _one_line,
     _table,
     load_model,
 )
+from .cli_options import parse_model_args
 
 DEFAULT_ALPHAS = (0.001, 0.005, 0.01, 0.05)
 
@@ -39,7 +42,9 @@ DEFAULT_ALPHAS = (0.001, 0.005, 0.01, 0.05)
 def cmd_inspect(args: argparse.Namespace) -> int:
     from ..engine.groups import channel_groups
 
-    model = load_model(args.model, args.weights, args.num_classes)
+    model = load_model(
+        args.model, args.weights, args.num_classes, parse_model_args(args.model_args)
+    )
     groups = channel_groups(model, _example_from_size(args, args.image_size))
     rows = [("id", "size", "producers", "status")]
     for g in groups:
@@ -60,17 +65,29 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _plan_targets(args: argparse.Namespace) -> list[tuple[str, dict[str, float]]]:
+    """``(label, keywords)`` per row: ``alpha=...`` or a ``plan_for`` budget."""
+    if args.params is not None:
+        return [(f"params {_fraction(v, '--params'):g}", {"params": v}) for v in args.params]
+    if args.flops is not None:
+        return [(f"MACs {_fraction(v, '--flops'):g}", {"flops": v}) for v in args.flops]
+    alphas = args.alpha if args.alpha is not None else DEFAULT_ALPHAS
+    return [(f"alpha {_check_alpha(a):g}", {"alpha": a}) for a in alphas]
+
+
 def cmd_plan(args: argparse.Namespace) -> int:
     from ..method.fair import load_analysis
 
-    alphas = [_check_alpha(a) for a in args.alpha]
+    targets = _plan_targets(args)
     path = Path(args.analysis)
     if not path.is_file():
         raise UserError(
             f"--analysis {args.analysis} does not exist (fairfx compress --analysis writes it)"
         )
     record = load_analysis(path).record  # a safe load: a crafted file is refused unread
-    model = load_model(args.model, args.weights, args.num_classes)
+    model = load_model(
+        args.model, args.weights, args.num_classes, parse_model_args(args.model_args)
+    )
     shape = record.get("input_shape")
     if args.image_size is not None or not shape:
         example = _example_from_size(args, args.image_size or 224)
@@ -84,6 +101,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     )
     rows = [
         (
+            "target",
             "alpha",
             "params after",
             "params kept",
@@ -93,11 +111,18 @@ def cmd_plan(args: argparse.Namespace) -> int:
             "units removed",
         )
     ]
-    for alpha in alphas:
-        s = analysis.plan(alpha).summary()
+    notes = []
+    for label, keywords in targets:
+        if "alpha" in keywords:
+            plan = analysis.plan(keywords["alpha"])
+        else:
+            plan = analysis.plan_for(**keywords)
+            notes.append(f"{label}: {plan.note}")
+        s = plan.summary()
         rows.append(
             (
-                f"{alpha:g}",
+                label,
+                f"{plan.alpha:.4g}",
                 f"{s['params_after']:,}",
                 f"{s['params_kept']:.1%}",
                 _human(s["macs_after"]),
@@ -110,7 +135,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
         f"{args.model}: {s['params_before']:,} parameters, {_human(s['macs_before'])} MACs "
         "before pruning"
     )
-    print(_table(rows, (True,) * 7))
+    print(_table(rows, (False,) + (True,) * 7))
+    for note in notes:
+        print(note)
     return 0
 
 
@@ -123,6 +150,13 @@ def _model_args(p: argparse.ArgumentParser, image_size: int | None, size_help: s
     )
     p.add_argument("--weights", help="state_dict file (torch.save(model.state_dict(), path))")
     p.add_argument("--num-classes", type=int, help="passed to the factory as num_classes=")
+    p.add_argument(
+        "--model-args",
+        nargs="+",
+        metavar="KEY=VALUE",
+        help="more factory arguments: KEY=VALUE pairs, values read as JSON (image_size=64 "
+        "dropout=0.1 norm=batch), or one JSON object ('{\"image_size\": 64}')",
+    )
     p.add_argument(
         "--image-size",
         type=int,
@@ -142,6 +176,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="FAIR-Pruner structural pruning as a torch.fx pass.",
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"{PROG} {__version__} (torch {torch.__version__})"
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -175,12 +212,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="scores file: reused when it exists (no scoring), written after scoring otherwise",
     )
     c.add_argument(
+        "--normalize",
+        default="none",
+        help="ImageFolder normalization after ToTensor: none (default), imagenet (torchvision's "
+        "ImageNet mean/std) or MEAN/STD, e.g. 0.5,0.5,0.5/0.25,0.25,0.25",
+    )
+    c.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.1,
+        help="share of --data held out, per class, by a split seeded with --seed: accuracy "
+        "(original, one-shot, fine-tuned) is measured on it and fine-tuning keeps its best "
+        "epoch; scoring and fine-tuning use the rest. 0: no split, no accuracy (default 0.1)",
+    )
+    c.add_argument(
         "--finetune-epochs",
         type=int,
         default=0,
         help="fine-tune the pruned model this many epochs with SGD (lr --lr, momentum 0.9, "
-        "weight decay 1e-4) on the SAME data given by --data (there is no held-out split); "
-        "default 0",
+        "weight decay 1e-4) on the training split, keeping the epoch best on the validation "
+        "split (see --val-fraction); default 0",
     )
     c.add_argument("--lr", type=float, default=1e-3, help="fine-tuning learning rate (1e-3)")
     c.add_argument("--batch-size", type=int, default=64, help="batch size (default 64)")
@@ -210,13 +261,17 @@ def build_parser() -> argparse.ArgumentParser:
         p, None, "height and width of the example input (default: the scored input's, else 224)"
     )
     p.add_argument("--analysis", required=True, help="scores file from compress --analysis")
-    p.add_argument(
+    goal = p.add_mutually_exclusive_group()
+    goal.add_argument(
         "--alpha",
         type=float,
         nargs="+",
-        default=list(DEFAULT_ALPHAS),
-        help="Tolerance of Difference values (default %(default)s)",
+        help=f"Tolerance of Difference values (default {' '.join(map(str, DEFAULT_ALPHAS))})",
     )
+    goal.add_argument(
+        "--params", type=float, nargs="+", help="fractions of parameters to keep, (0, 1]"
+    )
+    goal.add_argument("--flops", type=float, nargs="+", help="fractions of MACs to keep, (0, 1]")
     p.set_defaults(func=cmd_plan)
     return parser
 

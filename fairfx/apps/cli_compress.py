@@ -28,6 +28,13 @@ from .cli_inputs import (
     load_model,
     weights_fingerprint,
 )
+from .cli_options import (
+    check_fraction,
+    dataset_labels,
+    parse_model_args,
+    parse_normalize,
+    split_indices,
+)
 from .report import export_and_check, plot_kept
 
 
@@ -54,7 +61,7 @@ def _classes(ds: torch.utils.data.Dataset) -> int:
 def cmd_compress(args: argparse.Namespace) -> int:
     from ..engine.oracle import verify
     from ..method.fair import analyze
-    from ..method.finetune import finetune
+    from ..method.finetune import evaluate_accuracy, finetune
 
     say = _Chatter(args.quiet)
     # Cheap checks first: a typo must not cost an analysis.
@@ -73,6 +80,9 @@ def cmd_compress(args: argparse.Namespace) -> int:
             raise UserError(f"{flag} must be at least 1, got {value}")
     if args.finetune_epochs < 0:
         raise UserError(f"--finetune-epochs must be 0 or more, got {args.finetune_epochs}")
+    check_fraction(args.val_fraction)
+    normalize = parse_normalize(args.normalize, args.channels)
+    model_args = parse_model_args(args.model_args)
     out = _writable(args.out, "--out")
     report_path = _writable(args.report, "--report")
     plot_path = _writable(args.plot, "--plot")
@@ -83,10 +93,16 @@ def cmd_compress(args: argparse.Namespace) -> int:
 
     times: dict[str, float] = {}
     t = time.perf_counter()
-    model = load_model(args.model, args.weights, args.num_classes)
-    dataset = load_data(args.data, args.image_size, args.channels)
-    example = example_batch(dataset)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, shuffle=False)
+    model = load_model(args.model, args.weights, args.num_classes, model_args)
+    dataset = load_data(args.data, args.image_size, args.channels, normalize)
+    train_idx, val_idx = split_indices(dataset_labels(dataset), args.val_fraction, args.seed)
+    train_set = torch.utils.data.Subset(dataset, train_idx) if val_idx else dataset
+    val_loader = None
+    if val_idx:
+        val_set = torch.utils.data.Subset(dataset, val_idx)
+        val_loader = torch.utils.data.DataLoader(val_set, batch_size=args.batch_size)
+    example = example_batch(train_set)
+    loader = torch.utils.data.DataLoader(train_set, batch_size=args.batch_size, shuffle=False)
     fingerprint = weights_fingerprint(model)
     times["load"] = time.perf_counter() - t
 
@@ -102,8 +118,10 @@ def cmd_compress(args: argparse.Namespace) -> int:
         say(f"reusing scores from {scores_path} (delete it to score again)")
         reused = True
     else:
+        held = f", {len(val_idx)} held out for validation" if val_idx else ""
         say(
-            f"scoring channels on {args.data} ({len(dataset)} samples, {_classes(dataset)} classes)"
+            f"scoring channels on {args.data} ({len(train_set)} samples, "
+            f"{_classes(dataset)} classes{held})"
         )
         analysis = analyze(
             model,
@@ -150,18 +168,44 @@ def cmd_compress(args: argparse.Namespace) -> int:
             code=1,
         )
 
+    accuracy = None
+    if val_loader is not None:
+        t = time.perf_counter()
+        accuracy = {
+            "split": "validation",
+            "samples": len(val_idx),
+            "val_fraction": args.val_fraction,
+            "seed": args.seed,
+            "original": evaluate_accuracy(model, val_loader),
+            "one_shot": evaluate_accuracy(pruned, val_loader),
+            "fine_tuned": None,
+        }
+        times["accuracy"] = time.perf_counter() - t
+
     history = None
     if args.finetune_epochs:
         t = time.perf_counter()
-        say(f"fine-tuning {args.finetune_epochs} epoch(s) on the calibration data")
+        where = "the training split" if val_idx else "the calibration data (no validation split)"
+        say(f"fine-tuning {args.finetune_epochs} epoch(s) on {where}")
         train = torch.utils.data.DataLoader(
-            dataset,
+            train_set,
             batch_size=args.batch_size,
             shuffle=True,
             generator=torch.Generator().manual_seed(args.seed),
         )
-        finetune(pruned, train, epochs=args.finetune_epochs, lr=args.lr, progress=not args.quiet)
+        finetune(
+            pruned,
+            train,
+            epochs=args.finetune_epochs,
+            lr=args.lr,
+            val_data=val_loader,
+            progress=not args.quiet,
+        )
         history = pruned.meta["fairfx"]["finetune"]
+        if accuracy is not None:
+            # The best epoch's weights were restored: its validation accuracy is the result.
+            accuracy["fine_tuned"] = history["best_val_accuracy"]
+            accuracy["best_epoch"] = history["best_epoch"]
         times["finetune"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -195,7 +239,11 @@ def cmd_compress(args: argparse.Namespace) -> int:
         "model": args.model,
         "weights": args.weights,
         "data": args.data,
+        "split": {"train": len(train_idx), "validation": len(val_idx), "seed": args.seed},
+        "normalize": None if normalize is None else {"mean": normalize[0], "std": normalize[1]},
+        "model_args": model_args,
         "target": target,
+        "accuracy": accuracy,
         "plan": summary,
         "scores": {
             "reused": reused,
@@ -219,11 +267,16 @@ def cmd_compress(args: argparse.Namespace) -> int:
     if plot_path is not None:
         plot_kept(per_group, plot_path, f"{args.model}: {target}")
         say(f"wrote {plot_path}")
-    print(_compress_table(args, target, summary, check, history, export, times, reused))
+    print(_compress_table(args, target, summary, check, history, export, times, reused, accuracy))
     return 0 if export["equal"] else 1
 
 
-def _compress_table(args, target, s, check, history, export, times, reused) -> str:
+def _compress_table(args, target, s, check, history, export, times, reused, accuracy) -> str:
+    final = None
+    if accuracy is not None:
+        final = (
+            accuracy["fine_tuned"] if accuracy["fine_tuned"] is not None else accuracy["one_shot"]
+        )
     rows = [
         ("", "before", "after", "kept"),
         (
@@ -234,6 +287,8 @@ def _compress_table(args, target, s, check, history, export, times, reused) -> s
         ),
         ("MACs", _human(s["macs_before"]), _human(s["macs_after"]), f"{s['macs_kept']:.1%}"),
     ]
+    if accuracy is not None:
+        rows.append(("accuracy", f"{accuracy['original']:.1%}", f"{final:.1%}", ""))
     lines = [f"fairfx compress {args.model} ({target})", _table(rows, (False, True, True, True))]
     lines.append(
         f"groups pruned  {s['groups_pruned']} ({s['units_removed']} channel units removed)"
@@ -243,9 +298,17 @@ def _compress_table(args, target, s, check, history, export, times, reused) -> s
         f"verify         {'PASS' if check.passed else 'FAIL'} (max |pruned - masked original| "
         f"{check.max_abs_diff:.2g}, tolerance {check.tolerance:.2g})"
     )
-    if history is not None:
+    if accuracy is not None:
+        tuned = accuracy["fine_tuned"]
         lines.append(
-            f"fine-tune      {history['epochs']} epoch(s) on the calibration data, train loss "
+            f"validation     {accuracy['samples']} held-out samples: accuracy original "
+            f"{accuracy['original']:.1%}, one-shot {accuracy['one_shot']:.1%}"
+            + ("" if tuned is None else f", fine-tuned {tuned:.1%} (best epoch kept)")
+        )
+    if history is not None:
+        where = "the training split" if accuracy is not None else "the calibration data"
+        lines.append(
+            f"fine-tune      {history['epochs']} epoch(s) on {where}, train loss "
             + " -> ".join(f"{v:.4f}" for v in history["train_loss"])
         )
     batch = "dynamic batch >= 1" if export["dynamic_batch"] else export["note"]

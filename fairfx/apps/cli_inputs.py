@@ -44,9 +44,15 @@ def _first_line(exc: BaseException) -> str:
 
 
 # ---------------------------------------------------------------------------------------- model
-def load_model(spec: str, weights: str | None = None, num_classes: int | None = None) -> nn.Module:
+def load_model(
+    spec: str,
+    weights: str | None = None,
+    num_classes: int | None = None,
+    model_args: dict[str, Any] | None = None,
+) -> nn.Module:
     """``torchvision:NAME`` (random init, ``weights=None``) or ``package.module:factory``,
-    with an optional state_dict file; returned in eval mode."""
+    called with ``model_args`` (and ``num_classes``), with an optional state_dict file;
+    returned in eval mode."""
     if ":" not in spec:
         raise UserError(
             f"--model must be torchvision:NAME or package.module:factory, got {spec!r} "
@@ -55,7 +61,14 @@ def load_model(spec: str, weights: str | None = None, num_classes: int | None = 
     where, name = spec.split(":", 1)
     if not where or not name:
         raise UserError(f"--model must be torchvision:NAME or package.module:factory, got {spec!r}")
-    kwargs: dict[str, Any] = {} if num_classes is None else {"num_classes": num_classes}
+    kwargs: dict[str, Any] = dict(model_args or {})
+    if num_classes is not None:
+        if kwargs.get("num_classes", num_classes) != num_classes:
+            raise UserError(
+                f"--num-classes {num_classes} and --model-args num_classes="
+                f"{kwargs['num_classes']} disagree; give one"
+            )
+        kwargs["num_classes"] = num_classes
     if where == "torchvision":
         import torchvision
 
@@ -86,7 +99,9 @@ def load_model(spec: str, weights: str | None = None, num_classes: int | None = 
             obj = getattr(obj, part)
         if isinstance(obj, nn.Module):
             if kwargs:
-                raise UserError(f"--num-classes cannot be applied: {spec} is a module instance")
+                raise UserError(
+                    f"--num-classes / --model-args cannot be applied: {spec} is a module instance"
+                )
             model = obj
         elif callable(obj):
             try:
@@ -148,8 +163,14 @@ def weights_fingerprint(model: nn.Module) -> str:
 
 
 # ----------------------------------------------------------------------------------------- data
-def load_data(path: str, image_size: int, channels: int) -> torch.utils.data.Dataset:
-    """An ImageFolder directory or a ``.pt`` file holding ``(inputs, targets)``."""
+def load_data(
+    path: str,
+    image_size: int,
+    channels: int,
+    normalize: tuple[Sequence[float], Sequence[float]] | None = None,
+) -> torch.utils.data.Dataset:
+    """An ImageFolder directory (resized, then normalized by ``(mean, std)`` when given) or a
+    ``.pt`` file holding ``(inputs, targets)`` used as saved."""
     p = Path(path)
     if not p.exists():
         raise UserError(f"--data {path} does not exist")
@@ -162,6 +183,8 @@ def load_data(path: str, image_size: int, channels: int) -> torch.utils.data.Dat
         if channels == 1:
             steps.append(transforms.Grayscale(1))
         steps.append(transforms.ToTensor())
+        if normalize is not None:
+            steps.append(transforms.Normalize(*normalize))
         try:
             ds = datasets.ImageFolder(str(p), transform=transforms.Compose(steps))
         except (FileNotFoundError, OSError) as exc:
@@ -172,6 +195,11 @@ def load_data(path: str, image_size: int, channels: int) -> torch.utils.data.Dat
         if len(ds.classes) < 2:
             raise UserError(f"--data {path} has {len(ds.classes)} class folder(s); need at least 2")
         return ds
+    if normalize is not None:
+        raise UserError(
+            f"--normalize applies to ImageFolder directories; --data {path} is used as saved "
+            "(normalize the inputs before torch.save)"
+        )
     obj = _safe_load(
         p,
         "--data",

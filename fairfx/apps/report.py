@@ -34,37 +34,51 @@ def group_rows(analysis: Any, plan: Any) -> list[dict[str, Any]]:
     return rows
 
 
+def _layer_label(row: dict[str, Any]) -> str:
+    """A group's name on the plot: its first producer, and how many more share its channels."""
+    producers = row.get("producers") or [row["producer"]]
+    more = f" (+{len(producers) - 1})" if len(producers) > 1 else ""
+    return f"{producers[0]}{more}"
+
+
 def plot_kept(rows: list[dict[str, Any]], path: Path, title: str) -> None:
-    """Bar chart of channels before and kept per group (PNG; needs matplotlib)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
+    """Bar chart of channels before and kept per group, one bar per group labelled by its
+    layer name (PNG; needs matplotlib)."""
+    fig = kept_figure(rows, title)
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
 
-    ids = [g["id"] for g in rows]
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.18 * len(ids) + 2), 3.5))
-    ax.bar(ids, [g["size"] for g in rows], color="#d0d7e1", label="channels before")
-    free = [g for g in rows if g["prunable"]]
-    fixed = [g for g in rows if not g["prunable"]]
-    ax.bar([g["id"] for g in free], [g["kept"] for g in free], color="#2f6db5", label="kept")
-    if fixed:
-        ax.bar(
-            [g["id"] for g in fixed],
-            [g["kept"] for g in fixed],
-            color="#9a9a9a",
-            label="not prunable",
-        )
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("channel group")
-    ax.set_ylabel("channel units")
-    ax.set_title(title, fontsize=10)
-    ax.legend(frameon=False)
-    fig.tight_layout()
     try:
         fig.savefig(path, dpi=120)
     finally:
         plt.close(fig)
+
+
+def kept_figure(rows: list[dict[str, Any]], title: str) -> Any:
+    """The figure of :func:`plot_kept` (the caller closes it)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [_layer_label(g) for g in rows]
+    at = list(range(len(rows)))
+    height = 3.0 + 0.065 * max((len(t) for t in labels), default=0)
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.22 * len(rows) + 2), height))
+    ax.bar(at, [g["size"] for g in rows], color="#d0d7e1", label="channels before")
+    free = [i for i, g in enumerate(rows) if g["prunable"]]
+    fixed = [i for i, g in enumerate(rows) if not g["prunable"]]
+    ax.bar(free, [rows[i]["kept"] for i in free], color="#2f6db5", label="kept")
+    if fixed:
+        ax.bar(fixed, [rows[i]["kept"] for i in fixed], color="#9a9a9a", label="not prunable")
+    ax.set_xticks(at)
+    ax.set_xticklabels(labels, rotation=90, fontsize=7 if len(rows) < 40 else 5)
+    ax.set_xlim(-0.6, len(rows) - 0.4)
+    ax.set_xlabel("channel group (first producer; +n: more layers share its channels)")
+    ax.set_ylabel("channel units")
+    ax.set_title(title, fontsize=10)
+    ax.legend(frameon=False)
+    fig.tight_layout()
+    return fig
 
 
 @torch.no_grad()
