@@ -139,8 +139,8 @@ def atomic_write(path: PathLike, write: Callable[[Path], Any]) -> None:
         write(tmp)
 
 
-def save_payload(payload: dict[str, Any], path: PathLike) -> None:
-    """``torch.save`` of a plain payload, atomically."""
+def save_payload(payload: Mapping[str, Any], path: PathLike) -> None:
+    """``torch.save`` of a plain payload (a state_dict is one), atomically."""
     atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
 

@@ -259,3 +259,80 @@ def test_unwritable_folder_is_refused(tmp_path, monkeypatch) -> None:
     monkeypatch.setattr(os, "access", lambda p, m: Path(p) != folder and real(p, m))
     with pytest.raises(FairfxError, match=r"directory .*locked is not writable"):
         check_output(folder / "x.pt2", "--out")
+
+
+# -------------------------------------------------------------------- the command line's files
+@pytest.fixture
+def inputs(cli):
+    """Weights, a .pt data file and an ImageFolder, with their bytes to prove them intact."""
+    from PIL import Image
+
+    torch.save(net().state_dict(), cli / "w.pth")
+    for c in range(2):
+        (cli / "images" / f"c{c}").mkdir(parents=True)
+        Image.new("RGB", (8, 8), (40 * c, 0, 0)).save(cli / "images" / f"c{c}" / "0.png")
+    (cli / "old.pt2").write_bytes(b"the previous good program")
+    return {p: p.read_bytes() for p in (cli / "w.pth", cli / "data.pt", cli / "old.pt2")}
+
+
+CLASHES = [
+    (["--out", "w.pth"], "--out w.pth is also the input --weights"),
+    (["--out", "data.pt"], "--out data.pt is also the input --data"),
+    (["--out", "./sub/../w.pth"], "is also the input --weights"),
+    (["--report", "old.pt2"], "--report and --out are the same file"),
+    (["--analysis", "old.pt2"], "--analysis and --out are the same file"),
+    (["--analysis", "w.pth"], "--analysis w.pth is also the input --weights"),
+    (["--plot", "r.png", "--report", "r.png"], "--plot and --report are the same file"),
+    (["--data", "images", "--plot", "images/c0/p.png"], "inside the input folder --data"),
+    (["--plot", "kept.xyz"], "matplotlib cannot write .xyz files; use one of"),
+    (["--analysis", "nodir/s.pt"], "--analysis nodir/s.pt: directory nodir does not exist"),
+    (["--report", "nodir/r.json"], "directory nodir does not exist"),
+    (["--out", "ro.pt2"], "--out ro.pt2 exists and is read-only"),
+]
+
+
+@pytest.mark.parametrize(("argv", "message"), CLASHES, ids=[m for _, m in CLASHES])
+def test_outputs_are_checked_before_any_work(cli, inputs, capsys, monkeypatch, argv, message):
+    (cli / "sub").mkdir()
+    (cli / "ro.pt2").write_text("read-only")
+    (cli / "ro.pt2").chmod(0o444)
+
+    def no_work(*a, **k):
+        raise AssertionError("the model was loaded before the outputs were checked")
+
+    monkeypatch.setattr("fairfx.apps.cli_compress.load_model", no_work)
+    options = {"--data": "data.pt", "--weights": "w.pth", "--out": "old.pt2"}
+    options.update(zip(argv[::2], argv[1::2], strict=True))
+    line = _cli_error(capsys, [*COMPRESS, *(a for kv in options.items() for a in kv)])
+    assert message in line
+    for path, content in inputs.items():
+        assert path.read_bytes() == content
+    assert (cli / "ro.pt2").read_text() == "read-only"
+    assert _leftovers(cli) == []
+
+
+def test_interrupted_export_keeps_the_previous_program(cli, inputs, capsys, monkeypatch) -> None:
+    def interrupted(program, path, **kw):
+        Path(path).write_bytes(b"half a program")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch.export, "save", interrupted)
+    argv = [*COMPRESS, "--data", "data.pt", "--out", "old.pt2", "--report", "r.json"]
+    assert main(argv) == 130
+    assert "interrupted" in capsys.readouterr().err
+    assert (cli / "old.pt2").read_bytes() == b"the previous good program"
+    assert not (cli / "r.json").exists()
+    assert _leftovers(cli) == []
+
+
+def test_compress_writes_every_output_through_a_rename(cli, inputs, capsys, monkeypatch) -> None:
+    renamed = []
+    real = os.replace
+    monkeypatch.setattr(os, "replace", lambda a, b: (renamed.append(Path(b).name), real(a, b)))
+    argv = [*COMPRESS, "--data", "data.pt", "--out", "old.pt2", "--report", "r.json"]
+    argv += ["--analysis", "s.pt", "--plot", "p.svg"]
+    assert main(argv) == 0, capsys.readouterr().err
+    assert sorted(renamed) == ["old.pt2", "p.svg", "r.json", "s.pt"]
+    assert torch.export.load(str(cli / "old.pt2")) is not None
+    assert (cli / "p.svg").read_text().lstrip().startswith("<?xml")
+    assert _leftovers(cli) == []

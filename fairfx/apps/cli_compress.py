@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from ..errors import FairfxError
+from ..files import write_text
 from .cli_inputs import (
     UserError,
     _Chatter,
@@ -21,6 +22,7 @@ from .cli_inputs import (
     _fraction,
     _human,
     _json_default,
+    _no_clashes,
     _table,
     _writable,
     example_batch,
@@ -35,7 +37,7 @@ from .cli_options import (
     parse_normalize,
     split_indices,
 )
-from .report import export_and_check, plot_kept
+from .report import export_and_check, plot_formats, plot_kept
 
 
 def _load_scores(path: Path, model: nn.Module, example: torch.Tensor) -> Any:
@@ -83,12 +85,32 @@ def cmd_compress(args: argparse.Namespace) -> int:
     check_fraction(args.val_fraction)
     normalize = parse_normalize(args.normalize, args.channels)
     model_args = parse_model_args(args.model_args)
+    # Outputs: writable, never an input or another output, checked before any work.
+    _no_clashes(
+        {
+            "--out": args.out,
+            "--report": args.report,
+            "--plot": args.plot,
+            "--analysis": args.analysis,
+        },
+        {"--weights": args.weights, "--data": args.data},
+    )
     out = _writable(args.out, "--out")
     report_path = _writable(args.report, "--report")
     plot_path = _writable(args.plot, "--plot")
-    scores_path = _writable(args.analysis, "--analysis")
-    if plot_path is not None and importlib.util.find_spec("matplotlib") is None:
-        raise UserError("--plot needs matplotlib: pip install matplotlib (or fairfx[demo])")
+    scores_path = Path(args.analysis) if args.analysis is not None else None
+    if scores_path is not None and not scores_path.is_file():  # to be written, not read
+        _writable(args.analysis, "--analysis")
+    if plot_path is not None:
+        if importlib.util.find_spec("matplotlib") is None:
+            raise UserError("--plot needs matplotlib: pip install matplotlib (or fairfx[demo])")
+        formats = plot_formats()
+        if plot_path.suffix.lower().lstrip(".") not in formats:
+            ext = plot_path.suffix or "(no extension)"
+            raise UserError(
+                f"--plot {plot_path}: matplotlib cannot write {ext} files; use one of "
+                + ", ".join("." + f for f in sorted(formats))
+            )
     assert out is not None
 
     times: dict[str, float] = {}
@@ -218,6 +240,8 @@ def cmd_compress(args: argparse.Namespace) -> int:
             out,
             extra={"fairfx.json": json.dumps({"plan": summary}, default=_json_default)},
         )
+    except OSError as exc:  # checked up front, so a full disk or a folder removed meanwhile
+        raise UserError(f"cannot write --out {out}: {_first_line(exc)}", code=1) from exc
     except Exception as exc:
         raise UserError(f"torch.export failed: {_first_line(exc)}", code=1) from exc
     times["export"] = time.perf_counter() - t
@@ -262,7 +286,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
         "groups": per_group,
     }
     if report_path is not None:
-        report_path.write_text(json.dumps(report, indent=2, default=_json_default) + "\n")
+        write_text(report_path, json.dumps(report, indent=2, default=_json_default) + "\n")
         say(f"wrote {report_path}")
     if plot_path is not None:
         plot_kept(per_group, plot_path, f"{args.model}: {target}")
@@ -313,7 +337,8 @@ def _compress_table(args, target, s, check, history, export, times, reused, accu
         )
     batch = "dynamic batch >= 1" if export["dynamic_batch"] else export["note"]
     lines.append(
-        f"export         {'OK' if export['equal'] else 'MISMATCH'} {export['path']} ({batch}; "
+        f"export         {'OK' if export['equal'] else 'MISMATCH (not written)'} "
+        f"{export['path']} ({batch}; "
         f"reloaded and compared at batch {', '.join(map(str, export['batches']))}: max |diff| "
         f"{export['max_abs_diff']:.2g})"
     )

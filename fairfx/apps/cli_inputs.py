@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from ..errors import FairfxError
-from ..files import safe_load
+from ..files import check_clashes, check_output, safe_load
 
 PROG = "fairfx"
 
@@ -286,14 +286,21 @@ def _check_alpha(value: float) -> float:
 
 
 def _writable(path: str | None, flag: str) -> Path | None:
+    """Refuse an output that cannot be written (see :func:`fairfx.files.check_output`)."""
     if path is None:
         return None
-    p = Path(path)
-    if p.is_dir():
-        raise UserError(f"{flag} {path} is a directory; give a file name")
-    if not p.parent.exists():
-        raise UserError(f"{flag} {path}: directory {p.parent} does not exist")
-    return p
+    try:
+        return check_output(path, flag)
+    except FairfxError as exc:
+        raise UserError(str(exc)) from None
+
+
+def _no_clashes(outputs: dict[str, str | None], inputs: dict[str, str | None]) -> None:
+    """Refuse an output that is an input or another output, before any work."""
+    try:
+        check_clashes(outputs, inputs)
+    except FairfxError as exc:
+        raise UserError(str(exc)) from None
 
 
 def _human(n: float) -> str:

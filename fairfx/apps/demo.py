@@ -28,6 +28,7 @@ import torch
 import fairfx
 from fairfx.apps import digits
 from fairfx.apps.report import export_and_check, group_rows, latency_ms, plot_kept, table
+from fairfx.files import save_payload, write_text
 
 
 def _trained(split: digits.Split, cache: Path, width: int, epochs: int, seed: int):
@@ -40,7 +41,7 @@ def _trained(split: digits.Split, cache: Path, width: int, epochs: int, seed: in
     start = time.perf_counter()
     digits.train(model, split, epochs=epochs, seed=seed)
     cache.mkdir(parents=True, exist_ok=True)
-    torch.save(model.state_dict(), path)
+    save_payload(model.state_dict(), path)
     return model.eval(), time.perf_counter() - start, False
 
 
@@ -106,7 +107,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "groups": rows,
         "calibration": analysis.record,
     }
-    (out / "report.json").write_text(json.dumps(result, indent=2, default=str))
+    write_text(out / "report.json", json.dumps(result, indent=2, default=str))
     print()
     print(
         table(

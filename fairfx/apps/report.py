@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from ..engine.oracle import flat_tensors
+from ..files import atomic_path, atomic_write
 
 EXPORT_RTOL = 1e-4
 
@@ -47,8 +48,9 @@ def plot_kept(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     fig = kept_figure(rows, title)
     import matplotlib.pyplot as plt
 
+    fmt = Path(path).suffix.lstrip(".").lower() or "png"
     try:
-        fig.savefig(path, dpi=120)
+        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format=fmt))
     finally:
         plt.close(fig)
 
@@ -79,6 +81,13 @@ def kept_figure(rows: list[dict[str, Any]], title: str) -> Any:
     ax.legend(frameon=False)
     fig.tight_layout()
     return fig
+
+
+def plot_formats() -> set[str]:
+    """File extensions matplotlib can write (without importing pyplot)."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    return set(FigureCanvasBase.get_supported_filetypes())
 
 
 @torch.no_grad()
@@ -124,19 +133,29 @@ def export_and_check(
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         result["note"] = f"batch size fixed at {len(example)}: {first}"[:300]
         program = torch.export.export(module, (example,))
-    torch.export.save(program, str(out), extra_files=extra)
-    loaded = torch.export.load(str(out)).module()
     sizes = [len(example)] + ([1, 5] if result["dynamic_batch"] else [])
-    diffs = []
-    for n in sizes:
-        x = example.repeat(-(-n // len(example)), *([1] * (example.dim() - 1)))[:n]
-        diff, scale = max_diff(module, loaded, x)
-        diffs.append(diff)
-        if not diff <= EXPORT_RTOL * max(scale, 1e-30):
-            result.update(equal=False, max_abs_diff=diff, batches=sizes)
-            return result
-    result.update(equal=True, max_abs_diff=max(diffs), batches=sizes)
+    # Saved to a temporary file and checked there; it replaces ``out`` only once it reloads and
+    # computes what ``module`` computes, so a mismatch or an interruption keeps the old file.
+    try:
+        with atomic_path(out) as tmp:
+            torch.export.save(program, str(tmp), extra_files=extra)
+            loaded = torch.export.load(str(tmp)).module()
+            diffs = []
+            for n in sizes:
+                x = example.repeat(-(-n // len(example)), *([1] * (example.dim() - 1)))[:n]
+                diff, scale = max_diff(module, loaded, x)
+                diffs.append(diff)
+                if not diff <= EXPORT_RTOL * max(scale, 1e-30):
+                    result.update(equal=False, max_abs_diff=diff, batches=sizes, written=False)
+                    raise _Mismatch
+    except _Mismatch:
+        return result
+    result.update(equal=True, max_abs_diff=max(diffs), batches=sizes, written=True)
     return result
+
+
+class _Mismatch(Exception):
+    """The reloaded program differs: abandon the temporary file, keep the old output."""
 
 
 def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
