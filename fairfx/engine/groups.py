@@ -56,12 +56,40 @@ class ChannelGroup:
     note: str | None = None
 
 
+@dataclass(frozen=True)
+class UnitMap:
+    """One producer call's output and the tensor the next layer reads it from, as unit maps.
+
+    Scoring needs, for every prunable producer call, which unit of which group each position of
+    a tensor's channel axis holds. The engine computes these maps once (:meth:`ChannelGraph.
+    unit_maps`) so that scoring never reaches into slots or roots.
+
+    Attributes:
+        producer: qualified name of the producer (module or weight parameter).
+        gid: the group its channels belong to.
+        node, dim, units: the call's output node, its channel axis, and the unit (within
+            ``gid``) at each position along it; -1 where a position belongs to another group.
+        read, read_dim, read_units: the same for the tensor the next layer reads, reached by
+            following per-channel ops (BatchNorm, activation, pooling, scaling) from ``node``.
+    """
+
+    producer: str
+    gid: int
+    node: str
+    dim: int
+    units: np.ndarray
+    read: str
+    read_dim: int
+    read_units: np.ndarray
+
+
 class ChannelGraph:
     """Groups of one captured model, with the conversions between channels, units and slots."""
 
     def __init__(self, analysis: ChannelAnalysis) -> None:
         self.analysis = analysis
         self._costs: dict[bytes, Cost] = {}
+        self._unit_maps: list[UnitMap] | None = None
         roots = analysis.table.roots()
         self.roots = roots
         blocked = analysis.blocked_reasons(roots)
@@ -241,6 +269,58 @@ class ChannelGraph:
                 f"the plan removes every channel of node {empty[0][0]!r}; keep at least one "
                 "channel of each tensor (e.g. of each branch that is concatenated or split)"
             )
+
+    def producer_units(self, name: str) -> np.ndarray:
+        """Unit (within its group) of each output channel of producer ``name``."""
+        a = self.analysis
+        return self.unit_index(
+            self.group_of_producer[name], a.producers[a.producer_index[name]].slots
+        )
+
+    def unit_maps(self) -> list[UnitMap]:
+        """Every call of every prunable group's producers, with its unit maps (computed once)."""
+        if self._unit_maps is None:
+            a = self.analysis
+            nodes = {n.name: n for n in a.gm.graph.nodes}
+            maps = []
+            for group in self.groups:
+                if not group.prunable:
+                    continue
+                for name in group.producers:
+                    for node_name in a.producers[a.producer_index[name]].nodes:
+                        lay = a.layouts[node_name]
+                        read = self._read_point(nodes[node_name])
+                        rlay = a.layouts[read.name]
+                        maps.append(
+                            UnitMap(
+                                name,
+                                group.id,
+                                node_name,
+                                lay.dim,
+                                self.unit_index(group.id, lay.slots),
+                                read.name,
+                                rlay.dim,
+                                self.unit_index(group.id, rlay.slots),
+                            )
+                        )
+            self._unit_maps = maps
+        return self._unit_maps
+
+    def _read_point(self, node: Any) -> Any:
+        """From a producer call, walk through per-channel ops (BN, activation, pooling, scale) to
+        the tensor the next layer reads; stop at anything that joins tensors or moves channels."""
+        layouts = self.analysis.layouts
+        cur, lay = node, layouts[node.name]
+        while len(cur.users) == 1:
+            user = next(iter(cur.users))
+            ulay = layouts.get(user.name)
+            if not isinstance(ulay, Layout) or ulay.slots is not lay.slots or ulay.dim != lay.dim:
+                break
+            laid = [a for a in user.all_input_nodes if isinstance(layouts.get(a.name), Layout)]
+            if len(laid) != 1:
+                break
+            cur, lay = user, ulay
+        return cur
 
     def unit_index(self, gid: int, slots: np.ndarray) -> np.ndarray:
         """Unit index (within group ``gid``) of each slot; -1 for slots of other groups."""
