@@ -9,6 +9,7 @@ Public entry points:
 - :func:`prune` — physically remove channels for a given plan; returns a smaller GraphModule.
 - :func:`verify` — the masked-execution oracle: prove a pruned graph against the original.
 - :func:`analyze` / :func:`compress` — FAIR-Pruner scoring, ToD planning and the rewrite.
+- :func:`estimate_memory` — what scoring will need, before any data is read.
 """
 
 from .engine.groups import ChannelGraph, ChannelGroup, channel_groups, prune
@@ -17,6 +18,7 @@ from .engine.oracle import VerifyReport, verify
 from .errors import CalibrationError, CaptureError, FairfxError, PlanError
 from .method.fair import Analysis, analyze, compress, load_analysis
 from .method.finetune import finetune
+from .method.memory import MemoryEstimate, estimate_memory
 from .version import __version__
 
 __all__ = [
@@ -26,6 +28,7 @@ __all__ = [
     "ChannelGraph",
     "ChannelGroup",
     "FairfxError",
+    "MemoryEstimate",
     "PlanError",
     "VerifyReport",
     "__version__",
@@ -33,6 +36,7 @@ __all__ = [
     "channel_graph",
     "channel_groups",
     "compress",
+    "estimate_memory",
     "finetune",
     "load_analysis",
     "prune",

@@ -79,7 +79,7 @@ def test_merged_shards_equal_one_pass() -> None:
     merged = odd.merge(even)
     for c in whole.state.per_class:
         np.testing.assert_array_equal(merged.ordered(c).keys, whole.state.ordered(c).keys)
-    from fairfx.method.scoring import finalize
+    from fairfx.method.finalize import finalize
 
     scores = finalize(whole.graph, merged)
     for gid, s in scores.items():

@@ -40,12 +40,15 @@ DEFAULT_ALPHAS = (0.001, 0.005, 0.01, 0.05)
 
 # ------------------------------------------------------------------------------------- commands
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from ..engine.groups import channel_groups
+    from ..engine.groups import build
+    from ..method.memory import estimate_for_graph
+    from ..method.scoring import logit_count
 
     model = load_model(
         args.model, args.weights, args.num_classes, parse_model_args(args.model_args)
     )
-    groups = channel_groups(model, _example_from_size(args, args.image_size))
+    graph = build(model, _example_from_size(args, args.image_size))
+    groups = list(graph.groups)
     rows = [("id", "size", "producers", "status")]
     for g in groups:
         if not g.prunable:
@@ -62,6 +65,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         f"{sum(g.size for g in prunable)} of {sum(g.size for g in groups)} units "
         f"({args.model}, input {args.channels}x{args.image_size}x{args.image_size})"
     )
+    if prunable:
+        est = estimate_for_graph(graph, classes=min(100, logit_count(graph) or 100))
+        print(f"scoring with the defaults (32 samples per class): {est.line()}")
     return 0
 
 
@@ -240,6 +246,24 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=32,
         help="calibration samples per class for scoring (default 32)",
+    )
+    c.add_argument(
+        "--max-classes",
+        type=int,
+        default=100,
+        help="classes compared at most, chosen among the labels present (default 100)",
+    )
+    c.add_argument(
+        "--state-dtype",
+        choices=("float16", "bfloat16", "float32", "uint8", "int4"),
+        default="float16",
+        help="storage of the kept projections: float16 (default), bfloat16, float32, or "
+        "quantized uint8/int4 (2x/4x smaller; see the README for the effect on scores)",
+    )
+    c.add_argument(
+        "--no-memory-check",
+        action="store_true",
+        help="score even when the memory estimate exceeds the memory available",
     )
     c.add_argument("--seed", type=int, default=0, help="seed of scoring and shuffling (0)")
     c.set_defaults(func=cmd_compress)

@@ -60,6 +60,21 @@ def _classes(ds: torch.utils.data.Dataset) -> int:
     return int(torch.unique(ds.tensors[1]).numel())
 
 
+def _memory_line(model: nn.Module, example: torch.Tensor, loader: Any, args: Any) -> str:
+    """The memory estimate, printed before scoring starts (analyze refuses when it won't fit)."""
+    from ..engine.groups import build
+    from ..method.memory import class_hint, estimate_for_graph
+
+    graph = build(model, example)
+    est = estimate_for_graph(
+        graph,
+        classes=class_hint(graph, loader, args.max_classes),
+        samples_per_class=args.samples_per_class,
+        state_dtype=args.state_dtype,
+    )
+    return est.line()
+
+
 def cmd_compress(args: argparse.Namespace) -> int:
     from ..engine.oracle import verify
     from ..method.fair import analyze
@@ -145,13 +160,22 @@ def cmd_compress(args: argparse.Namespace) -> int:
             f"scoring channels on {args.data} ({len(train_set)} samples, "
             f"{_classes(dataset)} classes{held})"
         )
+        say(_memory_line(model, example, loader, args))
         analysis = analyze(
             model,
             example,
             loader,
             samples_per_class=args.samples_per_class,
+            max_classes=args.max_classes,
             seed=args.seed,
             progress=not args.quiet,
+            state_dtype=args.state_dtype,
+            memory_check=not args.no_memory_check,
+        )
+        rec = analysis.record
+        say(
+            f"scored {rec['samples']} of {rec['samples_seen']} samples, "
+            f"{len(rec['classes'])} of {rec['classes_seen']} classes seen"
         )
         analysis.record.update(
             model=args.model,
@@ -274,6 +298,9 @@ def cmd_compress(args: argparse.Namespace) -> int:
             "path": args.analysis,
             "samples": record.get("samples"),
             "classes": len(record.get("classes", [])),
+            "samples_seen": record.get("samples_seen"),
+            "classes_seen": record.get("classes_seen"),
+            "memory": record.get("memory"),
         },
         "verify": {
             "passed": check.passed,

@@ -1,8 +1,7 @@
 """Calibration data: validate labelled batches and choose the classes that take part.
 
-Which classes take part is a seeded choice (all of them, or a seeded subset of ``max_classes``
-when the model has more); which samples of each class is decided in :mod:`fairfx.method.stats`
-by a seeded content hash.
+Which classes take part (at most ``max_classes``, METHOD.md, chosen among the labels seen) and
+which samples of each class is decided in :mod:`fairfx.method.stats` by seeded hashes.
 """
 
 from __future__ import annotations
@@ -13,17 +12,6 @@ import numpy as np
 import torch
 
 from ..errors import CalibrationError
-
-
-def choose_classes(num_classes: int, max_classes: int, seed: int) -> np.ndarray:
-    """All classes, or a seeded random subset of ``max_classes`` of them (sorted)."""
-    if max_classes < 2:
-        raise CalibrationError(f"max_classes must be at least 2, got {max_classes}")
-    if num_classes <= max_classes:
-        return np.arange(num_classes)
-    rng = np.random.default_rng(seed)
-    return np.sort(rng.choice(num_classes, max_classes, replace=False))
-
 
 LABEL_KEYS = ("label", "labels", "target", "targets", "y")
 
@@ -56,10 +44,19 @@ def split_batch(batch: Any) -> tuple[Any, torch.Tensor]:
     )
 
 
-def check_labels(y: torch.Tensor, num_classes: int) -> np.ndarray:
-    """Targets as a numpy array, refused when they are not class indices of this model."""
+def check_labels(y: torch.Tensor, num_classes: int | None) -> np.ndarray:
+    """Targets as a numpy array, refused when they are not class indices of this model
+    (``num_classes`` None: the output is not logits, any label >= 0 is a class)."""
     labels = y.detach().cpu().numpy()
-    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+    if labels.size and labels.min() < 0 and num_classes is None:
+        raise CalibrationError(
+            f"targets must be class indices >= 0; got values from {labels.min()} to {labels.max()}"
+        )
+    if (
+        labels.size
+        and num_classes is not None
+        and (labels.min() < 0 or labels.max() >= num_classes)
+    ):
         raise CalibrationError(
             f"targets must be class indices in [0, {num_classes}) for a model with "
             f"{num_classes} outputs; got values from {labels.min()} to {labels.max()}"

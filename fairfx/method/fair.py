@@ -18,8 +18,11 @@ from ..engine.groups import ChannelGraph, build
 from ..errors import CalibrationError, FairfxError, PlanError
 from ..files import load_payload, plain, save_payload
 from .calibration import self_labelled
+from .codec import check_codec
+from .finalize import finalize
+from .memory import class_hint, estimate_for_graph
 from .planning import Plan, check_choice, check_plan_options, make_plan, plan_for_budget
-from .scoring import OBSERVE, Scores, calibrate, finalize, new_state
+from .scoring import OBSERVE, Scores, calibrate, new_state
 from .stats import CalibrationState, describe
 
 _FORMAT = "fairfx.analysis/2"  # /1 pickled numpy arrays: a safe load refuses it
@@ -43,11 +46,10 @@ class Analysis:
     def by_producer(self) -> dict[str, dict[str, np.ndarray]]:
         """U and R of every producer's output channels, keyed by qualified name."""
         graph = self._need_graph()
-        a = graph.analysis
         out = {}
         for gid, s in self.scores.items():
             for name in graph.groups[gid].producers:
-                units = graph.unit_index(gid, a.producers[a.producer_index[name]].slots)
+                units = graph.producer_units(name)
                 out[name] = {"u": s.u[units], "r": s.r[units], "l1": s.l1[units]}
         return out
 
@@ -227,6 +229,9 @@ def analyze(
     seed: int = 0,
     progress: bool = True,
     state: CalibrationState | str | Path | None = None,
+    state_dtype: str = "float16",
+    batch_size: int | None = None,
+    memory_check: bool = True,
 ) -> Analysis:
     """Score every prunable channel group of ``model`` on labelled calibration ``data``.
 
@@ -247,10 +252,17 @@ def analyze(
         progress: show a progress bar over calibration batches.
         state: a :class:`~fairfx.method.stats.CalibrationState` (or its file) to continue from, e.g.
             after an interruption; ``Analysis.state`` is the state to save for that.
+        state_dtype: how kept projections are stored: ``"float16"`` (default), ``"bfloat16"``,
+            ``"float32"``, or quantized ``"uint8"`` / ``"int4"`` (see :mod:`fairfx.method.codec`).
+        batch_size: samples per forward/backward while scoring (default: chosen so autograd
+            stays near 1 GiB; results do not depend on it).
+        memory_check: refuse before reading any data when :func:`fairfx.estimate_memory` says
+            the state, autograd and pair loop will not fit in the memory available.
 
-    Memory is bounded by the kept samples (see :mod:`fairfx.method.stats` for the formula), never by
-    the dataset or the feature maps. Under ``torch.distributed`` (an initialised process group)
-    each rank takes every world-th batch of ``data``; the states are gathered and merged, so every
+    Memory is bounded by the kept samples (``Analysis.record["memory"]`` holds the estimate; see
+    :mod:`fairfx.method.memory` for the formula), never by the dataset or the feature maps. Under
+    ``torch.distributed`` (an initialised process group) each rank takes every world-th batch of
+    ``data``; the states are gathered and merged, the ranks split the class-pair loop, and every
     rank ends with the same scores as one process over the same batches.
     """
     check_analyze_options(
@@ -259,6 +271,8 @@ def analyze(
         projections=projections,
         observe=observe,
         loss_fn=loss_fn,
+        state_dtype=state_dtype,
+        batch_size=batch_size,
     )
     start = time.perf_counter()
     graph = build(model, example_input)
@@ -271,7 +285,19 @@ def analyze(
         observe=observe,
         seed=seed,
         loss_fn=loss_fn,
+        state_dtype=state_dtype,
     )
+    memory = estimate_for_graph(
+        graph,
+        classes=class_hint(graph, data, max_classes),
+        samples_per_class=samples_per_class,
+        projections=projections,
+        observe=observe,
+        state_dtype=state_dtype,
+        batch_size=batch_size,
+    )
+    if memory_check and not memory.fits:
+        raise CalibrationError(memory.refusal())
     if isinstance(state, (str, Path)):
         state = CalibrationState.load(state)
     if state is not None:
@@ -279,13 +305,30 @@ def analyze(
     else:
         state = fresh
     shard = _shard()
-    state = calibrate(graph, data, state, loss_fn=loss_fn, progress=progress, shard=shard)
+    state = calibrate(
+        graph,
+        data,
+        state,
+        loss_fn=loss_fn,
+        progress=progress,
+        shard=shard,
+        batch_size=memory.batch_size,
+    )
     if shard[1] > 1:
         state = _gather(state, shard[1])
-    scores = finalize(graph, state)
+    pairs_start = time.perf_counter()
+    scores = finalize(graph, state, shard)
+    finalize_seconds = time.perf_counter() - pairs_start
     record = describe(state)
+    record["memory"] = {
+        "estimate_bytes": memory.total_bytes,
+        "state_bytes": memory.state_bytes,
+        "batch_size": memory.batch_size,
+        "line": memory.line(),
+    }
     record["capture_seconds"] = captured - start
     record["scoring_seconds"] = time.perf_counter() - captured
+    record["finalize_seconds"] = finalize_seconds
     return Analysis(scores, graph, record, state)
 
 
@@ -296,9 +339,18 @@ def check_analyze_options(
     projections: Any = 128,
     observe: Any = "post_act",
     loss_fn: Any = None,
+    state_dtype: Any = "float16",
+    batch_size: Any = None,
     **others: Any,
 ) -> None:
     """The options of :func:`analyze`, checked before the model is even traced."""
+    check_codec(state_dtype)
+    if batch_size is not None and (
+        isinstance(batch_size, bool)
+        or not isinstance(batch_size, (int, np.integer))
+        or batch_size < 1
+    ):
+        raise CalibrationError(f"batch_size must be an integer >= 1 or None, got {batch_size!r}")
     for name, value, least in (
         ("samples_per_class", samples_per_class, 1),
         ("max_classes", max_classes, 2),

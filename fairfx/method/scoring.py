@@ -35,11 +35,11 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..engine.groups import ChannelGraph
-from ..engine.slots import Layout
 from ..errors import CalibrationError
-from .calibration import check_labels, choose_classes, split_batch
+from .calibration import check_labels, split_batch
+from .codec import check_codec, encode
 from .stats import CalibrationState, sample_keys
-from .wasserstein import max_pairwise_w1, project, projection_matrix
+from .wasserstein import project, projection_matrix
 
 OBSERVE = ("post_act", "module")
 
@@ -66,40 +66,15 @@ class Scores:
     member_r: dict[str, np.ndarray] = field(default_factory=dict)
 
 
-def _follow(graph: ChannelGraph, node: fx.Node) -> fx.Node:
-    """From a producer, walk through per-channel ops (BN, activation, pooling, scale) to the
-    tensor the next layer reads; stop at anything that joins tensors or reshapes channels."""
-    layouts = graph.analysis.layouts
-    cur, lay = node, layouts[node.name]
-    while len(cur.users) == 1:
-        user = next(iter(cur.users))
-        ulay = layouts.get(user.name)
-        if not isinstance(ulay, Layout) or ulay.slots is not lay.slots or ulay.dim != lay.dim:
-            break
-        laid = [a for a in user.all_input_nodes if isinstance(layouts.get(a.name), Layout)]
-        if len(laid) != 1:
-            break
-        cur, lay = user, ulay
-    return cur
-
-
 def observation_points(graph: ChannelGraph, observe: str) -> list[_Point]:
+    """Where U is measured for every prunable producer call (maps from the channel engine)."""
     if observe not in OBSERVE:
         raise ValueError(f"observe must be one of {OBSERVE}, got {observe!r}")
-    a = graph.analysis
-    nodes = {n.name: n for n in a.gm.graph.nodes}
-    points = []
-    for group in graph.groups:
-        if not group.prunable:
-            continue
-        for name in group.producers:
-            for node_name in a.producers[a.producer_index[name]].nodes:
-                node = nodes[node_name]
-                seen = _follow(graph, node) if observe == "post_act" else node
-                lay = a.layouts[seen.name]
-                units = graph.unit_index(group.id, lay.slots)
-                points.append(_Point(name, seen.name, group.id, lay.dim, units))
-    return points
+    if observe == "post_act":
+        return [
+            _Point(m.producer, m.read, m.gid, m.read_dim, m.read_units) for m in graph.unit_maps()
+        ]
+    return [_Point(m.producer, m.node, m.gid, m.dim, m.units) for m in graph.unit_maps()]
 
 
 class _Collector(fx.Interpreter):
@@ -112,8 +87,11 @@ class _Collector(fx.Interpreter):
         watch: set[str],
         projections: int,
         seed: int,
+        codec: str,
     ) -> None:
         super().__init__(gm)
+        self.codec = codec
+        self.values: dict[str, int] = {}
         self.points: dict[str, list[_Point]] = {}
         for p in points:
             self.points.setdefault(p.node, []).append(p)
@@ -136,38 +114,31 @@ class _Collector(fx.Interpreter):
             with torch.no_grad():
                 flat = out.detach().movedim(pts[0].dim, 1).float()
                 flat = flat.flatten(2) if flat.dim() > 2 else flat.unsqueeze(2)
-                proj = project(flat, self.theta(flat.shape[2], flat.device))
-            self.projected.setdefault(n.name, []).append(proj.cpu())
+                # Fewer positions than projections: keep the map itself (projected at finalize).
+                if flat.shape[2] >= self.projections:
+                    flat = project(flat, self.theta(flat.shape[2], flat.device))
+                self.values[n.name] = flat.shape[2]
+                stored = encode(flat, self.codec)
+            self.projected.setdefault(n.name, []).append(stored.cpu())
         if n.name in self.watch and isinstance(out, torch.Tensor) and out.requires_grad:
             self.z[n.name] = out
         return out
 
 
-def _producer_outputs(graph: ChannelGraph) -> dict[str, tuple[int, str, int, np.ndarray]]:
-    """Producer node -> (group, producer name, channel axis, unit of each position)."""
-    a = graph.analysis
-    out = {}
-    for group in graph.groups:
-        if not group.prunable:
-            continue
-        for name in group.producers:
-            for node_name in a.producers[a.producer_index[name]].nodes:
-                lay = a.layouts[node_name]
-                out[node_name] = (group.id, name, lay.dim, graph.unit_index(group.id, lay.slots))
-    return out
+def producer_outputs(graph: ChannelGraph) -> dict[str, tuple[int, str, int, np.ndarray]]:
+    """Producer call node -> (group, producer name, channel axis, unit of each position)."""
+    return {m.node: (m.gid, m.producer, m.dim, m.units) for m in graph.unit_maps()}
 
 
-def _l1(graph: ChannelGraph, gid: int) -> np.ndarray:
+def filter_l1(graph: ChannelGraph, gid: int) -> np.ndarray:
     """L1 norm of each unit's filters, summed over the group's producers."""
-    a = graph.analysis
     total = np.zeros(graph.groups[gid].size)
     for name in graph.groups[gid].producers:
-        prod = a.producers[a.producer_index[name]]
         weight, out_dim = _producer_weight(graph, name)
         if weight is None:
             continue
         w = weight.detach().abs().float().movedim(out_dim, 0).flatten(1).sum(1).numpy()
-        units = graph.unit_index(gid, prod.slots)
+        units = graph.producer_units(name)
         np.add.at(total, units[units >= 0], w[units >= 0])
     return total
 
@@ -198,9 +169,10 @@ def new_state(
     observe: str,
     seed: int,
     loss_fn: Callable[..., torch.Tensor] | None,
+    state_dtype: str = "float16",
 ) -> CalibrationState:
     """An empty state for this model and these options."""
-    logits = _logit_count(graph)
+    logits = logit_count(graph)
     if loss_fn is None and logits is None:
         raise CalibrationError(
             "the model's output is not class logits [N, classes]; FAIR scoring needs a "
@@ -208,16 +180,18 @@ def new_state(
         )
     if samples_per_class < 1:
         raise CalibrationError(f"samples_per_class must be at least 1, got {samples_per_class}")
-    classes = choose_classes(logits or max_classes, max_classes, seed).tolist()
+    if max_classes < 2:
+        raise CalibrationError(f"max_classes must be at least 2, got {max_classes}")
     points = sorted({p.node for p in observation_points(graph, observe)})
     return CalibrationState(
-        classes,
+        max_classes,
         samples_per_class,
         projections,
         observe,
         seed,
         points,
-        sorted(_producer_outputs(graph)),
+        sorted(producer_outputs(graph)),
+        check_codec(state_dtype),
     )
 
 
@@ -229,18 +203,25 @@ def calibrate(
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None,
     progress: bool,
     shard: tuple[int, int] = (0, 1),
+    batch_size: int = 64,
 ) -> CalibrationState:
-    """Stream ``data`` into ``state``: one forward and one backward per batch of candidates.
+    """Stream ``data`` into ``state``: one forward and one backward per chunk of candidates.
 
-    ``shard = (rank, world)`` takes every world-th batch starting at rank. ``loss_fn`` must sum
-    over samples (the default, summed cross-entropy, does) so each sample's Taylor sum is its own.
+    ``shard = (rank, world)`` takes every world-th batch starting at rank. The candidates of a
+    batch (samples that may enter the state) run in chunks of at most ``batch_size`` samples,
+    which bounds the autograd memory whatever the data loader's batch size; results do not
+    depend on it (BatchNorm runs in eval mode, every statistic is per sample). ``loss_fn`` must
+    sum over samples (the default, summed cross-entropy, does) so each sample's Taylor sum is its
+    own.
     """
     gm = graph.analysis.gm
     points = observation_points(graph, state.observe)
-    producers = _producer_outputs(graph)
+    producers = producer_outputs(graph)
     loss_fn = loss_fn or (lambda out, y: F.cross_entropy(out, y, reduction="sum"))
-    runner = _Collector(gm, points, set(producers), state.projections, state.seed)
-    num_classes = max(max(state.classes) + 1, _logit_count(graph) or 0)
+    runner = _Collector(
+        gm, points, set(producers), state.projections, state.seed, state.state_dtype
+    )
+    num_classes = logit_count(graph)
     was_training = gm.training
     gm.eval()
     total = len(data) if hasattr(data, "__len__") else None
@@ -256,20 +237,20 @@ def calibrate(
             keys = sample_keys(x, state.seed)
             idx = state.wanted(keys, labels)
             state.batches_seen += 1
-            if len(idx) == 0:
-                continue
-            sel = torch.as_tensor(idx)
-            proj, taylor = _run_batch(
-                runner, producers, x[sel.to(x.device)], y[sel.to(y.device)], loss_fn
-            )
-            state.add(keys[idx], labels[idx], proj, taylor)
+            for start in range(0, len(idx), max(1, batch_size)):
+                part = idx[start : start + max(1, batch_size)]
+                sel = torch.as_tensor(part)
+                proj, taylor = _run_batch(
+                    runner, producers, x[sel.to(x.device)], y[sel.to(y.device)], loss_fn
+                )
+                state.add(keys[part], labels[part], proj, taylor, dict(runner.values))
     finally:
         bar.close()
         gm.train(was_training)
     return state
 
 
-def _logit_count(graph: ChannelGraph) -> int | None:
+def logit_count(graph: ChannelGraph) -> int | None:
     """Number of classes when the model's output is ``[N, classes]`` logits, else None."""
     out_node = graph.analysis.gm.graph.find_nodes(op="output")[0].args[0]
     shape = out_node.meta.get("fairfx_shape") if isinstance(out_node, fx.Node) else None
@@ -292,59 +273,7 @@ def _run_batch(runner, producers, x, y, loss_fn):
             if g is None:
                 g = torch.zeros_like(z)
             per = (z * g).movedim(dim, -1).reshape(len(z), -1, z.shape[dim]).sum(1)
-            taylor[k] = per.double().cpu()
+            taylor[k] = per.float().cpu()
+    runner.z = {}
     proj = {k: torch.cat(v) for k, v in runner.projected.items()}
     return proj, taylor
-
-
-def finalize(graph: ChannelGraph, state: CalibrationState) -> dict[int, Scores]:
-    """Per-group U and R from a (merged) state; sums run in key order, so they reproduce."""
-    present = [c for c in state.classes if c in state.per_class and len(state.per_class[c].keys)]
-    if len(present) < 2:
-        raise CalibrationError(
-            f"calibration data holds {len(present)} of the chosen classes; the Utilization "
-            "score compares classes, so at least 2 classes are needed"
-        )
-    producers = _producer_outputs(graph)
-    scores: dict[int, Scores] = {}
-    signed: dict[int, np.ndarray] = {}
-    for g in graph.groups:
-        if g.prunable:
-            scores[g.id] = Scores(np.zeros(g.size), np.zeros(g.size), _l1(graph, g.id))
-            signed[g.id] = np.zeros(g.size)
-    member: dict[str, np.ndarray] = {}
-    # Rows in key order, one tensor at a time: no second copy of the whole state.
-    order = {
-        c: torch.as_tensor(np.argsort(state.per_class[c].keys, kind="stable")) for c in present
-    }
-
-    def rows(store: str, node: str) -> list[torch.Tensor]:
-        out = []
-        for c in present:
-            st = state.per_class[c]
-            table = getattr(st, store)
-            if node in table:
-                out.append(table[node][: len(st.keys)].index_select(0, order[c]))
-        return out
-
-    for node, (gid, pname, _, units) in producers.items():
-        taylor = rows("taylor", node)
-        if not taylor:
-            continue
-        per_pos = torch.cat(taylor).sum(0).numpy()
-        ok = units >= 0
-        np.add.at(signed[gid], units[ok], per_pos[ok])
-        mt = member.setdefault(pname, np.zeros(graph.groups[gid].size))
-        np.add.at(mt, units[ok], per_pos[ok])
-    for gid, values in signed.items():
-        scores[gid].r = np.abs(values)
-    for name, values in member.items():
-        scores[graph.group_of_producer[name]].member_r[name] = np.abs(values)
-    for p in observation_points(graph, state.observe):
-        u_pos = max_pairwise_w1(rows("proj", p.node)).double().numpy()
-        ok = p.units >= 0
-        s = scores[p.gid]
-        np.maximum.at(s.u, p.units[ok], u_pos[ok])
-        mu = s.member_u.setdefault(p.producer, np.zeros(len(s.u)))
-        np.maximum.at(mu, p.units[ok], u_pos[ok])
-    return scores

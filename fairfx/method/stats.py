@@ -1,19 +1,23 @@
 """Mergeable calibration statistics: everything ``analyze`` accumulates, in one object.
 
-Samples are chosen by a seeded content hash: each class keeps the ``samples_per_class`` samples
-with the smallest keys (a bottom-k sketch). That choice does not depend on batch order, batch
-size, or which process saw a sample, so states built on shards merge into exactly the state of
-one process over all the data, and a saved state resumes where it stopped.
+Which classes take part: the ``max_classes`` classes with the smallest seeded hash among the
+labels *seen* (all of them when fewer are present), so a 1000-output model calibrated on a
+10-class folder uses all 10. Which samples: each class keeps the ``samples_per_class`` samples
+with the smallest seeded content hash (a bottom-k sketch). Neither choice depends on batch order,
+batch size, or which process saw a sample, so states built on shards merge into exactly the state
+of one process over all the data, and a saved state resumes where it stopped.
 
-Per kept sample the state holds, for every observation point, the projected feature map
-``[C, P]`` (for U) and, for every producer call, the signed Taylor sum ``sum z * dL/dz`` over the
-sample's positions ``[C]`` (for R). Memory, with K = samples_per_class and M classes::
+Per kept sample the state holds, for every observation point with C channels and S positions
+per channel, a ``[C, V]`` row with ``V = min(S, P)``: the P projections of each map when
+``S >= P``, else the S raw values themselves (projected at finalize: the same numbers, fewer
+bytes), stored in the ``state_dtype`` codec (:mod:`fairfx.method.codec`); and, for every producer
+call, the signed Taylor sum ``sum z * dL/dz`` over the sample's positions ``[C]`` in float32 (for
+R). Memory, with K = samples_per_class, M classes and b(C, V) the codec's row bytes::
 
-    bytes ~= K * M * (4 * P * sum(C over observation points) + 8 * sum(C over producer calls))
+    bytes = K * M * (sum over points of b(C, V) + 4 * sum(C over producer calls))
 
-independent of the dataset's size and of the feature maps' size (maps are projected inside the
-forward and dropped). The projections dominate: for ResNet-50 (about 26,500 observed channels),
-10 classes, K = 32 and P = 128 they take about 4.3 GB; halve P or K to halve it.
+independent of the dataset's size. :func:`fairfx.estimate_memory` evaluates it for a model
+before any data is read.
 """
 
 from __future__ import annotations
@@ -29,8 +33,18 @@ import torch
 from ..errors import CalibrationError, FairfxError
 from ..files import load_payload, plain, save_payload
 
-_FORMAT = "fairfx.state/2"  # /1 pickled numpy arrays: a safe load refuses it
+_FORMAT = "fairfx.state/3"  # /1 pickled numpy arrays; /2 had a fixed class list
 _STATE_FIX = "save one with Analysis.state.save(path) from this fairfx version"
+
+
+def _hash(data: bytes, seed: int) -> int:
+    salt = int(seed).to_bytes(8, "little", signed=True)
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8, salt=salt).digest(), "little") >> 1
+
+
+def class_key(label: int, seed: int) -> int:
+    """A 63-bit seeded hash of a class label: the classes with the smallest keys take part."""
+    return _hash(b"class" + int(label).to_bytes(8, "little", signed=True), seed)
 
 
 def sample_keys(x: torch.Tensor, seed: int) -> np.ndarray:
@@ -39,12 +53,7 @@ def sample_keys(x: torch.Tensor, seed: int) -> np.ndarray:
     if flat.dtype.is_floating_point:
         flat = flat.float()
     data = flat.numpy()
-    salt = int(seed).to_bytes(8, "little", signed=True)
-    keys = np.empty(len(x), dtype=np.int64)
-    for i in range(len(x)):
-        digest = hashlib.blake2b(data[i].tobytes(), digest_size=8, salt=salt).digest()
-        keys[i] = int.from_bytes(digest, "little") >> 1
-    return keys
+    return np.array([_hash(data[i].tobytes(), seed) for i in range(len(x))], dtype=np.int64)
 
 
 @dataclass
@@ -109,19 +118,40 @@ class ClassStats:
 
 @dataclass
 class CalibrationState:
-    """Bottom-k samples per class with their projections and Taylor sums; mergeable."""
+    """Bottom-k samples of the chosen classes with their projections and Taylor sums; mergeable.
 
-    classes: list[int]
+    ``values[point]`` is V, the values stored per channel at that point (``min(S, P)``);
+    ``seen[label]`` counts the samples seen per label, so a report can say what was used.
+    """
+
+    max_classes: int
     samples_per_class: int
     projections: int
     observe: str
     seed: int
     points: list[str]
     producers: list[str]
+    state_dtype: str = "float16"
+    values: dict[str, int] = field(default_factory=dict)
     per_class: dict[int, ClassStats] = field(default_factory=dict)
+    seen: dict[int, int] = field(default_factory=dict)
     batches_seen: int = 0
 
+    @property
+    def classes(self) -> list[int]:
+        """The classes taking part (so far), sorted."""
+        return sorted(self.per_class)
+
     # ------------------------------------------------------------------ sampling
+    def chosen(self, labels: set[int]) -> set[int]:
+        """The classes that take part once ``labels`` are seen too: the ``max_classes`` with the
+        smallest seeded key among the kept classes and the new labels."""
+        candidates = set(self.per_class) | labels
+        if len(candidates) <= self.max_classes:
+            return candidates
+        ranked = sorted(candidates, key=lambda c: (class_key(c, self.seed), c))
+        return set(ranked[: self.max_classes])
+
     def threshold(self, c: int) -> int | None:
         """Keys below this still enter class ``c`` (None: the class is not full yet)."""
         st = self.per_class.get(c)
@@ -130,8 +160,10 @@ class CalibrationState:
         return int(st.keys.max())
 
     def wanted(self, keys: np.ndarray, labels: np.ndarray) -> np.ndarray:
-        """Indices of the batch's samples that may enter the state."""
-        chosen = set(self.classes)
+        """Indices of the batch's samples that may enter the state (and count what was seen)."""
+        for c in labels.tolist():
+            self.seen[c] = self.seen.get(c, 0) + 1
+        chosen = self.chosen(set(labels.tolist()))
         out = []
         for i, (k, c) in enumerate(zip(keys.tolist(), labels.tolist(), strict=True)):
             if c not in chosen:
@@ -147,8 +179,15 @@ class CalibrationState:
         labels: np.ndarray,
         proj: dict[str, torch.Tensor],
         taylor: dict[str, torch.Tensor],
+        values: dict[str, int] | None = None,
     ) -> None:
         """Insert samples (rows of ``proj``/``taylor``) keeping the bottom-k keys per class."""
+        for name, v in (values or {}).items():
+            if self.values.setdefault(name, v) != v:
+                raise CalibrationError(
+                    f"the feature map at {name!r} changed size between batches ({self.values[name]}"
+                    f" then {v} values per channel); calibrate with one input size"
+                )
         for i, (key, c) in enumerate(zip(keys.tolist(), labels.tolist(), strict=True)):
             st = self.per_class.setdefault(c, ClassStats())
             st.insert(
@@ -157,30 +196,44 @@ class CalibrationState:
                 {k: v[i] for k, v in taylor.items()},
                 self.samples_per_class,
             )
+        self._trim()
+
+    def _trim(self) -> None:
+        """Drop the classes that a smaller-keyed class pushed out of the ``max_classes``."""
+        keep = self.chosen(set())
+        for c in [c for c in self.per_class if c not in keep]:
+            del self.per_class[c]
 
     # ------------------------------------------------------------------ merge / persist
     def compatible(self, other: CalibrationState) -> None:
-        mine = (self.classes, self.samples_per_class, self.projections, self.observe, self.seed)
-        theirs = (other.classes, other.samples_per_class, other.projections, other.observe)
-        theirs = (*theirs, other.seed)
-        if mine != theirs or self.points != other.points or self.producers != other.producers:
+        fields = ("max_classes", "samples_per_class", "projections", "observe", "seed")
+        fields = (*fields, "state_dtype", "points", "producers")
+        differ = [f for f in fields if getattr(self, f) != getattr(other, f)]
+        clash = [n for n in self.values.keys() & other.values.keys()]
+        if any(self.values[n] != other.values[n] for n in clash):
+            differ.append("input size")
+        if differ:
             raise CalibrationError(
-                "calibration states differ in model, classes, samples_per_class, projections, "
-                "observe or seed and cannot be merged; use the same options everywhere"
+                f"calibration states differ in {', '.join(differ)} (model, max_classes, "
+                "samples_per_class, projections, observe, seed, state_dtype or input size) and "
+                "cannot be merged; use the same options everywhere"
             )
 
     def merge(self, other: CalibrationState) -> CalibrationState:
         """The state of one run over both states' samples (order does not matter)."""
         self.compatible(other)
         out = CalibrationState(
-            self.classes,
+            self.max_classes,
             self.samples_per_class,
             self.projections,
             self.observe,
             self.seed,
             self.points,
             self.producers,
+            self.state_dtype,
+            {**self.values, **other.values},
             {},
+            {c: self.seen.get(c, 0) + other.seen.get(c, 0) for c in self.seen.keys() | other.seen},
             self.batches_seen + other.batches_seen,
         )
         for source in (self, other):
@@ -188,6 +241,7 @@ class CalibrationState:
                 target = out.per_class.setdefault(c, ClassStats())
                 for key, proj, taylor in st.rows():
                     target.insert(key, proj, taylor, self.samples_per_class)
+        out._trim()
         return out
 
     def sample_count(self) -> int:
@@ -230,12 +284,17 @@ class CalibrationState:
 
 
 def describe(state: CalibrationState) -> dict[str, Any]:
+    """What the scores were computed from: classes and samples used, and what was seen."""
     return {
-        "classes": [c for c in state.classes if c in state.per_class],
+        "classes": state.classes,
+        "classes_seen": len(state.seen),
         "samples": state.sample_count(),
+        "samples_seen": sum(state.seen.values()),
+        "state_dtype": state.state_dtype,
         "samples_per_class": state.samples_per_class,
         "projections": state.projections,
         "observe": state.observe,
         "seed": state.seed,
-        "sampling": "bottom-k seeded content hash per class",
+        "sampling": "classes: smallest seeded label hash among those seen; samples: bottom-k "
+        "seeded content hash per class",
     }
