@@ -42,6 +42,15 @@ def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _cpu_s() -> float:
+    """CPU seconds of this process: on a shared, oversubscribed machine a steadier measure of
+    work than wall time (reported next to it)."""
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
 def _images(n: int, classes: int, batch: int, seed: int = 0, labels=None):
     import torch
 
@@ -70,11 +79,16 @@ def child_fb(images: int, classes: int, batch: int, labels_per_class: bool) -> d
     model = _model(classes)
     labels = torch.arange(images) % classes if labels_per_class else None
     data = _images(images, classes, batch, labels=labels)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), _cpu_s()
     for x, y in data:
         model.zero_grad(set_to_none=True)
         F.cross_entropy(model(x), y, reduction="sum").backward()
-    return {"what": "forward+backward", "images": images, "wall_s": time.perf_counter() - start}
+    return {
+        "what": "forward+backward",
+        "images": images,
+        "wall_s": time.perf_counter() - start,
+        "cpu_s": _cpu_s() - cpu,
+    }
 
 
 def child_analyze(images: int, classes: int, batch: int, dtype: str) -> dict:
@@ -84,13 +98,14 @@ def child_analyze(images: int, classes: int, batch: int, dtype: str) -> dict:
 
     model = _model(classes)
     data = _images(images, classes, batch)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), _cpu_s()
     an = fairfx.analyze(model, torch.randn(1, 3, 224, 224), data, progress=False, state_dtype=dtype)
     rec = an.record
     return {
         "what": "analyze",
         "images": images,
         "wall_s": time.perf_counter() - start,
+        "cpu_s": _cpu_s() - cpu,
         "finalize_s": rec["finalize_seconds"],
         "kept": rec["samples"],
         "classes": len(rec["classes"]),
@@ -139,7 +154,19 @@ def child_hundred(dtype: str, batch: int) -> dict:
         state.add(keys, np.full(n, c), proj, taylor, {p: v for p, (_, v) in sizes.items()})
     fill = time.perf_counter() - start
     data = _images(classes, 1000, batch, seed=2, labels=torch.arange(classes))
-    start = time.perf_counter()
+    import fairfx.method.fair as fair_module
+
+    timed: dict[str, float] = {}
+    real_finalize = fair_module.finalize
+
+    def finalize(*a, **kw):  # the pair loop's own CPU time
+        c = _cpu_s()
+        out = real_finalize(*a, **kw)
+        timed["finalize_cpu_s"] = _cpu_s() - c
+        return out
+
+    fair_module.finalize = finalize
+    start, cpu = time.perf_counter(), _cpu_s()
     an = fairfx.analyze(
         model, example, data, max_classes=classes, state=state, state_dtype=dtype, progress=False
     )
@@ -150,6 +177,8 @@ def child_hundred(dtype: str, batch: int) -> dict:
         "fill_s": fill,
         "real_images": classes,
         "wall_s": wall,
+        "cpu_s": _cpu_s() - cpu,
+        **timed,
         "finalize_s": rec["finalize_seconds"],
         "kept": rec["samples"],
         "classes": len(rec["classes"]),
@@ -258,13 +287,14 @@ def main() -> None:
         fb = _run(["--child", f"fb:{n}", *common])
         an = _run(["--child", f"analyze:{n}", *common])
         print(
-            f"\n| ResNet-50 224, {n} images | peak RSS GB | wall s |\n|---|---|---|\n"
+            f"\n| ResNet-50 224, {n} images | peak RSS GB | wall s | CPU s |\n|---|---|---|---|\n"
             f"| forward+backward (batch {args.batch}) | {fb['peak_rss_gb']:.2f} | "
-            f"{fb['wall_s']:.0f} |\n| analyze ({an['classes']} classes x "
+            f"{fb['wall_s']:.0f} | {fb['cpu_s']:.0f} |\n| analyze ({an['classes']} classes x "
             f"{an['kept'] // an['classes']}"
             f", {args.state_dtype}, chunk {an['chunk']}) | {an['peak_rss_gb']:.2f} | "
-            f"{an['wall_s']:.0f} (pair loop {an['finalize_s']:.0f}) |\n"
-            f"ratio analyze / forward+backward: {an['wall_s'] / fb['wall_s']:.2f}; "
+            f"{an['wall_s']:.0f} (pair loop {an['finalize_s']:.0f}) | {an['cpu_s']:.0f} |\n"
+            f"ratio analyze / forward+backward: wall {an['wall_s'] / fb['wall_s']:.2f}, CPU "
+            f"{an['cpu_s'] / fb['cpu_s']:.2f}; "
             f"estimate {an['estimate_gb']:.2f} GB (state {an['state_gb']:.2f} GB)",
             flush=True,
         )
@@ -274,14 +304,18 @@ def main() -> None:
         per_image_fb = fb["wall_s"] / 100
         per_image_scoring = (h["wall_s"] - h["finalize_s"]) / h["real_images"]
         total = per_image_scoring * 3200 + h["finalize_s"]
+        cpu_fb = fb["cpu_s"] / 100
+        cpu_per_image = (h["cpu_s"] - h["finalize_cpu_s"]) / h["real_images"]
+        cpu_total = cpu_per_image * 3200 + h["finalize_cpu_s"]
         print(
             f"\n| ResNet-50 224, 100 classes x 32 | value |\n|---|---|\n"
             f"| peak RSS (full 100 x 32 state, {args.state_dtype}) | {h['peak_rss_gb']:.2f} GB |\n"
             f"| forward+backward per image | {per_image_fb:.2f} s |\n"
             f"| analyze per real image (chunk {h['chunk']}) | {per_image_scoring:.2f} s |\n"
             f"| pair loop, 100 classes | {h['finalize_s']:.0f} s |\n"
-            f"| 3,200 images: analyze (extrapolated) / forward+backward | "
+            f"| 3,200 images: analyze (extrapolated) / forward+backward, wall | "
             f"{total / (per_image_fb * 3200):.2f} |\n"
+            f"| same, CPU | {cpu_total / (cpu_fb * 3200):.2f} |\n"
             f"estimate {h['estimate_gb']:.2f} GB (state {h['state_gb']:.2f} GB)",
             flush=True,
         )
