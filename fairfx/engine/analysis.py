@@ -18,6 +18,7 @@ import networkx as nx
 import numpy as np
 import torch.fx as fx
 
+from . import symbolic
 from .capture import Captured
 from .slots import Layout, SlotTable
 
@@ -56,10 +57,16 @@ class ChannelAnalysis:
         self._consumers: list[tuple[np.ndarray, str]] = []
         self.param_src: dict[str, str] = {}
         self._module_slots: dict[tuple[str, str], np.ndarray] = {}
+        self.heads: list[np.ndarray] = []  # slots of units found to be attention heads
+        self.sym: dict[str, Any] = {}  # run-time sizes that depend on channels (symbolic.py)
         self.node: fx.Node | None = None
         for node in self.gm.graph.nodes:
             self.node = node
+            if symbolic.track(self, node):
+                self.layouts[node.name] = None
+                continue
             self.layouts[node.name] = rule_for(self, node)(self, node)
+            symbolic.settle(self, node)
         self.node = None
         self._point_producers_at_tensors()
 
@@ -81,6 +88,10 @@ class ChannelAnalysis:
                     and self.layouts[u.name].slots is prod.slots
                 )
             prod.nodes = resolved
+
+    @property
+    def head_slots(self) -> np.ndarray:
+        return np.concatenate(self.heads) if self.heads else np.zeros(0, dtype=np.int64)
 
     # ----------------------------------------------------------------- queries used by rules
     def layout(self, arg: Any) -> Any:

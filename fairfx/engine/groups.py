@@ -44,6 +44,8 @@ class ChannelGroup:
         exact: False when pruning also changes a normalization's statistics (LayerNorm over the
             channels); ``fairfx.verify`` then checks the rewrite against renormalized masking.
         note: what makes the group inexact, if it is.
+        unit: what one unit is: ``"channel"``, or ``"head"`` when the units are attention heads
+            (a head's q, k and v dims and the output projection's columns go together).
     """
 
     id: int
@@ -54,6 +56,7 @@ class ChannelGroup:
     reason: str | None
     exact: bool = True
     note: str | None = None
+    unit: str = "channel"
 
 
 @dataclass(frozen=True)
@@ -95,6 +98,7 @@ class ChannelGraph:
         blocked = analysis.blocked_reasons(roots)
         inexact = analysis.inexact_reasons(roots)
         index = analysis.producer_index
+        head_roots = set(roots[analysis.head_slots].tolist())
         comps = sorted(
             nx.connected_components(analysis.coupling), key=lambda c: min(index[n] for n in c)
         )
@@ -120,6 +124,7 @@ class ChannelGraph:
                     reason=reason,
                     exact=not notes,
                     note=notes[0] if notes else None,
+                    unit="head" if head_roots.intersection(classes.tolist()) else "channel",
                 )
             )
             self.group_classes.append(classes)

@@ -17,7 +17,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 
 from ..analysis import ChannelAnalysis
-from . import functional, shape
+from . import functional, heads, shape
 from .common import (
     along_dim,
     elementwise,
@@ -73,6 +73,7 @@ FUNCTION_RULES: dict[Any, Rule] = {
     **{f: along_dim for f in _ALONG_DIM},
     **shape.RULES,
     **functional.RULES,
+    **heads.RULES,
 }
 
 try:
@@ -110,6 +111,7 @@ METHOD_RULES: dict[str, Rule] = {
     **{m: reduce_dims for m in ("mean", "sum", "amax", "amin")},
     **{m: along_dim for m in ("softmax", "log_softmax", "cumsum")},
     **shape.METHOD_RULES,
+    **heads.METHOD_RULES,
 }
 
 PLACEHOLDER_RULES: dict[str, Rule] = {

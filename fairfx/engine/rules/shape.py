@@ -58,14 +58,19 @@ def _varies(out: torch.Tensor, u: int) -> bool:
     return n > 1 and bool((out.narrow(u, 1, n - 1) != out.narrow(u, 0, n - 1)).any())
 
 
-def _channel_axis(out: torch.Tensor) -> tuple[int, list[np.ndarray]] | None:
+def _channel_axis(out: torch.Tensor, heads: bool = False) -> tuple[int, list[np.ndarray]] | None:
     """The finest output axis along which channel positions form disjoint sets.
 
     Ties go to the innermost axis: in ``x.view(n, g, c // g, h, w)`` both axes split the
     channels, and the size that user code computes from the tensor (``c // g``) is the inner
     one, so choosing it leaves the literal ``g`` untouched and the computed size right.
+
+    ``heads``: the channel axis was the last one and is split into trailing axes
+    (``[B, N, C] -> [B, N, heads, head_dim]``, or ``[B, N, 3, heads, head_dim]``): attention then
+    contracts over the last axis, so the unit is the axis before it, a whole head (its dims in
+    q, k and v and the output projection's columns), not one dim of every head.
     """
-    best: tuple[int, list[np.ndarray]] | None = None
+    valid = {}
     for u in range(out.dim()):
         if not _varies(out, u):
             continue
@@ -78,10 +83,19 @@ def _channel_axis(out: torch.Tensor) -> tuple[int, list[np.ndarray]] | None:
             allpos = np.concatenate(sets)
             if len(np.unique(allpos)) != len(allpos):
                 continue
+        valid[u] = sets
+    last = out.dim() - 1
+    if heads and last in valid and last - 1 in valid:
+        return last - 1, valid[last - 1]
+    best: tuple[int, list[np.ndarray]] | None = None
+    for u, sets in valid.items():
         if best is None or len(sets) >= len(best[1]):
             best = (u, sets)
     return best
 
+
+# Ops that can split a token's channels into (heads, head_dim).
+_HEAD_SPLITS = {"view", "reshape", "unflatten", torch.reshape, torch.unflatten}
 
 # Axis permutations move the channel axis without looking at other sizes: probe a thin tensor.
 _PERMUTATIONS = {"permute", "transpose", "movedim", "swapaxes", "t", torch.permute}
@@ -103,7 +117,8 @@ def index_shape(a: ChannelAnalysis, node: fx.Node) -> Layout | None:
     if node.target in _PERMUTATIONS:
         shp = tuple(n if i == lay.dim else 1 for i, n in enumerate(shp))
     out = _run_probe(a, node, x, _position_probe(shp, lay.dim))
-    found = _channel_axis(out)
+    heads = node.target in _HEAD_SPLITS and lay.dim == len(shp) - 1 and out.dim() > len(shp)
+    found = _channel_axis(out, heads)
     if found is None:
         a.block(lay.slots, f"{describe(a, node)} reshapes the channel axis away")
         return None
@@ -112,6 +127,8 @@ def index_shape(a: ChannelAnalysis, node: fx.Node) -> Layout | None:
         if len(group) > 1:
             a.union(np.repeat(lay.slots[group[0]], len(group) - 1), lay.slots[group[1:]])
     slots = np.array([lay.slots[g[0]] for g in sets], dtype=np.int64)
+    if heads and u == out.dim() - 2:
+        a.heads.append(slots)
     first = _SIZE_ARGS.get(node.target)
     if first is not None:
         a.edit(ArgEdit(node.name, _size_rewriter(first, u, slots)))
@@ -124,8 +141,13 @@ def _size_rewriter(first: int, u: int, slots: np.ndarray):
         sizes = args[first:]
         packed = len(sizes) == 1 and isinstance(sizes[0], (list, tuple))
         sizes = list(sizes[0]) if packed else sizes
+        kept = int(kept_slot[slots].sum())
         if u < len(sizes) and isinstance(sizes[u], int) and sizes[u] != -1:
-            sizes[u] = int(kept_slot[slots].sum())
+            sizes[u] = kept
+        elif u < len(sizes) and isinstance(sizes[u], fx.Node):
+            # A size computed at run time: let the view infer it when it is the only -1, so a
+            # dynamic batch stays dynamic; else the kept count.
+            sizes[u] = -1 if -1 not in sizes else kept
         args[first:] = [tuple(sizes)] if packed else sizes
         n.args = tuple(args)
 
@@ -254,6 +276,23 @@ def split(a: ChannelAnalysis, node: fx.Node) -> Any:
     return tuple(Layout(dim, c) for c in chunks)
 
 
+def unbind(a: ChannelAnalysis, node: fx.Node) -> Any:
+    """unbind along another axis: every piece keeps the channels (the axis before it shifts)."""
+    x = node.args[0]
+    lay, shp = a.layout(x), a.shape(x)
+    if lay is None:
+        return None
+    dim = _dim_arg(a, node, 1, 0)
+    if shp is None or not isinstance(dim, int):
+        return unknown(a, node)
+    dim %= len(shp)
+    if dim == lay.dim:
+        a.block(lay.slots, f"{describe(a, node)} takes the channel axis apart")
+        return None
+    piece = Layout(lay.dim - (dim < lay.dim), lay.slots)
+    return tuple(piece for _ in range(shp[dim]))
+
+
 def _split_rewriter(chunks: list[np.ndarray], dim: int):
     def rewrite(n: fx.Node, kept_slot: np.ndarray) -> None:
         sizes = [int(kept_slot[c].sum()) for c in chunks]
@@ -273,6 +312,7 @@ RULES: dict[Any, Any] = {
     torch.concat: cat,
     torch.split: split,
     torch.chunk: split,
+    torch.unbind: unbind,
     torch.flatten: index_shape,
     torch.reshape: index_shape,
     torch.permute: index_shape,
@@ -301,4 +341,4 @@ METHOD_RULES: dict[str, Any] = {
         "t",
         "swapaxes",
     )
-} | {"split": split, "chunk": split}
+} | {"split": split, "chunk": split, "unbind": unbind}
