@@ -24,6 +24,7 @@ import torch.fx as fx
 from torch import nn
 
 from ..errors import CaptureError
+from .export_capture import export_graph
 from .shapes import ShapeInterpreter
 
 # torchvision modules whose forward is channel-separable and whose behaviour depends on
@@ -76,7 +77,7 @@ def capture(model: nn.Module, example_input: Any) -> Captured:
     was_training = model.training
     work = copy.deepcopy(model, share_tensors(model))
     work.eval()
-    gm = work if isinstance(work, fx.GraphModule) else _trace(work)
+    gm = work if isinstance(work, fx.GraphModule) else _trace(work, inputs)
     record_shapes(gm, inputs)
     gm.train(was_training)
     return Captured(gm=gm, inputs=inputs)
@@ -109,12 +110,16 @@ def share_tensors(model: nn.Module, device: str | None = None) -> dict[int, Any]
     return memo
 
 
-def _trace(model: nn.Module) -> fx.GraphModule:
+def _trace(model: nn.Module, inputs: tuple[Any, ...]) -> fx.GraphModule:
+    """symbolic_trace (modules stay modules); where it fails, torch.export (export_capture.py)."""
     tracer = _Tracer()
     try:
         graph = tracer.trace(model)
     except Exception as exc:  # fx raises many types (TraceError, TypeError, ...)
-        raise CaptureError(_explain_trace_failure(model, exc)) from exc
+        try:
+            return export_graph(model, inputs)
+        except CaptureError as second:
+            raise CaptureError(f"{_explain_trace_failure(model, exc)} {second}") from exc
     name = type(model).__name__
     return fx.GraphModule(tracer.root, graph, name)
 

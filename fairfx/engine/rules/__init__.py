@@ -17,7 +17,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 
 from ..analysis import ChannelAnalysis
-from . import functional, heads, shape
+from . import aten, functional, heads, shape
 from .common import (
     along_dim,
     elementwise,
@@ -74,6 +74,7 @@ FUNCTION_RULES: dict[Any, Rule] = {
     **shape.RULES,
     **functional.RULES,
     **heads.RULES,
+    **aten.RULES,
 }
 
 try:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch.fx as fx
 import torch.nn.functional as F
@@ -49,18 +51,80 @@ def linear(a: ChannelAnalysis, node: fx.Node) -> Layout | None:
 
 
 def conv(a: ChannelAnalysis, node: fx.Node) -> Layout | None:
-    if a.value(_arg(node, 6, "groups", 1)) != 1:
-        return unknown(a, node)
+    groups = a.value(_arg(node, 6, "groups", 1))
+    if groups != 1:
+        return _depthwise(a, node, groups)
     return _weighted(a, node, 1)
 
 
-def batch_norm(a: ChannelAnalysis, node: fx.Node) -> Layout | None:
+def _depthwise(a: ChannelAnalysis, node: fx.Node, groups: Any) -> Layout | None:
+    """Depthwise ``conv(x, w, groups=C)`` with one filter per channel: output follows input."""
+    x, w, b = node.args[0], _arg(node, 1, "weight"), _arg(node, 2, "bias")
+    lay, wshape = a.layout(x), a.shape(w)
+    wt, bt = a.param(w), (a.param(b) if b is not None else None)
+    plain = wt is not None and wshape is not None and (b is None or bt is not None)
+    if lay is None or lay.dim != 1 or not plain or groups != lay.size or wshape[0] != groups:
+        return unknown(a, node)
+    a.consume(lay.slots, _producer_name(wt))
+    a.share(wt, "dim0", lay.slots)
+    a.edit(ParamEdit(wt, 0, lay.slots))
+    if bt is not None:
+        a.edit(ParamEdit(bt, 0, lay.slots))
+    a.edit(ArgEdit(node.name, _groups_rewriter(lay.slots)))
+    return Layout(1, lay.slots)
+
+
+def _groups_rewriter(slots: np.ndarray):
+    def rewrite(n: fx.Node, kept_slot: np.ndarray) -> None:
+        kept = int(kept_slot[slots].sum())
+        if "groups" in n.kwargs:
+            n.kwargs = {**n.kwargs, "groups": kept}
+        else:
+            n.args = (*n.args[:6], kept, *n.args[7:])
+
+    return rewrite
+
+
+def embedding(a: ChannelAnalysis, node: fx.Node, weight_pos: int = 1) -> Layout | None:
+    """A lookup table ``[vocab, dim]``: its ``dim`` columns are new channels on the last axis."""
+    w = node.args[weight_pos] if len(node.args) > weight_pos else node.kwargs.get("weight")
+    wt, wshape, out = a.param(w), a.shape(w), a.shape(node)
+    if wt is None or wshape is None or out is None or len(wshape) != 2:
+        return unknown(a, node)
+    slots = a.produce(_producer_name(wt), wshape[1])
+    a.edit(ParamEdit(wt, 1, slots))
+    return Layout(len(out) - 1, slots)
+
+
+def addmm(a: ChannelAnalysis, node: fx.Node) -> Layout | None:
+    """``addmm(bias, x, w)`` with ``w`` of shape ``[in, out]`` (GPT-2's Conv1D)."""
+    b, x, w = node.args[:3]
+    wt, bt, wshape = a.param(w), a.param(b), a.shape(w)
+    lay = a.layout(x)
+    if wt is None or bt is None or wshape is None or (lay is not None and lay.dim != 1):
+        return unknown(a, node)
+    if lay is not None:
+        a.consume(lay.slots, _producer_name(wt))
+        a.share(wt, "dim0", lay.slots)
+        a.edit(ParamEdit(wt, 0, lay.slots))
+    out = a.produce(_producer_name(wt), wshape[1])
+    a.edit(ParamEdit(wt, 1, out))
+    a.edit(ParamEdit(bt, 0, out))
+    return Layout(1, out)
+
+
+_F_BN_ARGS = ((1, "running_mean"), (2, "running_var"), (3, "weight"), (4, "bias"))
+_ATEN_BN_ARGS = ((1, "weight"), (2, "bias"), (3, "running_mean"), (4, "running_var"))
+
+
+def batch_norm(a: ChannelAnalysis, node: fx.Node, fields=_F_BN_ARGS) -> Layout | None:
+    """F.batch_norm (``aten_batch_norm`` for ATen's argument order): per-channel, sliced."""
     lay = a.layout(node.args[0])
     if lay is None:
         return None
     if lay.dim != 1:
         return unknown(a, node)
-    for pos, name in ((1, "running_mean"), (2, "running_var"), (3, "weight"), (4, "bias")):
+    for pos, name in fields:
         t = _arg(node, pos, name)
         if t is None:
             continue
@@ -69,6 +133,10 @@ def batch_norm(a: ChannelAnalysis, node: fx.Node) -> Layout | None:
             return unknown(a, node)
         a.edit(ParamEdit(target, 0, lay.slots))
     return passthrough(a, node)
+
+
+def aten_batch_norm(a: ChannelAnalysis, node: fx.Node) -> Layout | None:
+    return batch_norm(a, node, _ATEN_BN_ARGS)
 
 
 def layer_norm(a: ChannelAnalysis, node: fx.Node) -> Layout | None:
@@ -113,4 +181,5 @@ RULES = {
     F.conv3d: conv,
     F.batch_norm: batch_norm,
     F.layer_norm: layer_norm,
+    F.embedding: embedding,
 }

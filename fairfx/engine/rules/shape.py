@@ -25,6 +25,10 @@ from .common import couple, describe, unknown
 
 # Ops whose extra arguments are sizes aligned with the output axes: index of first size arg.
 _SIZE_ARGS = {"view": 1, "reshape": 1, "expand": 1, torch.reshape: 1}
+_SIZE_ARGS.update({op: 1 for op in (torch.ops.aten.view.default, torch.ops.aten.reshape.default)})
+_SIZE_ARGS.update(
+    {op: 1 for op in (torch.ops.aten._unsafe_view.default, torch.ops.aten.expand.default)}
+)
 
 
 def _concrete(a: ChannelAnalysis, arg: Any, x: fx.Node, probe: torch.Tensor) -> Any:
@@ -94,12 +98,18 @@ def _channel_axis(out: torch.Tensor, heads: bool = False) -> tuple[int, list[np.
     return best
 
 
+# Ops whose result, taken of a parameter, is still that parameter for slicing (a cls token).
+_PARAM_ALIASES = {"expand", "expand_as", "contiguous", torch.ops.aten.expand.default}
+
 # Ops that can split a token's channels into (heads, head_dim).
 _HEAD_SPLITS = {"view", "reshape", "unflatten", torch.reshape, torch.unflatten}
+_HEAD_SPLITS |= {torch.ops.aten.view.default, torch.ops.aten.reshape.default}
+_HEAD_SPLITS |= {torch.ops.aten._unsafe_view.default, torch.ops.aten.unflatten.int}
 
 # Axis permutations move the channel axis without looking at other sizes: probe a thin tensor.
 _PERMUTATIONS = {"permute", "transpose", "movedim", "swapaxes", "t", torch.permute}
 _PERMUTATIONS |= {torch.transpose, torch.movedim}
+_PERMUTATIONS |= {torch.ops.aten.permute.default, torch.ops.aten.transpose.int}
 
 
 def index_shape(a: ChannelAnalysis, node: fx.Node) -> Layout | None:
@@ -107,7 +117,7 @@ def index_shape(a: ChannelAnalysis, node: fx.Node) -> Layout | None:
     x = node.args[0] if node.args else None
     lay = a.layout(x)
     target = a.param(x)
-    if target is not None and (node.target in ("expand", "expand_as", "contiguous")):
+    if target is not None and node.target in _PARAM_ALIASES:
         a.param_src[node.name] = target
     if lay is None:
         return None

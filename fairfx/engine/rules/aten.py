@@ -1,0 +1,88 @@
+"""ATen entries of the rule table, for graphs captured with ``torch.export``.
+
+Export produces a small, closed op set; each op maps to the rule that already serves its
+``torch``/``F`` counterpart, with ATen's argument order where it differs (batch norm, embedding,
+addmm). An ATen op missing here blocks the channels that reach it, as any op without a rule.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+import torch
+import torch.fx as fx
+
+from ..analysis import ChannelAnalysis
+from . import functional, heads, shape
+from .common import along_dim, elementwise, no_channels, passthrough, reduce_dims, spatial, unknown
+
+aten = torch.ops.aten
+
+
+def _on_other_axis(a: ChannelAnalysis, node: fx.Node) -> Any:
+    """slice/select along an axis other than the channel axis (which they would cut) pass."""
+    lay, shp = a.layout(node.args[0]), a.shape(node.args[0])
+    if lay is None:
+        return None
+    dim = a.value(node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0))
+    if shp is None or not isinstance(dim, int) or dim % len(shp) == lay.dim:
+        return unknown(a, node)
+    return shape.index_shape(a, node)
+
+
+def _ops(*names: str) -> list[Any]:
+    """The named ATen overloads that exist in this torch build."""
+    out = []
+    for name in names:
+        packet, _, overload = name.partition(".")
+        op = getattr(getattr(aten, packet, None), overload or "default", None)
+        if op is not None:
+            out.append(op)
+    return out
+
+
+_PASSTHROUGH = _ops(
+    "relu", "relu_", "gelu", "silu", "sigmoid", "tanh", "hardswish", "hardsigmoid", "hardtanh",
+    "leaky_relu", "elu", "mish", "neg", "abs", "exp", "rsqrt", "sqrt", "cos", "sin", "erf",
+    "clone", "alias", "detach", "dropout", "to.dtype", "to.dtype_layout", "to.device",
+    "_to_copy", "contiguous", "pow.Tensor_Scalar", "type_as", "clamp", "gelu_", "silu_",
+)  # fmt: skip
+_ELEMENTWISE = _ops(
+    "add.Tensor", "add_.Tensor", "sub.Tensor", "sub_.Tensor", "mul.Tensor", "mul_.Tensor",
+    "div.Tensor", "div_.Tensor", "add.Scalar", "sub.Scalar", "mul.Scalar", "div.Scalar",
+    "where.self", "maximum", "minimum",
+)  # fmt: skip
+_SPATIAL = _ops(
+    "max_pool1d", "max_pool2d", "max_pool3d", "avg_pool1d", "avg_pool2d", "avg_pool3d",
+    "adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool3d",
+    "upsample_nearest2d.vec", "upsample_bilinear2d.vec", "constant_pad_nd",
+)  # fmt: skip
+_INDEX_SHAPE = _ops(
+    "view", "reshape", "_unsafe_view", "expand", "permute", "transpose.int", "t",
+    "unsqueeze", "squeeze.dim", "squeeze.dims", "flatten.using_ints", "unflatten.int",
+    "pixel_shuffle", "pixel_unshuffle", "channel_shuffle",
+)  # fmt: skip
+_NO_CHANNELS = _ops("sym_size.int", "_assert_tensor_metadata", "sym_numel", "sym_stride.int")
+
+RULES: dict[Any, Any] = {
+    **{op: passthrough for op in _PASSTHROUGH},
+    **{op: elementwise for op in _ELEMENTWISE},
+    **{op: spatial for op in _SPATIAL},
+    **{op: shape.index_shape for op in _INDEX_SHAPE},
+    **{op: no_channels for op in _NO_CHANNELS},
+    **{op: reduce_dims for op in _ops("mean.dim", "sum.dim_IntList", "amax", "amin")},
+    **{op: along_dim for op in _ops("softmax.int", "_softmax", "log_softmax.int", "cumsum")},
+    **{op: _on_other_axis for op in _ops("slice.Tensor", "select.int")},
+    **{op: shape.cat for op in _ops("cat", "concat")},
+    **{op: shape.split for op in _ops("split.Tensor", "split_with_sizes", "chunk")},
+    **{op: shape.unbind for op in _ops("unbind.int")},
+    **{op: heads.matmul for op in _ops("matmul", "bmm")},
+    **{op: heads.sdpa for op in _ops("scaled_dot_product_attention")},
+    **{op: functional.linear for op in _ops("linear")},
+    **{op: functional.conv for op in _ops("conv1d", "conv2d", "conv3d")},
+    **{op: functional.layer_norm for op in _ops("layer_norm")},
+    **{op: functional.aten_batch_norm for op in _ops("batch_norm")},
+    **{op: partial(functional.embedding, weight_pos=0) for op in _ops("embedding")},
+    **{op: functional.addmm for op in _ops("addmm")},
+}
