@@ -29,12 +29,30 @@ class Cost:
 
 @torch.no_grad()
 def slot_cost(a: ChannelAnalysis, kept_slot: np.ndarray) -> Cost:
-    """Cost of the captured model pruned to a slot keep-mask, computed on the meta device."""
+    """Cost of the captured model pruned to a slot keep-mask, computed on the meta device.
+
+    Graphs that cannot run on meta (a ``torch.export`` capture makes ``arange(...,
+    device='cpu')``) are counted on fake tensors over the pruned real weights.
+    """
+    if a.gm.meta.get("fairfx_shapes", "meta") != "meta":
+        return _fake_cost(a, kept_slot)
     gm, _ = rebuild(a, kept_slot, share_tensors(a.gm, "meta"))
     gm.eval()
     inputs = [t.to("meta") if isinstance(t, torch.Tensor) else t for t in a.captured.inputs]
     with FlopCounterMode(display=False) as counter:
         ShapeInterpreter(gm, meta=True).run(*inputs)
+    return Cost(count_params(gm), counter.get_total_flops() // 2)
+
+
+def _fake_cost(a: ChannelAnalysis, kept_slot: np.ndarray) -> Cost:
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    gm, _ = rebuild(a, kept_slot, share_tensors(a.gm))
+    gm.eval()
+    mode = FakeTensorMode(allow_non_fake_inputs=True)
+    inputs = [mode.from_tensor(t) if isinstance(t, torch.Tensor) else t for t in a.captured.inputs]
+    with mode, FlopCounterMode(display=False) as counter:
+        ShapeInterpreter(gm).run(*inputs)
     return Cost(count_params(gm), counter.get_total_flops() // 2)
 
 

@@ -34,6 +34,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ..engine.edits import ParamEdit
 from ..engine.groups import ChannelGraph
 from ..errors import CalibrationError
 from .calibration import check_labels, split_batch
@@ -101,6 +102,7 @@ class _Collector(fx.Interpreter):
         self.thetas: dict[int, torch.Tensor] = {}
         self.projected: dict[str, list[torch.Tensor]] = {}
         self.z: dict[str, torch.Tensor] = {}
+        self.batch = 1
 
     def theta(self, size: int, device: torch.device) -> torch.Tensor:
         if size not in self.thetas:
@@ -114,6 +116,8 @@ class _Collector(fx.Interpreter):
             with torch.no_grad():
                 flat = out.detach().movedim(pts[0].dim, 1).float()
                 flat = flat.flatten(2) if flat.dim() > 2 else flat.unsqueeze(2)
+                if len(flat) == 1 and self.batch > 1:  # shared by the batch (position embedding)
+                    flat = flat.expand(self.batch, -1, -1)
                 # Fewer positions than projections: keep the map itself (projected at finalize).
                 if flat.shape[2] >= self.projections:
                     flat = project(flat, self.theta(flat.shape[2], flat.device))
@@ -145,6 +149,10 @@ def filter_l1(graph: ChannelGraph, gid: int) -> np.ndarray:
 
 def _producer_weight(graph: ChannelGraph, name: str) -> tuple[torch.Tensor | None, int]:
     gm = graph.analysis.gm
+    prod = graph.analysis.producers[graph.analysis.producer_index[name]]
+    for edit in graph.analysis.edits:  # a weight read as a graph parameter: its sliced axis
+        if isinstance(edit, ParamEdit) and edit.slots is prod.slots:
+            return gm.get_parameter(edit.target), edit.dim
     try:
         m = gm.get_submodule(name)
     except AttributeError:
@@ -258,7 +266,7 @@ def logit_count(graph: ChannelGraph) -> int | None:
 
 
 def _run_batch(runner, producers, x, y, loss_fn):
-    runner.z, runner.projected = {}, {}
+    runner.z, runner.projected, runner.batch = {}, {}, len(x)
     x = x.detach().clone()
     if x.is_floating_point():
         x.requires_grad_(True)
@@ -273,6 +281,8 @@ def _run_batch(runner, producers, x, y, loss_fn):
             if g is None:
                 g = torch.zeros_like(z)
             per = (z * g).movedim(dim, -1).reshape(len(z), -1, z.shape[dim]).sum(1)
+            if len(per) == 1 and len(x) > 1:  # a tensor the batch shares: split its sum evenly
+                per = per.expand(len(x), -1) / len(x)
             taylor[k] = per.float().cpu()
     runner.z = {}
     proj = {k: torch.cat(v) for k, v in runner.projected.items()}
