@@ -10,8 +10,11 @@ Public entry points:
 - :func:`verify` — the masked-execution oracle: prove a pruned graph against the original.
 - :func:`analyze` / :func:`compress` — FAIR-Pruner scoring, ToD planning and the rewrite.
 - :func:`estimate_memory` — what scoring will need, before any data is read.
+- :func:`save_pruned` / :func:`load_pruned` — a ``.pt2`` program that carries its plan, and the
+  way back to a trainable GraphModule from the original model and the keep lists.
 """
 
+from .engine.artifact import load_pruned, save_pruned
 from .engine.groups import ChannelGraph, ChannelGroup, channel_groups, prune
 from .engine.groups import build as channel_graph
 from .engine.oracle import VerifyReport, verify
@@ -39,6 +42,8 @@ __all__ = [
     "estimate_memory",
     "finetune",
     "load_analysis",
+    "load_pruned",
     "prune",
+    "save_pruned",
     "verify",
 ]

@@ -225,6 +225,10 @@ def test_compress_writes_a_checked_program_report_plot_and_scores(work, first) -
     with torch.no_grad():
         y = program.module()(torch.randn(3, 3, 16, 16))
     assert y.shape == (3, 3)
+    import fairfx
+
+    loaded = fairfx.load_pruned(work / "tiny.pt2")  # the CLI's program carries the keep lists
+    assert set(loaded.meta["fairfx"]["keep"]) == {"features.0", "features.3", "features.7"}
 
 
 def test_compress_reuses_saved_scores_for_a_budget(work, second) -> None:

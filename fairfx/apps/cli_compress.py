@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..engine.artifact import META_FILE, metadata_json
 from ..errors import FairfxError
 from ..files import write_text
 from .cli_inputs import (
@@ -262,7 +263,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
             pruned,
             example,
             out,
-            extra={"fairfx.json": json.dumps({"plan": summary}, default=_json_default)},
+            extra={META_FILE: metadata_json(pruned)},  # fairfx.load_pruned reads it
         )
     except OSError as exc:  # checked up front, so a full disk or a folder removed meanwhile
         raise UserError(f"cannot write --out {out}: {_first_line(exc)}", code=1) from exc

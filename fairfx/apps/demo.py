@@ -28,6 +28,7 @@ import torch
 import fairfx
 from fairfx.apps import digits
 from fairfx.apps.report import export_and_check, group_rows, latency_ms, plot_kept, table
+from fairfx.engine.artifact import META_FILE, metadata_json
 from fairfx.files import save_payload, write_text
 
 
@@ -73,7 +74,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     tuned = fairfx.finetune(pruned, train_data, epochs=args.finetune_epochs, val_data=val_data)
     t4 = time.perf_counter()
 
-    export = export_and_check(tuned, example, out / "pruned.pt2")
+    # The plan travels inside the program: fairfx.load_pruned(path) gives it back.
+    meta = {META_FILE: metadata_json(tuned)}
+    export = export_and_check(tuned, example, out / "pruned.pt2", extra=meta)
     acc = {
         "original": digits.accuracy(model, split.x_test, split.y_test),
         "one_shot": one_shot,

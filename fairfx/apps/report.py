@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..engine.artifact import export_program
 from ..engine.oracle import flat_tensors
 from ..files import atomic_path, atomic_write
 
@@ -121,18 +122,11 @@ def max_diff(a: Callable[..., Any], b: Callable[..., Any], x: torch.Tensor) -> t
 def export_and_check(
     module: nn.Module, example: torch.Tensor, out: Path, extra: dict[str, str] | None = None
 ) -> dict[str, Any]:
-    """``torch.export`` with a dynamic batch (static if the model fixes it), save, reload, and
-    compare the reloaded program with ``module`` at the example batch and at batches 1 and 5."""
-    module.eval()
-    batch = torch.export.Dim("batch", min=1)
-    result: dict[str, Any] = {"path": str(out), "dynamic_batch": True, "note": ""}
-    try:
-        program = torch.export.export(module, (example,), dynamic_shapes=({0: batch},))
-    except Exception as exc:  # a model may fix its batch size; export statically then
-        result["dynamic_batch"] = False
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        result["note"] = f"batch size fixed at {len(example)}: {first}"[:300]
-        program = torch.export.export(module, (example,))
+    """``torch.export`` with a dynamic batch (static if the model fixes it), save (with ``extra``
+    files such as the plan of :func:`fairfx.save_pruned`), reload, and compare the reloaded
+    program with ``module`` at the example batch and at batches 1 and 5."""
+    program, note = export_program(module, example)
+    result: dict[str, Any] = {"path": str(out), "dynamic_batch": not note, "note": note}
     sizes = [len(example)] + ([1, 5] if result["dynamic_batch"] else [])
     # Saved to a temporary file and checked there; it replaces ``out`` only once it reloads and
     # computes what ``module`` computes, so a mismatch or an interruption keeps the old file.

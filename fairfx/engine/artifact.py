@@ -1,0 +1,160 @@
+"""Saved pruned models: a ``torch.export`` program that carries its plan, and the way back.
+
+``torch.save(pruned)`` pickles the GraphModule (its generated code included), so loading it needs
+``weights_only=False``, which runs whatever the file holds; and the plan in ``pruned.meta`` is
+lost on the way. :func:`save_pruned` writes a ``.pt2`` program instead (``torch.export``, dynamic
+batch where the model allows it), which ``torch.export.load`` rebuilds from its serialized graph
+and tensors without executing code from the file, and stores ``pruned.meta["fairfx"]`` (keep
+lists, kept units per group, the plan's summary, fine-tuning history) as JSON inside it.
+
+:func:`load_pruned` gives back either the exported module as is (no original class needed;
+inference only, as ``torch.export`` modules are), or, given the original model and an example
+input, the trainable GraphModule rebuilt from the keep lists with :func:`~fairfx.prune` and
+loaded with the saved weights (fine-tuned ones included).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.fx as fx
+from torch import nn
+
+from ..errors import FairfxError, PlanError
+from ..files import atomic_path
+from .capture import as_inputs
+from .groups import prune
+
+META_FILE = "fairfx.json"
+FORMAT = "fairfx.pruned/1"
+
+
+def export_program(
+    module: nn.Module, example_input: Any
+) -> tuple[torch.export.ExportedProgram, str]:
+    """``torch.export`` with a dynamic batch dimension on every tensor input; when the model
+    fixes its batch size, a static export. Returns the program and a note (empty when the
+    batch is dynamic)."""
+    inputs = as_inputs(example_input)
+    batch = torch.export.Dim("batch", min=1)
+    dynamic = tuple({0: batch} if isinstance(x, torch.Tensor) and x.dim() else None for x in inputs)
+    module.eval()
+    try:
+        return torch.export.export(module, inputs, dynamic_shapes=dynamic), ""
+    except Exception as exc:  # a model may fix its batch size; export statically then
+        text = str(exc).strip()
+        first = text.splitlines()[0] if text else type(exc).__name__
+        n = len(inputs[0]) if isinstance(inputs[0], torch.Tensor) and inputs[0].dim() else 1
+        return torch.export.export(module, inputs), f"batch size fixed at {n}: {first}"[:300]
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, (np.ndarray, torch.Tensor)):
+        return value.tolist()
+    return str(value)
+
+
+def metadata_json(pruned: nn.Module, **more: Any) -> str:
+    """``pruned.meta["fairfx"]`` (plus ``more``) as the JSON text stored in the program."""
+    info = dict(getattr(pruned, "meta", {}).get("fairfx") or {})
+    if "keep" not in info:
+        raise FairfxError(
+            "this module carries no fairfx plan (meta['fairfx']['keep']); save the GraphModule "
+            "that fairfx.compress, Analysis.compress or fairfx.prune returned"
+        )
+    info.update(more)
+    info["format"] = FORMAT
+    return json.dumps(info, default=_plain)
+
+
+def save_pruned(path: str | Path, pruned: fx.GraphModule, example_input: Any) -> dict[str, Any]:
+    """Save ``pruned`` (from ``compress``/``prune``, fine-tuned or not) as a ``.pt2`` program
+    holding its plan; reload with :func:`load_pruned`.
+
+    Args:
+        path: the file to write (``.pt2``). Written to a temporary file and renamed: an
+            interrupted save leaves any previous file intact.
+        pruned: the pruned GraphModule; its ``meta["fairfx"]`` is saved with it.
+        example_input: a batch of the model's input (batch >= 2, so export keeps the batch
+            dimension dynamic and the program runs at any batch size, 1 included).
+
+    Returns:
+        ``{"path", "dynamic_batch", "note"}``: whether the batch stayed dynamic, and why not.
+    """
+    meta = metadata_json(pruned)
+    program, note = export_program(pruned, example_input)
+    with atomic_path(path) as tmp:
+        torch.export.save(program, str(tmp), extra_files={META_FILE: meta})
+    return {"path": str(path), "dynamic_batch": not note, "note": note}
+
+
+def read_metadata(path: str | Path) -> tuple[torch.export.ExportedProgram, dict[str, Any]]:
+    """The exported program of a saved file and its fairfx metadata."""
+    p = Path(path)
+    if not p.is_file():
+        raise FairfxError(f"{p} does not exist; fairfx.save_pruned writes these files")
+    extra = {META_FILE: ""}
+    try:
+        program = torch.export.load(str(p), extra_files=extra)
+    except Exception as exc:
+        text = " ".join(str(exc).split())[:200] or type(exc).__name__
+        raise FairfxError(f"cannot read {p} as a torch.export program: {text}") from None
+    try:
+        info = json.loads(extra[META_FILE]) if extra[META_FILE] else {}
+    except json.JSONDecodeError:
+        info = {}
+    if "keep" not in info:
+        raise FairfxError(
+            f"{p} is a torch.export program without a fairfx plan; it was not written by "
+            "fairfx.save_pruned or fairfx compress (load it with torch.export.load)"
+        )
+    info["units"] = {int(g): u for g, u in info.get("units", {}).items()}
+    return program, info
+
+
+def load_pruned(
+    path: str | Path, model: nn.Module | None = None, example_input: Any = None
+) -> fx.GraphModule:
+    """Load a file written by :func:`save_pruned` (or ``fairfx compress --out``).
+
+    Without ``model``: the exported program's module, for inference (``torch.export`` modules do
+    not switch to train mode), with the plan on ``.meta["fairfx"]``; no original class needed.
+
+    With the original ``model`` and ``example_input``: the way back from the keep lists,
+    ``fairfx.prune(model, example_input, meta["fairfx"]["keep"])``, then the saved weights
+    (fine-tuned ones included) loaded strictly into it: a GraphModule that trains, switches
+    modes and can be pruned again. ``model`` is not modified.
+    """
+    program, info = read_metadata(path)
+    if model is None:
+        module = program.module()
+    else:
+        if example_input is None:
+            raise FairfxError("load_pruned(path, model, example_input): give the example input")
+        try:
+            module = prune(model, example_input, info["keep"])
+        except PlanError as exc:
+            raise FairfxError(
+                f"the keep lists in {path} do not fit this model ({exc}); pass the model it was "
+                "pruned from"
+            ) from None
+        state = dict(program.state_dict)
+        state.update({k: v for k, v in program.constants.items() if isinstance(v, torch.Tensor)})
+        own = module.state_dict()
+        wrong = sorted(k for k in own if k not in state or state[k].shape != own[k].shape)
+        if wrong:
+            raise FairfxError(
+                f"{path} does not fit this model after pruning it with the saved keep lists "
+                f"({len(wrong)} tensors differ, e.g. {wrong[0]!r}); pass the model it was "
+                "pruned from"
+            )
+        module.load_state_dict({k: state[k] for k in own})
+        module.eval()
+    module.meta["fairfx"] = info
+    return module
