@@ -37,6 +37,7 @@ ALL = torchvision.models.list_models(module=torchvision.models)
 def _check(name: str, *, fair: bool = False) -> None:
     r = check_model(name, fair=fair)
     assert r.handled, r.error
+    assert r.unlisted == (), f"{name}: parameters in no channel group: {r.unlisted[:5]}"
     assert r.oracle_exact, f"{name}: oracle difference {r.oracle_diff}"
     assert r.params_after < r.params_before
     assert r.exported, f"{name}: export failed or differs: {r.error}"

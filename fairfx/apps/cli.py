@@ -60,9 +60,11 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         rows.append((str(g.id), str(g.size), ", ".join(g.producers), status))
     print(_table(rows, (True, True, False, False)))
     prunable = [g for g in groups if g.prunable]
+    fixed = sum(len(g.producers) for g in groups if not g.prunable)
     print(
         f"\n{len(groups)} channel groups, {len(prunable)} prunable holding "
-        f"{sum(g.size for g in prunable)} of {sum(g.size for g in groups)} units "
+        f"{sum(g.size for g in prunable)} of {sum(g.size for g in groups)} units; {fixed} "
+        f"producer(s) blocked, each with its reason "
         f"({args.model}, input {args.channels}x{args.image_size}x{args.image_size})"
     )
     if prunable:

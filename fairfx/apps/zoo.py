@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..engine.coverage import unlisted_parameters
 from ..engine.groups import build
 from ..engine.oracle import verify
 from ..engine.rewrite import count_params
@@ -43,6 +44,7 @@ class ZooResult:
     oracle_exact: bool = False
     oracle_diff: float = float("nan")
     inexact_groups: int = 0
+    unlisted: tuple[str, ...] = ()  # parameters in no channel group (must be empty)
     exported: bool = False
     seconds: float = 0.0
     error: str = ""
@@ -126,6 +128,7 @@ def check_model(name: str, *, export: bool = True, fair: bool = False, seed: int
         graph = build(model, x)
         res.groups = len(graph.groups)
         res.prunable = sum(g.prunable for g in graph.groups)
+        res.unlisted = tuple(unlisted_parameters(graph.analysis.gm, graph.groups))
         pruned = graph.rewrite(random_plan(graph, seed))
         res.params_before, res.params_after = count_params(model), count_params(pruned)
         report = verify(model, pruned, x)

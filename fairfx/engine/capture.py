@@ -24,6 +24,7 @@ import torch.fx as fx
 from torch import nn
 
 from ..errors import CaptureError
+from .bake import bake_weights
 from .export_capture import export_graph
 from .shapes import ShapeInterpreter
 
@@ -77,7 +78,9 @@ def capture(model: nn.Module, example_input: Any) -> Captured:
     was_training = model.training
     work = copy.deepcopy(model, share_tensors(model))
     work.eval()
+    baked = bake_weights(work)  # weight_norm / spectral_norm: plain weights in the copy
     gm = work if isinstance(work, fx.GraphModule) else _trace(work, inputs)
+    gm.meta["fairfx_baked"] = baked
     record_shapes(gm, inputs)
     gm.train(was_training)
     return Captured(gm=gm, inputs=inputs)
@@ -158,6 +161,10 @@ def _describe(value: Any) -> tuple[tuple[int, ...] | None, Any]:
 
 class _Recorder(ShapeInterpreter):
     """Runs the graph once and stores shapes and small constants in ``node.meta``."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.extra_traceback = False  # one-line errors: no fx trailer
 
     def run_node(self, n: fx.Node) -> Any:
         try:

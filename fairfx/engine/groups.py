@@ -25,6 +25,8 @@ from ..errors import PlanError
 from .analysis import ChannelAnalysis
 from .capture import capture
 from .cost import Cost, slot_cost
+from .coverage import account_for_parameters
+from .edits import ModuleEdit, ParamEdit
 from .rewrite import count_params, rewrite
 from .rules import rule_for
 from .slots import Layout
@@ -46,6 +48,8 @@ class ChannelGroup:
         note: what makes the group inexact, if it is.
         unit: what one unit is: ``"channel"``, or ``"head"`` when the units are attention heads
             (a head's q, k and v dims and the output projection's columns go together).
+        members: other modules and parameters sliced when the group's units go (norms, layer
+            scales, the readers' input columns), in graph order.
     """
 
     id: int
@@ -57,6 +61,7 @@ class ChannelGroup:
     exact: bool = True
     note: str | None = None
     unit: str = "channel"
+    members: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -136,10 +141,37 @@ class ChannelGraph:
         self.group_of_root = np.full(len(self.roots), -1, dtype=np.int64)
         for gid, classes in enumerate(self.group_classes):
             self.group_of_root[classes] = gid
-        readers = self.analysis.consumers_by_group(self.group_of_root[self.roots])
+        group_of_slot = self.group_of_root[self.roots]
+        readers = self.analysis.consumers_by_group(group_of_slot)
+        members = self._members(group_of_slot)
         self.groups = [
-            dataclasses.replace(g, consumers=tuple(readers.get(g.id, ()))) for g in self.groups
+            dataclasses.replace(
+                g, consumers=tuple(readers.get(g.id, ())), members=tuple(members.get(g.id, ()))
+            )
+            for g in self.groups
         ]
+
+    def _members(self, group_of_slot: np.ndarray) -> dict[int, list[str]]:
+        """Targets of the edits that slice each group's channels (producers excluded)."""
+        out: dict[int, list[str]] = {}
+        for edit in self.analysis.edits:
+            if isinstance(edit, ModuleEdit):
+                parts = [s for s in (edit.in_slots, edit.out_slots) if s is not None]
+            elif isinstance(edit, ParamEdit):
+                parts = [edit.slots]
+            else:
+                continue
+            if not parts:
+                continue
+            for gid in np.unique(group_of_slot[np.concatenate(parts)]).tolist():
+                names = out.setdefault(gid, [])
+                if (
+                    gid >= 0
+                    and edit.target not in names
+                    and edit.target not in (self.groups[gid].producers)
+                ):
+                    names.append(edit.target)
+        return out
 
     # ------------------------------------------------------------------ plans
     def kept_slots(self, units: Mapping[int, Sequence[int]]) -> np.ndarray:
@@ -363,7 +395,9 @@ def _indices(values: Sequence[int] | Any, size: int, what: str) -> np.ndarray:
 def build(model: torch.nn.Module, example_input: Any) -> ChannelGraph:
     """Capture ``model`` and run the channel pass once: the analysed graph every entry point
     plans, costs and rewrites from. Public as ``fairfx.channel_graph``."""
-    return ChannelGraph(ChannelAnalysis(capture(model, example_input), rule_for))
+    analysis = ChannelAnalysis(capture(model, example_input), rule_for)
+    account_for_parameters(analysis)  # no op with weights may be missing from the groups
+    return ChannelGraph(analysis)
 
 
 def channel_groups(model: torch.nn.Module, example_input: Any) -> list[ChannelGroup]:

@@ -150,6 +150,7 @@ class _SizeCheck(ShapeInterpreter):
         meta: bool,
     ) -> None:
         super().__init__(gm, meta=meta)
+        self.extra_traceback = False  # one-line errors: no fx trailer
         self.changed = changed
         self.originals = {n.name: n for n in a.gm.graph.nodes}
         self.layouts = a.layouts
@@ -166,17 +167,29 @@ class _SizeCheck(ShapeInterpreter):
         try:
             result = super().run_node(n)
         except Exception as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             raise FairfxError(
-                f"internal error: the pruned graph does not run at node {n.name!r} ({n.op} "
-                f"{n.target}): {type(exc).__name__}: {exc}; please report this model"
+                "internal error (a fairfx bug): the pruned graph does not run at node "
+                f"{n.name!r} ({self._what(n)}): {type(exc).__name__}: {first}. {_NOT_YOURS}"
             ) from exc
         if lay is not None and want is not None and _shapes_of(result) != want:
             raise FairfxError(
-                f"internal error: node {n.name!r} has shape {_shapes_of(result)} after "
-                f"rewriting, expected {want} (every channel axis at its kept count); please "
-                "report this model"
+                f"internal error (a fairfx bug): after rewriting, node {n.name!r} "
+                f"({self._what(n)}) has shape {_shapes_of(result)}, expected {want} (every "
+                f"channel axis at its kept count). {_NOT_YOURS}"
             )
         return result
+
+    def _what(self, n: fx.Node) -> str:
+        if n.op == "call_module":
+            return f"{type(self.module.get_submodule(n.target)).__name__} module '{n.target}'"
+        return f"{n.op} {getattr(n.target, '__name__', n.target)}"
+
+
+_NOT_YOURS = (
+    "The rewrite is wrong, not your model or example_input: please report this model and plan "
+    "to the fairfx developers"
+)
 
 
 @torch.no_grad()

@@ -29,9 +29,11 @@ def _weighted(a: ChannelAnalysis, node: fx.Node, in_axis: int | None) -> Layout 
     wt = a.param(w)
     bt = a.param(b) if b is not None else None
     lay, shp, wshape = a.layout(x), a.shape(x), a.shape(w)
-    if wt is None or wshape is None or (b is not None and bt is None) or shp is None:
+    if shp is None or wshape is None or not isinstance(w, fx.Node):
         return unknown(a, node)
     axis = len(shp) - 1 if in_axis is None else in_axis
+    if wt is None or (b is not None and bt is None):
+        return _computed_weight(a, node, w, lay, axis, wshape[0])
     if lay is not None and lay.dim != axis:
         a.block(lay.slots, f"{describe(a, node)} reads channels on axis {axis}")
         lay = None
@@ -44,6 +46,58 @@ def _weighted(a: ChannelAnalysis, node: fx.Node, in_axis: int | None) -> Layout 
     if bt is not None:
         a.edit(ParamEdit(bt, 0, out))
     return Layout(axis, out)
+
+
+def _computed_weight(
+    a: ChannelAnalysis, node: fx.Node, w: fx.Node, lay: Layout | None, axis: int, n: int
+) -> Layout:
+    """A weight computed in forward (weight standardization, as in timm's ScaledStdConv2d):
+    it cannot be sliced, so the op is a producer whose channels stay, named after the module
+    holding the parameters it is computed from, and reported with the reason."""
+    sources = params_behind(a, w)
+    owner = _common_owner(sources) or node.name
+    reason = (
+        f"{describe(a, node)} uses a weight computed in forward from "
+        f"{', '.join(sources) or 'non-parameter tensors'}, which fairfx cannot slice; compute "
+        "the weight once into a plain parameter (a plain conv/linear) to prune it"
+    )
+    if lay is not None:
+        a.consume(lay.slots, owner)
+        a.block(lay.slots, reason)
+    out = a.produce(owner, n)
+    a.block(out, reason)
+    return Layout(axis, out)
+
+
+def params_behind(a: ChannelAnalysis, node: fx.Node, limit: int = 64) -> list[str]:
+    """The parameters and buffers a computed tensor is made from (get_attr nodes upstream)."""
+    seen: set[str] = set()
+    found: list[str] = []
+    stack = [node]
+    while stack and len(seen) < limit:
+        n = stack.pop()
+        if n.name in seen:
+            continue
+        seen.add(n.name)
+        target = a.param(n)
+        if target is not None and n.op == "get_attr":
+            found.append(target)
+            continue
+        stack.extend(n.all_input_nodes)
+    return sorted(set(found))
+
+
+def _common_owner(targets: list[str]) -> str | None:
+    """The deepest module path holding every target (``conv`` for conv.weight, conv.gain)."""
+    parts = [t.split(".")[:-1] for t in targets]
+    if not parts:
+        return None
+    common = []
+    for level in zip(*parts, strict=False):
+        if len(set(level)) != 1:
+            break
+        common.append(level[0])
+    return ".".join(common) or None
 
 
 def linear(a: ChannelAnalysis, node: fx.Node) -> Layout | None:

@@ -112,7 +112,17 @@ def linear(a: ChannelAnalysis, node: fx.Node) -> Layout | None:
         return unknown(a, node)
     last = len(shp) - 1
     if lay is not None and lay.dim != last:
-        return lay  # Linear acts on the last axis; channels on another axis pass through.
+        # Linear acts on the last axis; channels on another axis pass through (MLP-Mixer's
+        # token mixing). Its own output features share the tensor with those channels, and a
+        # tensor carries one tracked channel axis, so they are a producer that must stay.
+        out = a.produce(name, m.out_features)
+        a.block(
+            out,
+            f"Linear '{name}' mixes axis {last} of a tensor whose tracked channels lie on axis "
+            f"{lay.dim} (token mixing); fairfx tracks one channel axis per tensor, so its "
+            "output features stay",
+        )
+        return lay
     in_slots = None if lay is None else lay.slots
     if in_slots is not None:
         a.consume(in_slots, name)
