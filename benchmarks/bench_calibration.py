@@ -5,22 +5,24 @@ forward+backward pass (batch 32, summed cross-entropy, weight gradients) over th
 the same run. The data is synthetic (seeded random images and labels): it measures cost, not
 quality.
 
-- ``--images N``: issue 12's case, N images of 10 classes (32 kept per class at N = 320), the
-  default ``state_dtype`` (float16).
-- ``--hundred``: issue 14's case, 100 classes x 32 samples. A real 3,200-image pass takes hours
-  on a shared 2-core machine, so the state is first filled with 31 synthetic rows per class in
-  the exact shapes (same bytes, same pair-loop work), then ``analyze`` continues from it over
-  100 real images (one per class) and finalizes all 100 classes: the peak RSS is that of a full
-  100 x 32 run; the time of 3,200 real images is extrapolated from the per-image scoring rate
-  measured here plus the measured pair loop.
+- ``--images N``: a real run, N images of 10 classes (32 kept per class at N = 320), next to a
+  forward+backward pass over the same images.
+- ``--prefilled CLASSES:OUTPUTS:REAL:DTYPE``: the state of CLASSES x 32 samples at full size
+  without hours of real passes on a shared 2-core machine: the state is first filled with
+  synthetic rows in the exact shapes (same bytes, same pair-loop work), then ``analyze``
+  continues from it over REAL real images and finalizes every class. The peak RSS is that of a
+  full CLASSES x 32 run (full state, real autograd chunks, the whole pair loop); the time of
+  CLASSES x 32 real images is the per-image rate measured here times the image count plus the
+  measured pair loop, compared with a forward+backward pass over the same REAL images.
+  ``10:10:16:float16`` is issue 12's 320-image case, ``100:1000:16:int4`` issue 14's 3,200.
 - ``--pairs-gloo K``: the pair loop of K classes split across 2 gloo ranks by the same balanced
   split ``analyze`` uses, on synthetic sketches with ResNet-50's points (channels, values); each
   rank times a few channels per point and extrapolates by its channel count (the loop's work is
   linear in channels).
 
     python benchmarks/bench_calibration.py --images 320
-    python benchmarks/bench_calibration.py --hundred --state-dtype int4
-    python benchmarks/bench_calibration.py --pairs-gloo 1000
+    python benchmarks/bench_calibration.py --prefilled 10:10:16:float16 100:1000:16:int4
+    python benchmarks/bench_calibration.py --pairs-gloo 1000 --per-point 1
 """
 
 from __future__ import annotations
@@ -72,13 +74,13 @@ def _model(classes: int):
     return torchvision.models.resnet50(num_classes=classes).eval()
 
 
-def child_fb(images: int, classes: int, batch: int, labels_per_class: bool) -> dict:
+def child_fb(images: int, outputs: int, batch: int, label_classes: int | None) -> dict:
     import torch
     import torch.nn.functional as F
 
-    model = _model(classes)
-    labels = torch.arange(images) % classes if labels_per_class else None
-    data = _images(images, classes, batch, labels=labels)
+    model = _model(outputs)
+    labels = torch.arange(images) % label_classes if label_classes else None
+    data = _images(images, outputs, batch, seed=2 if label_classes else 0, labels=labels)
     start, cpu = time.perf_counter(), _cpu_s()
     for x, y in data:
         model.zero_grad(set_to_none=True)
@@ -115,18 +117,20 @@ def child_analyze(images: int, classes: int, batch: int, dtype: str) -> dict:
     }
 
 
-def child_hundred(dtype: str, batch: int) -> dict:
+def child_prefilled(classes: int, outputs: int, real: int, dtype: str, batch: int) -> dict:
+    """``classes`` x 32 state: synthetic rows in the exact shapes, then ``real`` real images."""
     import numpy as np
     import torch
 
     import fairfx
+    import fairfx.method.fair as fair_module
     from fairfx.engine.groups import build
     from fairfx.method.codec import encode
     from fairfx.method.memory import point_sizes
     from fairfx.method.scoring import new_state, producer_outputs
 
-    classes, k = 100, 32
-    model = _model(1000)
+    k = 32
+    model = _model(outputs)
     example = torch.randn(1, 3, 224, 224)
     graph = build(model, example)
     state = new_state(
@@ -143,25 +147,29 @@ def child_hundred(dtype: str, batch: int) -> dict:
     prods = {n: graph.analysis.layouts[n].slots.shape[0] for n in producer_outputs(graph)}
     g = torch.Generator().manual_seed(1)
     rng = np.random.default_rng(1)
+    labels = torch.arange(real) % classes
     start = time.perf_counter()
-    for c in range(classes):  # 31 synthetic rows per class, real-sized
-        n = k - 1
-        proj = {
-            p: encode(torch.randn(n, ch, v, generator=g), dtype) for p, (ch, v) in sizes.items()
-        }
-        taylor = {p: torch.randn(n, ch, generator=g) for p, ch in prods.items()}
+    # One block of random rows, encoded once and inserted for every class under new keys: the
+    # bytes and the pair loop's work are those of real rows (its cost does not depend on values).
+    proj = {p: encode(torch.randn(k, ch, v, generator=g), dtype) for p, (ch, v) in sizes.items()}
+    taylor = {p: torch.randn(k, ch, generator=g) for p, ch in prods.items()}
+    values = {p: v for p, (_, v) in sizes.items()}
+    for c in range(classes):
+        n = k - int((labels == c).sum())
         keys = rng.integers(1, 2**62, n, dtype=np.int64)
-        state.add(keys, np.full(n, c), proj, taylor, {p: v for p, (_, v) in sizes.items()})
+        rows = {p: t[:n] for p, t in proj.items()}
+        state.add(keys, np.full(n, c), rows, {p: t[:n] for p, t in taylor.items()}, values)
+    del proj, taylor
     fill = time.perf_counter() - start
-    data = _images(classes, 1000, batch, seed=2, labels=torch.arange(classes))
-    import fairfx.method.fair as fair_module
+    data = _images(real, outputs, batch, seed=2, labels=labels)
 
     timed: dict[str, float] = {}
     real_finalize = fair_module.finalize
 
-    def finalize(*a, **kw):  # the pair loop's own CPU time
-        c = _cpu_s()
+    def finalize(*a, **kw):  # the pair loop's own wall and CPU time
+        w, c = time.perf_counter(), _cpu_s()
         out = real_finalize(*a, **kw)
+        timed["finalize_s"] = time.perf_counter() - w
         timed["finalize_cpu_s"] = _cpu_s() - c
         return out
 
@@ -173,13 +181,12 @@ def child_hundred(dtype: str, batch: int) -> dict:
     wall = time.perf_counter() - start
     rec = an.record
     return {
-        "what": "analyze 100x32",
+        "what": f"analyze {classes}x{k}",
         "fill_s": fill,
-        "real_images": classes,
+        "real_images": real,
         "wall_s": wall,
         "cpu_s": _cpu_s() - cpu,
         **timed,
-        "finalize_s": rec["finalize_seconds"],
         "kept": rec["samples"],
         "classes": len(rec["classes"]),
         "chunk": rec["memory"]["batch_size"],
@@ -257,7 +264,12 @@ def _run(args_list: list[str]) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--images", type=int, nargs="*", default=[])
-    p.add_argument("--hundred", action="store_true")
+    p.add_argument(
+        "--prefilled",
+        nargs="*",
+        default=[],
+        help="CLASSES:OUTPUTS:REAL:DTYPE, e.g. 100:1000:16:int4 (state filled, REAL real images)",
+    )
     p.add_argument("--pairs-gloo", type=int)
     p.add_argument("--per-point", type=int, default=2, help="channels timed per point (gloo)")
     p.add_argument("--batch", type=int, default=32)
@@ -269,53 +281,56 @@ def main() -> None:
         import torch
 
         torch.set_num_threads(args.threads)
-        kind, n = args.child.split(":")
+        kind, *rest = args.child.split(":")
         if kind == "fb":
-            row = child_fb(int(n), 10, args.batch, False)
-        elif kind == "fb100":
-            row = child_fb(int(n), 1000, args.batch, True)
+            row = child_fb(int(rest[0]), 10, args.batch, None)
+        elif kind == "fbp":
+            row = child_fb(int(rest[0]), int(rest[1]), args.batch, int(rest[2]))
         elif kind == "analyze":
-            row = child_analyze(int(n), 10, args.batch, args.state_dtype)
+            row = child_analyze(int(rest[0]), 10, args.batch, args.state_dtype)
         else:
-            row = child_hundred(args.state_dtype, args.batch)
+            c, o, r, d = rest
+            row = child_prefilled(int(c), int(o), int(r), d, args.batch)
         row["peak_rss_gb"] = _rss_mb() / 1024
         print(json.dumps(row))
         return
     common = ["--batch", str(args.batch), "--threads", str(args.threads)]
-    common += ["--state-dtype", args.state_dtype]
     for n in args.images:
         fb = _run(["--child", f"fb:{n}", *common])
-        an = _run(["--child", f"analyze:{n}", *common])
+        an = _run(["--child", f"analyze:{n}", *common, "--state-dtype", args.state_dtype])
         print(
             f"\n| ResNet-50 224, {n} images | peak RSS GB | wall s | CPU s |\n|---|---|---|---|\n"
             f"| forward+backward (batch {args.batch}) | {fb['peak_rss_gb']:.2f} | "
-            f"{fb['wall_s']:.0f} | {fb['cpu_s']:.0f} |\n| analyze ({an['classes']} classes x "
-            f"{an['kept'] // an['classes']}"
-            f", {args.state_dtype}, chunk {an['chunk']}) | {an['peak_rss_gb']:.2f} | "
+            f"{fb['wall_s']:.0f} | {fb['cpu_s']:.0f} |\n| analyze ({an['classes']} classes, "
+            f"{args.state_dtype}, chunk {an['chunk']}) | {an['peak_rss_gb']:.2f} | "
             f"{an['wall_s']:.0f} (pair loop {an['finalize_s']:.0f}) | {an['cpu_s']:.0f} |\n"
             f"ratio analyze / forward+backward: wall {an['wall_s'] / fb['wall_s']:.2f}, CPU "
-            f"{an['cpu_s'] / fb['cpu_s']:.2f}; "
-            f"estimate {an['estimate_gb']:.2f} GB (state {an['state_gb']:.2f} GB)",
+            f"{an['cpu_s'] / fb['cpu_s']:.2f}; estimate {an['estimate_gb']:.2f} GB",
             flush=True,
         )
-    if args.hundred:
-        fb = _run(["--child", "fb100:100", *common])
-        h = _run(["--child", "hundred:0", *common])
-        per_image_fb = fb["wall_s"] / 100
-        per_image_scoring = (h["wall_s"] - h["finalize_s"]) / h["real_images"]
-        total = per_image_scoring * 3200 + h["finalize_s"]
-        cpu_fb = fb["cpu_s"] / 100
-        cpu_per_image = (h["cpu_s"] - h["finalize_cpu_s"]) / h["real_images"]
-        cpu_total = cpu_per_image * 3200 + h["finalize_cpu_s"]
+    for spec in args.prefilled:
+        classes, outputs, real, dtype = spec.split(":")
+        fb = _run(["--child", f"fbp:{real}:{outputs}:{classes}", *common])
+        h = _run(["--child", f"prefilled:{spec}", *common])
+        n, total_images = int(real), int(classes) * 32
+        fb_wall, fb_cpu = fb["wall_s"] / n, fb["cpu_s"] / n
+        an_wall = (h["wall_s"] - h["finalize_s"]) / n
+        an_cpu = (h["cpu_s"] - h["finalize_cpu_s"]) / n
+        wall = an_wall * total_images + h["finalize_s"]
+        cpu = an_cpu * total_images + h["finalize_cpu_s"]
         print(
-            f"\n| ResNet-50 224, 100 classes x 32 | value |\n|---|---|\n"
-            f"| peak RSS (full 100 x 32 state, {args.state_dtype}) | {h['peak_rss_gb']:.2f} GB |\n"
-            f"| forward+backward per image | {per_image_fb:.2f} s |\n"
-            f"| analyze per real image (chunk {h['chunk']}) | {per_image_scoring:.2f} s |\n"
-            f"| pair loop, 100 classes | {h['finalize_s']:.0f} s |\n"
-            f"| 3,200 images: analyze (extrapolated) / forward+backward, wall | "
-            f"{total / (per_image_fb * 3200):.2f} |\n"
-            f"| same, CPU | {cpu_total / (cpu_fb * 3200):.2f} |\n"
+            f"\n| ResNet-50 224, {classes} classes x 32 ({total_images} images), {dtype} | "
+            f"value |\n|---|---|\n"
+            f"| peak RSS (full state + {n} real images + pair loop) | {h['peak_rss_gb']:.2f} GB |\n"
+            f"| forward+backward per image (batch {args.batch}), wall / CPU | {fb_wall:.2f} s / "
+            f"{fb_cpu:.2f} s |\n"
+            f"| analyze per image (chunk {h['chunk']}), wall / CPU | {an_wall:.2f} s / "
+            f"{an_cpu:.2f} s |\n"
+            f"| pair loop, {classes} classes, wall / CPU | {h['finalize_s']:.0f} s / "
+            f"{h['finalize_cpu_s']:.0f} s |\n"
+            f"| {total_images} images: analyze / forward+backward (per-image rates x "
+            f"{total_images} + pair loop), wall / CPU | {wall / (fb_wall * total_images):.2f} / "
+            f"{cpu / (fb_cpu * total_images):.2f} |\n"
             f"estimate {h['estimate_gb']:.2f} GB (state {h['state_gb']:.2f} GB)",
             flush=True,
         )
