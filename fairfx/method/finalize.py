@@ -26,7 +26,7 @@ from ..errors import CalibrationError
 from .codec import decode
 from .scoring import Scores, filter_l1, observation_points, producer_outputs
 from .stats import CalibrationState
-from .wasserstein import max_pairwise_w1, projection_matrix
+from .wasserstein import max_pairwise_w1, projection_matrix, sort_inplace
 
 # Decoded floats of one channel chunk, over every class, stay under this many bytes; the pair
 # loop's whole workspace (stored rows in key order, decoded floats, sketches, sorted copy) is a
@@ -37,13 +37,18 @@ WORKSPACE_BYTES = 4 * _CHUNK_BYTES
 
 def quantile_sketch(x: Tensor, size: int) -> Tensor:
     """``[n, C, P]`` samples -> ``[size, C, P]``: each column's empirical quantiles at the
-    midpoint levels ``(i + 1/2) / size`` (the sorted samples themselves when ``n == size``)."""
+    midpoint levels ``(i + 1/2) / size`` (the sorted samples themselves when ``n == size``).
+
+    Sorted as ``[C, n, P]`` rows through the same in-place sort as the pair loop (numpy's SIMD
+    sort on CPU, ~10x faster than ``torch.sort`` along a short leading dim); the result is a
+    ``[size, C, P]`` view of that buffer."""
     n = x.shape[0]
-    s = torch.sort(x, dim=0).values
-    if n == size:
-        return s
-    idx = torch.tensor([((2 * i + 1) * n - 1) // (2 * size) for i in range(size)])
-    return s.index_select(0, idx)
+    rows = x.permute(1, 0, 2).contiguous()
+    sort_inplace(rows, 1)
+    if n != size:
+        idx = torch.tensor([((2 * i + 1) * n - 1) // (2 * size) for i in range(size)])
+        rows = rows.index_select(1, idx)
+    return rows.permute(1, 0, 2)
 
 
 def balanced_split(costs: list[int], world: int) -> list[int]:

@@ -18,8 +18,8 @@ distances between sorted (quantile) vectors, one ``torch.pdist(p=1)`` call per c
 native code that never materialises an ``|a - b|`` tensor.
 
 The math is torch and works on any device the inputs live on. The one exception is speed-only:
-CPU tensors are sorted through numpy's in-place SIMD sort (see ``_sort_``), which gives the same
-values as ``torch.sort``.
+CPU tensors are sorted through numpy's in-place SIMD sort (see ``sort_inplace``), which gives the
+same values as ``torch.sort``.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor
 
-__all__ = ["max_pairwise_w1", "project", "projection_matrix", "w1_1d"]
+__all__ = ["max_pairwise_w1", "project", "projection_matrix", "sort_inplace", "w1_1d"]
 
 # Below this many |a - b| terms per pdist call (one channel), the call runs on one thread; above
 # it, the call is long enough for torch's intra-op threads to pay off.
@@ -143,7 +143,7 @@ def _blocks(n: int, size: int) -> list[slice]:
     return [slice(s, min(s + size, n)) for s in range(0, n, size)]
 
 
-def _sort_(t: Tensor, dim: int) -> None:
+def sort_inplace(t: Tensor, dim: int) -> None:
     """Sort ``t`` in place along ``dim`` (``dim`` > 0; dim 0 is split across threads).
 
     On CPU this goes through numpy's in-place sort, which uses SIMD sorting networks for float
@@ -270,7 +270,7 @@ def max_pairwise_w1(
                 offset += size
                 for j, i in enumerate(groups[n]):
                     buf[:, j].copy_(per_class[i].detach()[:, ch].permute(1, 0, 2))
-                _sort_(buf, 2)
+                sort_inplace(buf, 2)
                 q[n] = buf
             best = torch.full((cc,), -math.inf, dtype=dt, device=dev)
             for n in sizes:  # pairs within one count group
