@@ -12,7 +12,7 @@ from fairfx.apps.cli import main
 from fairfx.apps.cli_inputs import load_data
 from fairfx.method import memory
 from fairfx.method.codec import CODECS, decode, encode
-from fairfx.method.finalize import balanced_split, quantile_sketch
+from fairfx.method.finalize import balanced_split, sketch_index
 from fairfx.method.wasserstein import w1_1d
 
 
@@ -63,11 +63,14 @@ def test_float16_overflow_is_refused() -> None:
 
 def test_quantile_sketch_is_exact_when_counts_divide() -> None:
     g = torch.Generator().manual_seed(0)
-    a, b = torch.randn(4, 1, 1, generator=g), torch.randn(12, 1, 1, generator=g) + 0.3
-    sa, sb = quantile_sketch(a, 12), quantile_sketch(b, 12)
-    got = (sa - sb).abs().mean()
-    torch.testing.assert_close(got, w1_1d(a.flatten(), b.flatten()))
-    assert torch.equal(quantile_sketch(b, 12), b.sort(0).values)
+    a, b = torch.randn(4, generator=g).sort().values, torch.randn(12, generator=g).sort().values
+    sketch = a[sketch_index(4, 12)]
+    torch.testing.assert_close((sketch - b).abs().mean(), w1_1d(a, b))
+    assert sketch_index(12, 12).tolist() == list(range(12))
+    # counts that do not divide: within one quantile step of the exact W1
+    c = torch.randn(7, generator=g).sort().values
+    err = ((c[sketch_index(7, 12)] - b).abs().mean() - w1_1d(c, b)).abs()
+    assert err <= (c[-1] - c[0]) / 7
 
 
 def test_balanced_split_covers_every_item_once() -> None:

@@ -11,8 +11,8 @@ within one quantile step otherwise). With one size for every class each pair is 
 distance between sorted vectors: the whole pair loop is ``torch.pdist``, and unequal class counts
 cost no resampling per pair.
 
-Under ``torch.distributed`` the ranks split the points (balanced by channels x values) and gather
-the U arrays, so each rank does 1/world of the pair loop and all end with the same scores.
+Under ``torch.distributed`` the ranks split the points (balanced by channels x projections) and
+gather the U arrays, so each rank does 1/world of the pair loop and all end with the same scores.
 """
 
 from __future__ import annotations
@@ -26,29 +26,18 @@ from ..errors import CalibrationError
 from .codec import decode
 from .scoring import Scores, filter_l1, observation_points, producer_outputs
 from .stats import CalibrationState
-from .wasserstein import max_pairwise_w1, projection_matrix, sort_inplace
+from .wasserstein import max_pairwise_l1, projection_matrix, sort_inplace
 
 # Decoded floats of one channel chunk, over every class, stay under this many bytes; the pair
-# loop's whole workspace (stored rows in key order, decoded floats, sketches, sorted copy) is a
-# few of those.
+# loop's whole workspace (decoded and projected floats, the sketch buffer) is a few of those.
 _CHUNK_BYTES = 128 * 2**20
 WORKSPACE_BYTES = 4 * _CHUNK_BYTES
 
 
-def quantile_sketch(x: Tensor, size: int) -> Tensor:
-    """``[n, C, P]`` samples -> ``[size, C, P]``: each column's empirical quantiles at the
-    midpoint levels ``(i + 1/2) / size`` (the sorted samples themselves when ``n == size``).
-
-    Sorted as ``[C, n, P]`` rows through the same in-place sort as the pair loop (numpy's SIMD
-    sort on CPU, ~10x faster than ``torch.sort`` along a short leading dim); the result is a
-    ``[size, C, P]`` view of that buffer."""
-    n = x.shape[0]
-    rows = x.permute(1, 0, 2).contiguous()
-    sort_inplace(rows, 1)
-    if n != size:
-        idx = torch.tensor([((2 * i + 1) * n - 1) // (2 * size) for i in range(size)])
-        rows = rows.index_select(1, idx)
-    return rows.permute(1, 0, 2)
+def sketch_index(n: int, size: int) -> Tensor:
+    """Rows of ``n`` sorted samples read at the midpoint levels ``(i + 1/2) / size``: the
+    empirical quantile function ``Q(t) = sorted[ceil(t n) - 1]`` at each level."""
+    return torch.tensor([((2 * i + 1) * n - 1) // (2 * size) for i in range(size)])
 
 
 def balanced_split(costs: list[int], world: int) -> list[int]:
@@ -111,9 +100,13 @@ def finalize(
     nodes = sorted({p.node for p in points if p.node in state.values})
     rank, world = shard
     first = state.per_class[present[0]].proj
-    owner = balanced_split([first[n].shape[1] * state.values[n] for n in nodes], world)
+    # Pair-loop work of a point: channels x compared values (raw maps are projected to P).
+    owner = balanced_split(
+        [first[n].shape[1] * (1 if state.values[n] == 1 else state.projections) for n in nodes],
+        world,
+    )
     u_at = {
-        n: _utilization(state, [(state.per_class[c], order[c]) for c in present], n)
+        n: _utilization(state, [state.per_class[c] for c in present], n)
         for n, r in zip(nodes, owner, strict=True)
         if r == rank
     }
@@ -134,23 +127,30 @@ def finalize(
 
 
 def _utilization(state: CalibrationState, classes: list, node: str) -> np.ndarray:
-    """U of every channel at one point from its stored rows, one channel chunk at a time (rows
-    are put in key order chunk by chunk: no copy of the whole point)."""
+    """U of every channel at one point from its stored rows, one channel chunk at a time.
+
+    Rows are taken in storage order: each column is sorted over samples, so U does not depend
+    on their order (only R's sums need key order). Each class's chunk is decoded straight into
+    ``[channels, samples, values]``, projected when raw, sorted in place, read at the sketch
+    levels and written into one ``[channels, classes, size, P]`` buffer for the pair loop.
+    """
     p, values = state.projections, state.values[node]
     theta = projection_matrix(values, p, state.seed) if values < p else None
     width = theta.shape[1] if theta is not None else values
-    size = max(len(st.keys) for st, _ in classes)
-    channels = classes[0][0].proj[node].shape[1]
+    size = max(len(st.keys) for st in classes)
+    channels = classes[0].proj[node].shape[1]
     chunk = max(1, _CHUNK_BYTES // (4 * len(classes) * size * max(width, values)))
     out = np.empty(channels)
     for start in range(0, channels, chunk):
         ch = slice(start, min(start + chunk, channels))
-        sketches = []
-        for st, order in classes:
-            stored = st.proj[node][: len(st.keys), ch].index_select(0, order)
-            x = decode(stored, state.state_dtype, values)
-            if theta is not None:
-                x = x @ theta
-            sketches.append(quantile_sketch(x, size))
-        out[ch] = max_pairwise_w1(sketches, channel_chunk=chunk).double().numpy()
+        cc = ch.stop - ch.start
+        buf = torch.empty(cc, len(classes), size, width)
+        for j, st in enumerate(classes):
+            n = len(st.keys)
+            x = decode(st.proj[node][:n, ch].permute(1, 0, 2), state.state_dtype, values)
+            x = (x @ theta if theta is not None else x).contiguous()
+            sort_inplace(x, 1)
+            buf[:, j] = x if n == size else x.index_select(1, sketch_index(n, size))
+        u = max_pairwise_l1(buf.view(cc, len(classes), size * width)) / (size * width)
+        out[ch] = u.double().numpy()
     return out

@@ -32,7 +32,14 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor
 
-__all__ = ["max_pairwise_w1", "project", "projection_matrix", "sort_inplace", "w1_1d"]
+__all__ = [
+    "max_pairwise_l1",
+    "max_pairwise_w1",
+    "project",
+    "projection_matrix",
+    "sort_inplace",
+    "w1_1d",
+]
 
 # Below this many |a - b| terms per pdist call (one channel), the call runs on one thread; above
 # it, the call is long enough for torch's intra-op threads to pay off.
@@ -184,6 +191,21 @@ def _intra_op_threads(n: int | None) -> Iterator[None]:
         torch.set_num_threads(prev)
 
 
+def max_pairwise_l1(rows: Tensor) -> Tensor:
+    """``[C, K, L]`` -> ``[C]``: per channel, the largest L1 distance between two of its K rows.
+
+    With each row a class's sorted samples (or quantile sketch) over all directions, this is the
+    pair loop of U for classes of equal size (divide by L for the mean). One ``torch.pdist`` call
+    per channel; calls too small to pay for threads run on one.
+    """
+    c, k, length = rows.shape
+    if k < 2:
+        raise ValueError(f"U needs at least 2 classes to compare, got {k}")
+    small = k * (k - 1) // 2 * length < _PARALLEL_PDIST_MIN
+    with _intra_op_threads(1 if small and rows.device.type == "cpu" else None):
+        return torch.stack([torch.nn.functional.pdist(rows[i], p=1).max() for i in range(c)])
+
+
 def max_pairwise_w1(
     per_class: Sequence[Tensor],
     *,
@@ -277,11 +299,7 @@ def max_pairwise_w1(
                 kg = len(groups[n])
                 if kg < 2:
                     continue
-                rows = q[n].view(cc, kg, n * p)
-                small = kg * (kg - 1) // 2 * n * p < _PARALLEL_PDIST_MIN
-                with _intra_op_threads(1 if small and dev.type == "cpu" else None):
-                    per_channel = [torch.nn.functional.pdist(rows[c], p=1).max() for c in range(cc)]
-                best = torch.maximum(best, torch.stack(per_channel) / (n * p))
+                best = torch.maximum(best, max_pairwise_l1(q[n].view(cc, kg, n * p)) / (n * p))
             for na, nb in cross:  # pairs across count groups
                 idx_a, idx_b, weights = _quantile_grid(na, nb)
                 w = torch.tensor(weights, dtype=dt, device=dev).view(1, 1, -1, 1)
