@@ -47,6 +47,9 @@ _PASSTHROUGH = _ops(
     "leaky_relu", "elu", "mish", "neg", "abs", "exp", "rsqrt", "sqrt", "cos", "sin", "erf",
     "clone", "alias", "detach", "dropout", "to.dtype", "to.dtype_layout", "to.device",
     "_to_copy", "contiguous", "pow.Tensor_Scalar", "type_as", "clamp", "gelu_", "silu_",
+    "hardswish_", "hardsigmoid_", "sigmoid_", "tanh_", "hardtanh_", "leaky_relu_", "elu_",
+    "clamp_", "clamp_min", "clamp_max", "clamp_min_", "clamp_max_", "relu6", "mish_",
+    "softplus", "log_sigmoid", "erf_", "exp_",
 )  # fmt: skip
 _ELEMENTWISE = _ops(
     "add.Tensor", "add_.Tensor", "sub.Tensor", "sub_.Tensor", "mul.Tensor", "mul_.Tensor",
@@ -56,7 +59,7 @@ _ELEMENTWISE = _ops(
 _SPATIAL = _ops(
     "max_pool1d", "max_pool2d", "max_pool3d", "avg_pool1d", "avg_pool2d", "avg_pool3d",
     "adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool3d",
-    "upsample_nearest2d.vec", "upsample_bilinear2d.vec", "constant_pad_nd",
+    "upsample_nearest2d.vec", "upsample_bilinear2d.vec", "constant_pad_nd", "pad",
 )  # fmt: skip
 _INDEX_SHAPE = _ops(
     "view", "reshape", "_unsafe_view", "expand", "permute", "transpose.int", "t",

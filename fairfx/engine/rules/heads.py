@@ -112,6 +112,8 @@ def sdpa(a: ChannelAnalysis, node: fx.Node) -> Layout | None:
     else:
         a.union(lq.slots, lk.slots)
     mask = _arg(node, 3, "attn_mask")
+    if isinstance(mask, fx.Node) and a.shape(mask) is None and a.value(mask) is None:
+        mask = None  # an optional argument left at None (timm's ``attn_mask=None``)
     mshape = a.shape(mask)
     if mask is not None and (a.layout(mask) is not None or mshape is None):
         return unknown(a, node)

@@ -303,6 +303,35 @@ def unbind(a: ChannelAnalysis, node: fx.Node) -> Any:
     return tuple(piece for _ in range(shp[dim]))
 
 
+def reshape_as(a: ChannelAnalysis, node: fx.Node) -> Layout | None:
+    """``y.reshape_as(other)`` / ``view_as``: the shape comes from a tensor pruned with it.
+
+    Sound only when ``other`` carries the same channels on the axis where ``y``'s land (LeViT's
+    ``bn(x.flatten(0, 1)).reshape_as(x)``): the two are tied, and the size follows the plan.
+    """
+    y, other = node.args[0], node.args[1]
+    lay, shp, target = a.layout(y), a.shape(y), a.shape(other)
+    if lay is None:
+        return None
+    olay = a.layout(other)
+    if shp is None or target is None:
+        return unknown(a, node)
+    out = _position_probe(shp, lay.dim).reshape(target)
+    found = _channel_axis(out)
+    if found is None or olay is None or olay.dim != found[0] or olay.size != len(found[1]):
+        a.block(
+            lay.slots, f"{describe(a, node)} takes its shape from a tensor without these channels"
+        )
+        return None
+    u, sets = found
+    for group in sets:
+        if len(group) > 1:
+            a.union(np.repeat(lay.slots[group[0]], len(group) - 1), lay.slots[group[1:]])
+    slots = np.array([lay.slots[g[0]] for g in sets], dtype=np.int64)
+    a.union(slots, olay.slots)
+    return Layout(u, slots)
+
+
 def _split_rewriter(chunks: list[np.ndarray], dim: int):
     def rewrite(n: fx.Node, kept_slot: np.ndarray) -> None:
         sizes = [int(kept_slot[c].sum()) for c in chunks]
@@ -351,4 +380,10 @@ METHOD_RULES: dict[str, Any] = {
         "t",
         "swapaxes",
     )
-} | {"split": split, "chunk": split, "unbind": unbind}
+} | {
+    "split": split,
+    "chunk": split,
+    "unbind": unbind,
+    "reshape_as": reshape_as,
+    "view_as": reshape_as,
+}
