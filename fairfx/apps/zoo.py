@@ -201,6 +201,8 @@ def main(argv: list[str] | None = None) -> None:
         print(
             f"{name}: handled={r.handled} exact={r.oracle_exact} export={r.exported} "
             f"fair={r.fair_done} fair_exact={r.fair_exact} fair_export={r.fair_exported} "
+            f"params={r.params_before} random_after={r.params_after} "
+            f"fair_after={r.fair_params_after} "
             f"{r.seconds + r.fair_seconds:.1f}s {r.error} {r.fair_error}",
             flush=True,
         )
