@@ -32,6 +32,7 @@ from .cli_inputs import (
     _one_line,
     _table,
     load_model,
+    weights_fingerprint,
 )
 from .cli_options import parse_model_args
 
@@ -101,6 +102,14 @@ def cmd_plan(args: argparse.Namespace) -> int:
         example = _example_from_size(args, args.image_size or 224)
     else:
         example = torch.randn(2, *shape)
+    saved = record.get("weights_sha1")
+    if saved is not None and saved != weights_fingerprint(model):
+        given = f"--weights {args.weights}" if args.weights else "no --weights (random init)"
+        raise UserError(
+            f"--analysis {path} holds scores of other weights of {args.model} than {given}; "
+            "give the --weights the scores were computed with, or score these weights with "
+            "fairfx compress --analysis"
+        )
     analysis = _load_scores(path, model, example)
     say = _Chatter(args.quiet)
     say(

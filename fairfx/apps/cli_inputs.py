@@ -130,6 +130,14 @@ def load_weights(model: nn.Module, path: str) -> None:
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise UserError(f"--weights {path} does not hold a state_dict of tensors")
+    bad = next(
+        (k for k, v in state.items() if v.is_floating_point() and not v.isfinite().all()), None
+    )
+    if bad is not None:
+        raise UserError(
+            f"--weights {path}: tensor {bad!r} holds NaN/Inf values (a diverged run or a damaged "
+            "file); give finite weights"
+        )
     if state and all(k.startswith("module.") for k in state):  # saved from DataParallel
         state = {k[len("module.") :]: v for k, v in state.items()}
     own = model.state_dict()
@@ -247,6 +255,16 @@ def _pair(obj: Any, path: str) -> tuple[torch.Tensor, torch.Tensor]:
         )
     if len(x) != len(y):
         raise UserError(f"--data {path}: {len(x)} inputs but {len(y)} targets")
+    if not x.isfinite().all():
+        n = int((~x.isfinite()).sum())
+        raise UserError(
+            f"--data {path}: inputs hold {n} NaN/Inf value(s); clean or drop those samples"
+        )
+    if y.dtype == torch.bool:
+        raise UserError(
+            f"--data {path}: targets are bool; save integer class labels (y.long() makes "
+            "False class 0 and True class 1)"
+        )
     if len(y) < 2:
         raise UserError(f"--data {path} holds {len(y)} sample(s); need at least 2")
     return x, y.long()

@@ -15,6 +15,8 @@ frozen parameters and ``requires_grad=False`` models trace the same way.
 from __future__ import annotations
 
 import copy
+import linecache
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -141,7 +143,33 @@ def _explain_trace_failure(model: nn.Module, exc: Exception) -> str:
             "submodule a leaf module, or trace with concrete_args for the argument that decides "
             "the branch, and pass the resulting torch.fx.GraphModule to fairfx."
         )
-    return f"could not trace {type(model).__name__}: {type(exc).__name__}: {text}. {hint}"
+    where = _offending_frame(model, exc)
+    return f"could not trace {type(model).__name__}{where}: {type(exc).__name__}: {text}. {hint}"
+
+
+def _offending_frame(model: nn.Module, exc: BaseException) -> str:
+    """`` in submodule 'a.b' (Gate) at file.py:12 `if x.sum() > 0:` ``: the innermost frame of
+    the user's code in the traceback, and the module whose forward it belongs to."""
+    names = {id(m): name for name, m in model.named_modules()}
+    torch_dir = os.path.dirname(torch.__file__)
+    module, line = None, None
+    tb = exc.__traceback__
+    while tb is not None:
+        frame = tb.tb_frame
+        owner = frame.f_locals.get("self")
+        if isinstance(owner, nn.Module) and id(owner) in names:
+            module = owner
+        if not frame.f_code.co_filename.startswith(torch_dir):
+            line = (frame.f_code.co_filename, tb.tb_lineno)
+        tb = tb.tb_next
+    parts = []
+    if module is not None:
+        qual = names[id(module)] or "(the model itself)"
+        parts.append(f" in submodule '{qual}' ({type(module).__name__})")
+    if line is not None:
+        source = linecache.getline(*line).strip()
+        parts.append(f" at {line[0]}:{line[1]}" + (f" `{source}`" if source else ""))
+    return "".join(parts)
 
 
 def _describe(value: Any) -> tuple[tuple[int, ...] | None, Any]:

@@ -12,7 +12,7 @@ of plans, plan costs and rewrites from it (``graph.prune(keep)``, ``graph.rewrit
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -379,6 +379,15 @@ def _iter_layouts(lay: Any):
 def _indices(values: Sequence[int] | Any, size: int, what: str) -> np.ndarray:
     if isinstance(values, torch.Tensor):
         values = values.tolist()
+    if isinstance(values, (int, np.integer)):
+        raise PlanError(
+            f"keep list for {what} must be a list of indices, got the number {values}; "
+            f"list(range({values})) keeps the first {values}"
+        )
+    if not isinstance(values, Iterable):
+        raise PlanError(
+            f"keep list for {what} must be a list of indices, got {type(values).__name__}"
+        )
     arr = np.asarray(list(values))
     if arr.size == 0:
         raise PlanError(f"keep list for {what} is empty; at least one channel must stay")

@@ -27,14 +27,27 @@ def split_dict(batch: dict[str, Any]) -> tuple[Any, Any] | None:
     return None
 
 
+def integer_labels(y: Any) -> Any:
+    """Integer class labels as int64 (int32, uint8, ... are accepted); bool labels are refused:
+    True/False is a mask or a binary target, and which class is which must be the caller's call."""
+    if isinstance(y, torch.Tensor) and y.dtype == torch.bool:
+        raise CalibrationError(
+            "targets are bool; class labels must be integers: pass y.long() (False -> class 0, "
+            "True -> class 1) if they are two classes"
+        )
+    if isinstance(y, torch.Tensor) and not y.is_floating_point() and not y.is_complex():
+        return y.long()
+    return y
+
+
 def split_batch(batch: Any) -> tuple[Any, torch.Tensor]:
     """``(inputs, targets)`` of one batch, with a clear error when targets are missing."""
     if isinstance(batch, dict) and (pair := split_dict(batch)) is not None:
-        return pair
+        return pair[0], integer_labels(pair[1])
     if isinstance(batch, (tuple, list)) and len(batch) == 2:
         x, y = batch
         if isinstance(y, torch.Tensor) and y.dim() == 1 and not y.is_floating_point():
-            return x, y
+            return x, integer_labels(y)
         if isinstance(y, (list, tuple)) and all(isinstance(v, int) for v in y):
             return x, torch.as_tensor(y)
     raise CalibrationError(

@@ -18,6 +18,7 @@ from ..engine.groups import ChannelGraph, build
 from ..errors import CalibrationError, FairfxError, PlanError
 from ..files import load_payload, plain, save_payload
 from .calibration import self_labelled
+from .checks import check_grad_mode, check_prunable, check_scores, check_weights, finite_batches
 from .codec import check_codec
 from .finalize import finalize
 from .memory import class_hint, estimate_for_graph
@@ -274,8 +275,11 @@ def analyze(
         state_dtype=state_dtype,
         batch_size=batch_size,
     )
+    check_grad_mode()
+    check_weights(model)
     start = time.perf_counter()
     graph = build(model, example_input)
+    check_prunable(graph)
     captured = time.perf_counter()
     fresh = new_state(
         graph,
@@ -305,19 +309,21 @@ def analyze(
     else:
         state = fresh
     shard = _shard()
-    state = calibrate(
-        graph,
-        data,
-        state,
-        loss_fn=loss_fn,
-        progress=progress,
-        shard=shard,
-        batch_size=memory.batch_size,
-    )
+    with torch.enable_grad():  # R needs gradients, also when called under torch.no_grad()
+        state = calibrate(
+            graph,
+            finite_batches(data),
+            state,
+            loss_fn=loss_fn,
+            progress=progress,
+            shard=shard,
+            batch_size=memory.batch_size,
+        )
     if shard[1] > 1:
         state = _gather(state, shard[1])
     pairs_start = time.perf_counter()
     scores = finalize(graph, state, shard)
+    check_scores(graph, scores)
     finalize_seconds = time.perf_counter() - pairs_start
     record = describe(state)
     record["memory"] = {

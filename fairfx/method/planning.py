@@ -65,7 +65,8 @@ class Plan:
 
 
 def check_alpha(alpha: float) -> float:
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 <= alpha < 1:
+    """``alpha`` as a float; Python and numpy numbers are accepted (``np.float32(0.01)``)."""
+    if not _is_number(alpha) or not 0 <= alpha < 1:
         raise PlanError(f"alpha must be a number in [0, 1), got {alpha!r}; 0.005 is the default")
     return float(alpha)
 
