@@ -279,7 +279,6 @@ def analyze(
     check_weights(model)
     start = time.perf_counter()
     graph = build(model, example_input)
-    check_prunable(graph)
     captured = time.perf_counter()
     fresh = new_state(
         graph,
@@ -291,6 +290,7 @@ def analyze(
         loss_fn=loss_fn,
         state_dtype=state_dtype,
     )
+    check_prunable(graph)  # after the output check above: that error is the more specific
     memory = estimate_for_graph(
         graph,
         classes=class_hint(graph, data, max_classes),
