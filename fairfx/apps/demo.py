@@ -153,7 +153,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
-def main(argv: list[str] | None = None) -> None:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="fairfx demo on scikit-learn's digits")
     p.add_argument("--alpha", type=float, default=0.05, help="Tolerance of Difference")
     p.add_argument("--width", type=int, default=16)
@@ -162,7 +162,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default="artifacts/demo")
-    run(p.parse_args(argv))
+    return p
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    return run(parser().parse_args(argv))
 
 
 if __name__ == "__main__":

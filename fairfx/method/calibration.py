@@ -1,6 +1,6 @@
 """Calibration data: validate labelled batches and choose the classes that take part.
 
-Which classes take part (at most ``max_classes``, METHOD.md, chosen among the labels seen) and
+Which classes take part (at most ``max_classes``, chosen among the labels seen) and
 which samples of each class is decided in :mod:`fairfx.method.stats` by seeded hashes.
 """
 

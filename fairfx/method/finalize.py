@@ -1,7 +1,7 @@
 """From a calibration state to the scores: R from Taylor sums, U from the class-pair loop.
 
 R sums the kept samples' signed Taylor sums in key order (so it reproduces), then takes the
-absolute value (METHOD.md). U, per observation point and chunk of channels: decode every class's
+absolute value (the paper). U, per observation point and chunk of channels: decode every class's
 rows (:mod:`fairfx.method.codec`), project raw maps (stored when a map has fewer positions than
 projections) onto the same P directions the forward would have used, and sort each (channel,
 direction) into a *quantile sketch* of one common size, the largest class's sample count. A

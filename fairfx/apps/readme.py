@@ -1,0 +1,376 @@
+"""Regenerate the README's generated sections from the code, so they cannot drift.
+
+    python -m fairfx.apps.readme           # rerun the demo; rewrite the demo and ops sections
+    python -m fairfx.apps.readme --ops     # only the supported-ops table (no demo; a second)
+    python -m fairfx.apps.readme --check   # exit 1 when the ops table disagrees with the rules
+
+A generated section sits between ``<!-- fairfx:NAME:start -->`` and ``<!-- fairfx:NAME:end -->``
+lines; everything outside the markers is left as written. The ops table is built from the rule
+tables in :mod:`fairfx.engine.rules` (one row per rule function, listing every op it serves), so
+adding a rule changes the table on the next run and ``tests/test_readme.py`` fails until then.
+The demo section is the text :mod:`fairfx.apps.demo` prints, from a fresh run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import io
+import operator
+import re
+import shutil
+import sys
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ..engine import rules
+from ..files import atomic_path, write_text
+
+ROOT = Path(__file__).resolve().parents[2]
+README = ROOT / "README.md"
+DEMO_PLOT = "benchmarks/results/demo_kept_channels.png"
+
+# What each rule function does, keyed by "<module in fairfx.engine.rules>.<qualified name>".
+# A rule missing here still gets a row (its docstring's first line), so new rules never break
+# the generator; rules with the same kind and text share one row.
+_CONV = (
+    "new output channels, input channels sliced. `groups > 1`: column *j* of every conv group is "
+    "one unit (same offsets kept in every group); depthwise (groups = in) follows its input, "
+    "multiplier too; ConvTranspose with groups > 1 blocks"
+)
+_LN = (
+    "over the channel axis: prunable, but the statistics change, so such groups are marked "
+    "`exact=False` and verified against the LayerNorm over the kept channels (see Decisions)"
+)
+_RESHAPE = (
+    "solved on index tensors (view, flatten, shuffles, split heads); size constants rewritten"
+)
+_ALONG = "along another axis: pass through; along the channel axis: blocks"
+DESCRIPTIONS: dict[str, tuple[int, str, str]] = {
+    "modules.conv": (0, "produce", _CONV),
+    "functional.conv": (0, "produce", _CONV + " (on parameters)"),
+    "modules.linear": (1, "produce", "new output features, input features sliced"),
+    "functional.linear": (1, "produce", "new output features, input features sliced"),
+    "modules.per_channel.<locals>.rule": (10, "per-channel", "pass through, parameters sliced"),
+    "functional.batch_norm": (10, "per-channel", "pass through, parameters sliced"),
+    "common.passthrough": (11, "per-channel", "pass through"),
+    "common.param_alias": (12, "per-channel", "pass through (a parameter's alias stays tied)"),
+    "modules.group_norm": (20, "normalization", "whole norm groups kept or removed (exact)"),
+    "modules.layer_norm": (21, "normalization", _LN),
+    "functional.layer_norm": (21, "normalization", _LN),
+    "common.spatial": (30, "spatial", "pass through when the channel axis is untouched"),
+    "common.elementwise": (
+        40,
+        "couple",
+        "unions the channels of its operands; a parameter broadcast along channels (layer "
+        "scale, position embedding) is sliced",
+    ),
+    "shape.cat": (50, "concatenate", "offsets along the channel axis; along another axis, couples"),
+    "shape.split": (60, "split", "slices of channels; split sizes rewritten to the kept counts"),
+    "shape.getitem": (
+        61,
+        "index",
+        "`x[:, a:b]` and items of split/chunk results: slices of channels, bounds rewritten; "
+        "`x[:, i]` (one channel picked by an integer) blocks",
+    ),
+    "shape.index_shape": (70, "reshape", _RESHAPE),
+    "modules.flatten_module": (70, "reshape", _RESHAPE),
+    "common.reduce_dims": (80, "reduce", "over other axes: pass through; over channels: blocks"),
+    "common.along_dim": (81, "along an axis", _ALONG),
+    "modules.softmax_module": (81, "along an axis", _ALONG),
+    "attention.multihead_attention": (
+        90,
+        "attention",
+        "one input width (no `kdim`/`vdim`): the embedding channels, read and written by the "
+        "input and output projections, are pruned (see Known limits)",
+    ),
+    "common.no_channels": (95, "no channels", "sizes, shapes and asserts: nothing to track"),
+    "functional.aten_batch_norm": (10, "per-channel", "pass through, parameters sliced"),
+    "functional.embedding": (
+        2,
+        "produce",
+        "a lookup table `[vocab, dim]`: its `dim` columns are new channels on the last axis",
+    ),
+    "functional.addmm": (
+        3,
+        "produce",
+        "`addmm(bias, x, w)` with `w` of shape `[in, out]` (GPT-2's Conv1D): new output "
+        "features, input features sliced",
+    ),
+    "heads.matmul": (
+        91,
+        "attention",
+        "`x @ y` with channels on a batch axis of both (heads), or on the rows of `x` / the "
+        "columns of `y`; channels on the contracted axis of both are consumed. Heads are units "
+        "(see Decisions); per-head masks and `head_dim` channels block",
+    ),
+    "heads.sdpa": (
+        92,
+        "attention",
+        "`scaled_dot_product_attention(q, k, v, ...)` with channels on the heads axis (GQA "
+        "`enable_gqa`, causal, masks broadcast over heads); heads are units (see Decisions)",
+    ),
+    "shape.reshape_as": (
+        72,
+        "reshape",
+        "`y.reshape_as(other)` / `view_as`: the shape comes from a tensor pruned with it; "
+        "run-time sizes (`x.shape`, `x.size(d)`) follow the kept counts (see Decisions)",
+    ),
+    "aten._on_other_axis": (
+        62,
+        "index",
+        "slice / select along an axis other than the channel axis: pass through",
+    ),
+    "shape.unbind": (
+        63,
+        "index",
+        "unbind along another axis: every piece keeps the channels",
+    ),
+}
+
+# Ops that block, named in the table's last row; one that gains a rule drops out by itself.
+BLOCKING_EXAMPLES: dict[str, Callable[[], Any]] = {
+    "`torch.roll`": lambda: torch.roll,
+    "`torch.fft.fft`": lambda: torch.fft.fft,
+    "torchvision's `shifted_window_attention`": lambda: _torchvision_swin(),
+    "`torch.flip`": lambda: torch.flip,
+    "`aten.index`": lambda: torch.ops.aten.index.Tensor,
+}
+
+_OPERATORS = {
+    operator.add: "+",
+    operator.sub: "-",
+    operator.mul: "*",
+    operator.truediv: "/",
+    operator.iadd: "+=",
+    operator.isub: "-=",
+    operator.imul: "*=",
+    operator.itruediv: "/=",
+    operator.neg: "unary -",
+    operator.getitem: "x[...]",
+    operator.matmul: "@",
+}
+
+
+def _torchvision_swin() -> Any:
+    from torchvision.models.swin_transformer import shifted_window_attention
+
+    return shifted_window_attention
+
+
+def rule_key(rule: Any) -> str:
+    while isinstance(rule, functools.partial):  # a configured rule: name its function
+        rule = rule.func
+    module = getattr(rule, "__module__", "") or ""
+    return f"{module.removeprefix('fairfx.engine.rules.')}.{getattr(rule, '__qualname__', rule)}"
+
+
+def _module_name(cls: type) -> str:
+    name = cls.__name__
+    shown = f"{name[1:]}*" if name.startswith("_") else name  # a private base: any subclass
+    if cls.__module__.startswith("torch.nn"):
+        return f"`nn.{shown}`"
+    return f"`{cls.__module__.split('.')[0]}.{shown}`"
+
+
+def _function_name(fn: Any) -> str:
+    if isinstance(fn, (torch._ops.OpOverload, torch._ops.OpOverloadPacket)):
+        namespace, _, name = fn._schema.name.partition("::")  # torch.export's aten ops
+        return f"`{namespace}.{name}`"
+    if fn in _OPERATORS:
+        return f"`{_OPERATORS[fn]}`"
+    name = getattr(fn, "__name__", repr(fn))
+    for prefix, namespace in (("F", F), ("torch", torch)):
+        if getattr(namespace, name, None) is fn:
+            return f"`{prefix}.{name}`"
+    module = getattr(fn, "__module__", None) or ""
+    if module == "builtins":
+        return f"`{name}`"
+    return f"`{module.split('.')[0]}.{name}`" if module else f"`{name}`"
+
+
+def _rows() -> list[tuple[int, str, str, list[str]]]:
+    """``(order, kind, description, op names)`` per distinct rule description."""
+    ops: dict[tuple[int, str, str], list[str]] = {}
+
+    def add(rule: Any, name: str) -> None:
+        key = rule_key(rule)
+        if key in DESCRIPTIONS:
+            desc = DESCRIPTIONS[key]
+        else:
+            desc = (100, "other", _first_paragraph(rule) or f"rule `{key}`")
+        names = ops.setdefault(desc, [])
+        if name not in names:
+            names.append(name)
+
+    for cls, rule in rules.MODULE_RULES.items():
+        add(rule, _module_name(cls))
+    for fn, rule in rules.FUNCTION_RULES.items():
+        add(rule, _function_name(fn))
+    for method, rule in rules.METHOD_RULES.items():
+        add(rule, f"`.{method}()`")
+    return sorted((o, k, d, names) for (o, k, d), names in ops.items())
+
+
+def _first_paragraph(rule: Any) -> str:
+    while isinstance(rule, functools.partial):
+        rule = rule.func
+    doc = (getattr(rule, "__doc__", None) or "").strip().split("\n\n")[0]
+    return " ".join(doc.split()).replace("``", "`").replace("|", "\\|")
+
+
+def _has_rule(fn: Any) -> bool:
+    return fn in rules.FUNCTION_RULES
+
+
+def blocking_examples() -> list[str]:
+    """The examples named in the table's last row that still have no rule."""
+    shown = []
+    for label, get in BLOCKING_EXAMPLES.items():
+        try:
+            fn = get()
+        except Exception:  # pragma: no cover - an optional dependency is missing
+            continue
+        if not _has_rule(fn):
+            shown.append(label)
+    return shown
+
+
+def ops_table() -> str:
+    """The README's supported-ops section, generated from :mod:`fairfx.engine.rules`."""
+    lines = [
+        "Generated from the rule tables in `fairfx/engine/rules/` by "
+        "`python -m fairfx.apps.readme --ops` (a test fails when they disagree). Module rules "
+        "match through the class's MRO, so a subclass of a listed module gets its rule *when "
+        "torch.fx keeps the module as one call*: modules defined in `torch.nn` (fx's default "
+        "leaves) and torchvision's `StochasticDepth`. A subclass defined elsewhere (say "
+        "`class MyConv(nn.Conv2d)` in your package) is traced into, and the ops its `forward` "
+        "calls are matched instead.",
+        "",
+        "| kind | ops | rule |",
+        "|---|---|---|",
+    ]
+    for _, kind, desc, names in _rows():
+        lines.append(f"| {kind} | {', '.join(names)} | {desc} |")
+    examples = ", ".join([*blocking_examples(), "reductions over the channel axis", "`x[:, i]`"])
+    lines.append(
+        f"| anything else | e.g. {examples} | **blocks** the channels that reach it, named in "
+        "the group's `reason` |"
+    )
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------ sections
+def _markers(name: str) -> tuple[str, str]:
+    return f"<!-- fairfx:{name}:start -->", f"<!-- fairfx:{name}:end -->"
+
+
+def section(text: str, name: str) -> str:
+    """The generated text of section ``name`` in ``text`` (without the marker lines)."""
+    start, end = _markers(name)
+    found = re.search(re.escape(start) + r"\n(.*?)\n?" + re.escape(end), text, re.S)
+    if found is None:
+        raise ValueError(f"README.md has no {start} ... {end} section")
+    return found.group(1).rstrip("\n")
+
+
+def replace_section(text: str, name: str, body: str) -> str:
+    start, end = _markers(name)
+    section(text, name)  # the markers must be there
+    pattern = re.escape(start) + r"\n.*?" + re.escape(end)
+    return re.sub(pattern, lambda _: f"{start}\n{body.rstrip()}\n{end}", text, count=1, flags=re.S)
+
+
+def demo_section(result: dict[str, Any], printed: str, seconds: float) -> str:
+    acc = result["accuracy_test"]
+    if acc["fine_tuned"] > acc["original"]:
+        verdict = (
+            "The fine-tuned model beats the original here because the short SGD fine-tune also "
+            "trains further."
+        )
+    else:
+        verdict = (
+            f"Fine-tuning recovers {acc['fine_tuned'] - acc['one_shot']:+.3f} of test accuracy "
+            f"over the one-shot prune ({acc['fine_tuned'] - acc['original']:+.3f} against the "
+            "original)."
+        )
+    return "\n".join(
+        [
+            f"A run of `make demo` ({seconds:.0f} s wall on the 2-core development machine, "
+            "shared with other jobs; training is cached after the first run; the test split is "
+            "held out from training, calibration and fine-tuning), written here by "
+            "`python -m fairfx.apps.readme`:",
+            "",
+            "```",
+            printed.strip(),
+            "```",
+            "",
+            f"{verdict} Latency of a model this small (8x8 inputs) is per-op overhead and, on a "
+            "shared machine, noise from other jobs; pruning is not expected to make it faster "
+            "(see the latency table below for real-sized models). Kept channels per group:",
+            "",
+            f"![kept channels per group]({DEMO_PLOT})",
+        ]
+    )
+
+
+class _Tee(io.StringIO):
+    """Keeps what the demo prints and still shows it."""
+
+    def write(self, text: str) -> int:
+        sys.__stdout__.write(text)
+        return super().write(text)
+
+
+def run_demo(argv: Iterable[str] = ()) -> str:
+    """Run the demo as ``make demo`` does; its section text, with the plot copied in place."""
+    from . import demo
+
+    args = demo.parser().parse_args(list(argv))
+    start = time.perf_counter()
+    tee = _Tee()
+    with contextlib.redirect_stdout(tee):
+        result = demo.run(args)
+    seconds = time.perf_counter() - start
+    printed = "\n".join(
+        line for line in tee.getvalue().splitlines() if not line.startswith("wrote ")
+    )
+    plot = Path(args.out) / "kept_channels.png"
+    with atomic_path(ROOT / DEMO_PLOT) as tmp:
+        shutil.copyfile(plot, tmp)
+    return demo_section(result, printed, seconds)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="Regenerate the README's generated sections")
+    p.add_argument("--ops", action="store_true", help="only the supported-ops table (no demo)")
+    p.add_argument("--check", action="store_true", help="exit 1 if the ops table is stale")
+    args = p.parse_args(argv)
+    text = README.read_text()
+    if args.check:
+        if section(text, "ops") != ops_table():
+            print(
+                "README.md's supported-ops table is stale: run python -m fairfx.apps.readme --ops"
+            )
+            return 1
+        print("README.md's supported-ops table matches fairfx/engine/rules")
+        return 0
+    new = replace_section(text, "ops", ops_table())
+    if not args.ops:
+        new = replace_section(new, "demo", run_demo())
+    if new != text:
+        write_text(README, new)
+        print(f"rewrote {README}")
+    else:
+        print(f"{README} is up to date")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
