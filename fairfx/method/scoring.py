@@ -1,10 +1,13 @@
 """Scoring: the Utilization score U and the Reconstruction score R of every unit, in one pass.
 
-One forward and one backward per calibration batch serve every layer at once:
+One forward and one backward per chunk of calibration samples serve every layer at once (the
+chunk is sized for memory, :mod:`fairfx.method.memory`; U and R are computed from the filled
+state in :mod:`fairfx.method.finalize`):
 
 - the forward runs the captured graph node by node (a ``torch.fx.Interpreter``); at each
-  observation point the feature map is projected onto P fixed random directions right away
-  (``[N, C, S] @ [S, P]``), so only ``[N, C, P]`` numbers per sample are kept, never the maps;
+  observation point a map of S >= P positions is projected onto P fixed random directions right
+  away (``[N, C, S] @ [S, P]``), a smaller map is kept as it is (projected at finalize), and the
+  ``[N, C, min(S, P)]`` rows are stored in the state's codec (:mod:`fairfx.method.codec`);
 - the backward is ``torch.autograd.grad`` of the loss with respect to every producer's output
   ``z``, and ``z * dL/dz`` summed over samples and positions is accumulated *signed*; the
   absolute value is taken once at the end (sum first, absolute value last: the
