@@ -5,7 +5,7 @@ torchvision resnet18 (digits at 32x32, 3 channels) twice: once with a reference 
 fairfx (``--reference``, e.g. the commit before the compact state: float32 projections taken in
 the forward, exact W1 for unequal class counts) and once with this checkout for every
 ``state_dtype``. Two data sets: every training image (equal class counts, 32 kept per class) and
-the first 150 images (unequal counts, 9-21 per class). Prints the Spearman rank correlation of U
+the first 150 images (unequal counts, 9-19 per class). Prints the Spearman rank correlation of U
 over all units and the lowest per-group value (groups of 8+ units), and the median relative
 difference.
 
