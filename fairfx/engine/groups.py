@@ -50,6 +50,7 @@ class ChannelGroup:
             (a head's q, k and v dims and the output projection's columns go together).
         members: other modules and parameters sliced when the group's units go (norms, layer
             scales, the readers' input columns), in graph order.
+        unit_channels: per producer, the output channels of each unit (see :meth:`channels`).
     """
 
     id: int
@@ -62,6 +63,22 @@ class ChannelGroup:
     note: str | None = None
     unit: str = "channel"
     members: tuple[str, ...] = ()
+    unit_channels: tuple[tuple[str, tuple[tuple[int, ...], ...]], ...] = ()
+
+    def channels(self, producer: str | None = None) -> list[list[int]]:
+        """Output channels of ``producer`` (default: the group's first) that each unit holds:
+        ``channels()[i]`` go or stay together as unit ``i``. A plain conv's unit i is channel i;
+        a grouped conv's unit j is column j of every conv group; a GroupNorm group's unit is one
+        offset in every norm group. Plan by units with ``fairfx.prune(model, x, {id: units})``.
+        """
+        table = dict(self.unit_channels)
+        name = self.producers[0] if producer is None else producer
+        if name not in table:
+            raise PlanError(
+                f"{name!r} is not a producer of group {self.id}; its producers are "
+                f"{', '.join(self.producers)}"
+            )
+        return [list(c) for c in table[name]]
 
 
 @dataclass(frozen=True)
@@ -146,10 +163,21 @@ class ChannelGraph:
         members = self._members(group_of_slot)
         self.groups = [
             dataclasses.replace(
-                g, consumers=tuple(readers.get(g.id, ())), members=tuple(members.get(g.id, ()))
+                g,
+                consumers=tuple(readers.get(g.id, ())),
+                members=tuple(members.get(g.id, ())),
+                unit_channels=tuple((p, self._channels_per_unit(g, p)) for p in g.producers),
             )
             for g in self.groups
         ]
+
+    def _channels_per_unit(self, g: ChannelGroup, name: str) -> tuple[tuple[int, ...], ...]:
+        a = self.analysis
+        units = self.unit_index(g.id, a.producers[a.producer_index[name]].slots)
+        order = np.argsort(units, kind="stable")
+        counts = np.bincount(units[units >= 0], minlength=g.size)
+        ours = order[len(units) - int(counts.sum()) :]  # channels of other groups sort first
+        return tuple(tuple(c.tolist()) for c in np.split(ours, np.cumsum(counts)[:-1]))
 
     def _members(self, group_of_slot: np.ndarray) -> dict[int, list[str]]:
         """Targets of the edits that slice each group's channels (producers excluded)."""
@@ -284,11 +312,34 @@ class ChannelGraph:
         }
         return gm
 
-    def prune(self, keep: Mapping[str, Sequence[int]]) -> fx.GraphModule:
-        """The smaller GraphModule for ``{producer name: output channels to keep}``."""
+    def prune(
+        self, keep: Mapping[str, Sequence[int]] | Mapping[int, Sequence[int]]
+    ) -> fx.GraphModule:
+        """The smaller GraphModule for ``{producer name: output channels to keep}`` or for
+        ``{group id: units to keep}`` (units as in :meth:`ChannelGroup.channels`)."""
         if not keep:
             raise PlanError("keep is empty: name at least one producer (see fairfx.channel_groups)")
-        return self.rewrite(self.units_from_keep(keep))
+        ids = [isinstance(k, (int, np.integer)) and not isinstance(k, bool) for k in keep]
+        if all(ids):
+            return self.rewrite(self.units_from_ids(keep))  # type: ignore[arg-type]
+        if any(ids):
+            raise PlanError(
+                "keep mixes group ids and producer names; give {group id: units} or "
+                "{producer: channels}, not both"
+            )
+        return self.rewrite(self.units_from_keep(keep))  # type: ignore[arg-type]
+
+    def units_from_ids(self, keep: Mapping[int, Sequence[int]]) -> dict[int, np.ndarray]:
+        """Validate a plan ``{group id: units to keep}``: known ids, valid unit indices."""
+        units = {}
+        for gid, values in keep.items():
+            if not 0 <= gid < len(self.groups):
+                raise PlanError(
+                    f"there is no channel group {gid}; ids run from 0 to {len(self.groups) - 1} "
+                    "(see fairfx.channel_groups)"
+                )
+            units[int(gid)] = _indices(values, self.groups[gid].size, f"group {gid} (units)")
+        return units
 
     def cost(self, units: Mapping[int, Sequence[int]] | None = None) -> Cost:
         """Parameters and MACs of the plan (of the unpruned model without one); cached per plan."""
@@ -415,7 +466,9 @@ def channel_groups(model: torch.nn.Module, example_input: Any) -> list[ChannelGr
 
 
 def prune(
-    model: torch.nn.Module, example_input: Any, keep: Mapping[str, Sequence[int]]
+    model: torch.nn.Module,
+    example_input: Any,
+    keep: Mapping[str, Sequence[int]] | Mapping[int, Sequence[int]],
 ) -> fx.GraphModule:
     """Physically remove channels and return a new, smaller ``torch.fx.GraphModule``.
 
@@ -427,7 +480,10 @@ def prune(
             storage with it.
         example_input: a tensor or tuple of positional inputs used to trace and record shapes.
         keep: ``{producer qualified name: output-channel indices to keep}``. Naming any producer
-            of a channel group prunes the whole group; names of one group must agree.
+            of a channel group prunes the whole group; names of one group must agree. Or
+            ``{group id: unit indices to keep}``: each unit's channels per producer are
+            ``ChannelGroup.channels(producer)`` (grouped convs and GroupNorm tie channels into
+            units, so this is the form that is always valid).
 
     Raises:
         PlanError: unknown names, empty or out-of-range indices, disagreeing lists, a split unit.
