@@ -110,13 +110,15 @@ def run_torch_pruning(model: nn.Module, x: torch.Tensor, head_dims: bool = True)
             prune_head_dims=head_dims,
         )  # fmt: skip
         removed_out: dict[str, list[int]] = {}
+        producers = (
+            tp.prune_linear_out_channels, tp.prune_conv_out_channels,
+            tp.prune_embedding_out_channels,
+        )  # fmt: skip
         for group in pruner.step(interactive=True):
-            root = group[0].dep.target.module
-            if root in names and group[0].dep.handler in (
-                tp.prune_linear_out_channels,
-                tp.prune_conv_out_channels,
-            ):
-                removed_out[names[root]] = list(group[0].idxs)
+            for item in group:  # every layer whose output channels the group removes
+                module = item.dep.target.module
+                if module in names and item.dep.handler in producers:
+                    removed_out[names[module]] = [int(i) for i in item.idxs]
             group.prune()
         with torch.no_grad():
             got = logits(work(x))
