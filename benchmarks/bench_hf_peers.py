@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import signal
 import time
 
 import numpy as np
@@ -89,7 +90,24 @@ def run_fairfx(model: nn.Module, x: torch.Tensor) -> dict:
     }
 
 
+def _give_up(signum, frame):
+    raise TimeoutError(f"did not finish in {LIMIT_S} s")
+
+
+LIMIT_S = 180
+
+
 def run_torch_pruning(model: nn.Module, x: torch.Tensor, head_dims: bool = True) -> dict:
+    """Torch-Pruning on a copy, given up after ``LIMIT_S`` seconds (it can hang on graphs)."""
+    signal.signal(signal.SIGALRM, _give_up)
+    signal.alarm(LIMIT_S)
+    try:
+        return _torch_pruning(model, x, head_dims)
+    finally:
+        signal.alarm(0)
+
+
+def _torch_pruning(model: nn.Module, x: torch.Tensor, head_dims: bool) -> dict:
     import torch_pruning as tp
 
     start = time.perf_counter()
