@@ -87,12 +87,18 @@ def _make_pruner(
     global_pruning: bool,
     ignored_layers: Sequence[nn.Module],
     max_pruning_ratio: float = 1.0,
+    importance: str = "l1",
 ):
     tp = _tp()
+    imp = (
+        tp.importance.TaylorImportance()  # |w * dL/dw| per group, mean-normalised
+        if importance == "taylor"
+        else tp.importance.MagnitudeImportance(p=1)
+    )
     return tp.pruner.BasePruner(  # MagnitudePruner / MetaPruner are aliases of BasePruner in 1.6
         model,
         example_inputs=example_input,
-        importance=tp.importance.MagnitudeImportance(p=1),
+        importance=imp,
         global_pruning=global_pruning,
         pruning_ratio=ratio,
         max_pruning_ratio=max_pruning_ratio,
@@ -155,7 +161,28 @@ def _resolve_ignored(
     return [m for n, m in copy_.named_modules() if n in wanted]
 
 
-def _prune_once(model, example_input, ratio, global_pruning, ignored_layers, max_pruning_ratio):
+def taylor_gradients(model: nn.Module, calib) -> dict[str, torch.Tensor]:
+    """Gradients of the summed cross-entropy over ``calib`` (eval mode, on a copy), for
+    TaylorImportance: computed once, then given to every bisection trial's copy."""
+    import torch.nn.functional as F
+
+    m = copy.deepcopy(model).eval()
+    m.zero_grad()
+    for x, y in calib:
+        F.cross_entropy(m(x), y, reduction="sum").backward()
+    return {n: p.grad.detach().clone() for n, p in m.named_parameters() if p.grad is not None}
+
+
+def _prune_once(
+    model,
+    example_input,
+    ratio,
+    global_pruning,
+    ignored_layers,
+    max_pruning_ratio,
+    importance="l1",
+    grads=None,
+):
     m = copy.deepcopy(model).eval()
     ignored = _resolve_ignored(model, m, ignored_layers, example_input)
     if ratio > 0:
@@ -166,8 +193,13 @@ def _prune_once(model, example_input, ratio, global_pruning, ignored_layers, max
             global_pruning=global_pruning,
             ignored_layers=ignored,
             max_pruning_ratio=max_pruning_ratio,
+            importance=importance,
         )
+        if importance == "taylor":
+            for n, p in m.named_parameters():
+                p.grad = grads[n].clone() if n in grads else None
         pruner.step()
+        m.zero_grad(set_to_none=True)
         _after_prune_fixups(m)
     return m
 
@@ -182,8 +214,13 @@ def tp_prune_to_budget(
     tol: float = 0.005,
     max_iter: int = 20,
     max_pruning_ratio: float = 0.9,
+    importance: str = "l1",
+    calib=None,
 ) -> nn.Module:
-    """Torch-Pruning (L1 magnitude, uniform or global) hitting a *parameter* budget.
+    """Torch-Pruning (L1 magnitude or Taylor, uniform or global) hitting a *parameter* budget.
+
+    ``importance="taylor"`` uses ``TaylorImportance`` with gradients of the summed cross-entropy
+    over the ``calib`` batches (computed once on a copy of ``model``, eval mode).
 
     ``params_fraction_removed`` is the target fraction of parameters removed (0.3 = keep 70%).
     The channel ratio is bisected; the model whose achieved fraction is closest to the target is
@@ -196,6 +233,7 @@ def tp_prune_to_budget(
     if not 0.0 <= params_fraction_removed < 1.0:
         raise ValueError("params_fraction_removed must be in [0, 1)")
     n0 = count_params(model)
+    grads = taylor_gradients(model, calib) if importance == "taylor" else None
 
     def achieved(m):
         return 1.0 - count_params(m) / n0
@@ -205,7 +243,14 @@ def tp_prune_to_budget(
     for _ in range(max_iter):
         mid = 0.5 * (lo + hi)
         m = _prune_once(
-            model, example_input, mid, global_pruning, ignored_layers, max_pruning_ratio
+            model,
+            example_input,
+            mid,
+            global_pruning,
+            ignored_layers,
+            max_pruning_ratio,
+            importance,
+            grads,
         )
         f = achieved(m)
         err = abs(f - params_fraction_removed)

@@ -12,6 +12,7 @@ Public entry points:
 - :func:`estimate_memory` — what scoring will need, before any data is read.
 - :func:`save_pruned` / :func:`load_pruned` — a ``.pt2`` program that carries its plan, and the
   way back to a trainable GraphModule from the original model and the keep lists.
+- :func:`recalibrate` — re-estimate BatchNorm statistics of a pruned model on calibration data.
 """
 
 from .engine.artifact import load_pruned, save_pruned
@@ -19,9 +20,11 @@ from .engine.groups import ChannelGraph, ChannelGroup, channel_groups, prune
 from .engine.groups import build as channel_graph
 from .engine.oracle import VerifyReport, verify
 from .errors import CalibrationError, CaptureError, FairfxError, PlanError
-from .method.fair import Analysis, analyze, compress, load_analysis
+from .method.fair import Analysis, analyze, load_analysis
 from .method.finetune import finetune
 from .method.memory import MemoryEstimate, estimate_memory
+from .method.pipeline import compress
+from .method.recalibrate import recalibrate
 from .version import __version__
 
 __all__ = [
@@ -44,6 +47,7 @@ __all__ = [
     "load_analysis",
     "load_pruned",
     "prune",
+    "recalibrate",
     "save_pruned",
     "verify",
 ]

@@ -173,8 +173,40 @@ def second(work, first):
                 "0.05",
                 "0.3",
             ],
+            "rounds": [
+                "compress",
+                *COMMON,
+                "--params",
+                "0.5",
+                "--rounds",
+                "2",
+                "--round-to",
+                "4",
+                "--ignore",
+                "features.0",
+                "--out",
+                "rounds.pt2",
+                "--report",
+                "report3.json",
+                "--quiet",
+            ],
         },
     )
+
+
+def test_compress_in_rounds_with_rounding_and_ignored_layers(work, second) -> None:
+    res = second["rounds"]
+    assert res.returncode == 0, res.stderr
+    report = json.loads((work / "report3.json").read_text())
+    rounds = report["rounds"]
+    assert len(rounds) == 2 and all(r["verify"] for r in rounds)
+    kept = rounds[-1]["params_after"] / rounds[0]["params_before"]
+    assert abs(kept - 0.5) < 0.1 and rounds[0]["params_kept"] < 1
+    assert rounds[0]["round_to"] == 4 and rounds[0]["ignored_groups"]
+    program = torch.export.load(work / "rounds.pt2").module()
+    first_conv = program.get_parameter("features.0.weight")
+    assert first_conv.shape[0] == 8  # ignored: kept exactly
+    assert report["export"]["equal"]
 
 
 def test_compress_writes_a_checked_program_report_plot_and_scores(work, first) -> None:
@@ -207,6 +239,7 @@ def test_compress_writes_a_checked_program_report_plot_and_scores(work, first) -
     assert report["model_args"] == {"num_classes": 3}
     assert report["export"]["equal"] and report["export"]["dynamic_batch"]
     assert len(report["finetune"]["train_loss"]) == 1
+    assert report["recalibration"] == {"modules": 3, "batches": 2, "samples": 15}
     assert {"load", "analyze", "plan", "compress", "verify", "finetune", "export"} <= set(
         report["timings_seconds"]
     )
@@ -303,6 +336,10 @@ def test_unknown_model_in_a_real_process(first) -> None:
         (["--model-args", "image_size"], "--model-args takes KEY=VALUE pairs"),
         (["--model-args", "num_classes=4", "--num-classes", "3"], "disagree; give one"),
         (["--model-args", "depth=3"], "tiny(depth=3) failed"),
+        (["--rounds", "0"], "--rounds must be at least 1"),
+        (["--round-to", "0"], "--round-to must be at least 1"),
+        (["--ignore", "features.99"], "--ignore features.99: the model has no such layer"),
+        (["--allocation", "global_r"], "give --params or --flops, not --alpha"),
     ],
 )
 def test_bad_input_is_one_line_with_exit_code_2(work, monkeypatch, capsys, argv, message) -> None:

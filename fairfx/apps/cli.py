@@ -19,6 +19,8 @@ from pathlib import Path
 import torch
 
 from ..errors import FairfxError
+from ..method.allocation import ALLOCATIONS
+from ..method.scoring import OBSERVE
 from ..version import __version__
 from .cli_compress import _load_scores, cmd_compress
 from .cli_inputs import (
@@ -128,12 +130,15 @@ def cmd_plan(args: argparse.Namespace) -> int:
             "units removed",
         )
     ]
+    if args.round_to is not None and args.round_to < 1:
+        raise UserError(f"--round-to must be at least 1, got {args.round_to}")
+    options = {"round_to": args.round_to, "ignored_layers": args.ignore or None}
     notes = []
     for label, keywords in targets:
         if "alpha" in keywords:
-            plan = analysis.plan(keywords["alpha"])
+            plan = analysis.plan(keywords["alpha"], **options)
         else:
-            plan = analysis.plan_for(**keywords)
+            plan = analysis.plan_for(**keywords, allocation=args.allocation, **options)
             notes.append(f"{label}: {plan.note}")
         s = plan.summary()
         rows.append(
@@ -187,6 +192,28 @@ def _model_args(p: argparse.ArgumentParser, image_size: int | None, size_help: s
         help="input channels (default 3; 1 makes ImageFolder images grey)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars or progress messages")
+
+
+def _planning_args(p: argparse.ArgumentParser, allocation: bool = True) -> None:
+    if allocation:
+        p.add_argument(
+            "--allocation",
+            choices=ALLOCATIONS,
+            help="how a --params/--flops budget is spread over the layers (default: "
+            "the benchmark's choice, see README Decisions); tod with --alpha",
+        )
+    p.add_argument(
+        "--round-to",
+        type=int,
+        help="round every kept channel count to a multiple of this (e.g. 8)",
+    )
+    p.add_argument(
+        "--ignore",
+        action="append",
+        default=[],
+        metavar="LAYER",
+        help="qualified name of a layer to keep exactly as it is (repeatable)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -277,6 +304,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="score even when the memory estimate exceeds the memory available",
     )
     c.add_argument("--seed", type=int, default=0, help="seed of scoring and shuffling (0)")
+    c.add_argument(
+        "--observe",
+        choices=OBSERVE,
+        default="post_act",
+        help="where U is measured (default post_act; consumer: where each layer reads it)",
+    )
+    c.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="prune in this many rounds, fine-tuning 1 epoch on --data and re-scoring between "
+        "rounds (a --params/--flops budget is split geometrically); default 1",
+    )
+    c.add_argument(
+        "--no-recalibrate",
+        action="store_true",
+        help="do not re-estimate BatchNorm statistics on --data after pruning",
+    )
+    _planning_args(c)
     c.set_defaults(func=cmd_compress)
 
     i = sub.add_parser(
@@ -307,6 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--params", type=float, nargs="+", help="fractions of parameters to keep, (0, 1]"
     )
     goal.add_argument("--flops", type=float, nargs="+", help="fractions of MACs to keep, (0, 1]")
+    _planning_args(p)
     p.set_defaults(func=cmd_plan)
     return parser
 

@@ -38,6 +38,13 @@ from .cli_options import (
     parse_normalize,
     split_indices,
 )
+from .cli_rounds import (
+    _check_planning,
+    _compress_in_rounds,
+    planning_options,
+    recal_line,
+    recalibrate_step,
+)
 from .report import export_and_check, plot_formats, plot_kept
 
 
@@ -111,6 +118,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
         },
         {"--weights": args.weights, "--data": args.data},
     )
+    _check_planning(args)
     out = _writable(args.out, "--out")
     report_path = _writable(args.report, "--report")
     plot_path = _writable(args.plot, "--plot")
@@ -143,6 +151,9 @@ def cmd_compress(args: argparse.Namespace) -> int:
     loader = torch.utils.data.DataLoader(train_set, batch_size=args.batch_size, shuffle=False)
     fingerprint = weights_fingerprint(model)
     times["load"] = time.perf_counter() - t
+    planning = planning_options(args, model)
+    if args.rounds > 1:
+        return _compress_in_rounds(args, model, example, loader, planning, say, times)
 
     t = time.perf_counter()
     if scores_path is not None and scores_path.exists():
@@ -169,6 +180,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
             samples_per_class=args.samples_per_class,
             max_classes=args.max_classes,
             seed=args.seed,
+            observe=args.observe,
             progress=not args.quiet,
             state_dtype=args.state_dtype,
             memory_check=not args.no_memory_check,
@@ -191,13 +203,13 @@ def cmd_compress(args: argparse.Namespace) -> int:
 
     t = time.perf_counter()
     if args.alpha is not None:
-        plan = analysis.plan(args.alpha)
+        plan = analysis.plan(args.alpha, **planning)
         target = f"alpha {args.alpha:g}"
     elif args.params is not None:
-        plan = analysis.plan_for(params=args.params)
+        plan = analysis.plan_for(params=args.params, **planning)
         target = f"keep {args.params:g} of parameters"
     else:
-        plan = analysis.plan_for(flops=args.flops)
+        plan = analysis.plan_for(flops=args.flops, **planning)
         target = f"keep {args.flops:g} of MACs"
     times["plan"] = time.perf_counter() - t
 
@@ -214,6 +226,8 @@ def cmd_compress(args: argparse.Namespace) -> int:
             "This is a fairfx bug: please report the model",
             code=1,
         )
+
+    recal = recalibrate_step(args, pruned, loader, say, times)
 
     accuracy = None
     if val_loader is not None:
@@ -308,6 +322,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
             "max_abs_diff": check.max_abs_diff,
             "tolerance": check.tolerance,
         },
+        "recalibration": recal,
         "finetune": history,
         "export": export,
         "timings_seconds": {k: round(v, 4) for k, v in times.items()},
@@ -319,7 +334,8 @@ def cmd_compress(args: argparse.Namespace) -> int:
     if plot_path is not None:
         plot_kept(per_group, plot_path, f"{args.model}: {target}")
         say(f"wrote {plot_path}")
-    print(_compress_table(args, target, summary, check, history, export, times, reused, accuracy))
+    table = _compress_table(args, target, summary, check, history, export, times, reused, accuracy)
+    print(table.replace("\nverify", f"\n{recal_line(recal)}\nverify") if recal else table)
     return 0 if export["equal"] else 1
 
 

@@ -1,5 +1,5 @@
-"""The FAIR-Pruner entry points: ``analyze`` (score once), ``Analysis`` (plan, compress, save)
-and ``compress`` (all in one call)."""
+"""The FAIR-Pruner entry points: ``analyze`` (score once) and ``Analysis`` (plan, compress,
+save); ``compress`` (all in one call, also in rounds) is in :mod:`fairfx.method.pipeline`."""
 
 from __future__ import annotations
 
@@ -13,16 +13,16 @@ import numpy as np
 import torch
 import torch.fx as fx
 
-from ..engine.capture import as_inputs
 from ..engine.groups import ChannelGraph, build
 from ..errors import CalibrationError, FairfxError, PlanError
 from ..files import load_payload, plain, save_payload
-from .calibration import self_labelled
 from .checks import check_grad_mode, check_prunable, check_scores, check_weights, finite_batches
 from .codec import check_codec
 from .finalize import finalize
 from .memory import class_hint, estimate_for_graph
-from .planning import Plan, check_choice, check_plan_options, make_plan, plan_for_budget
+from .planning import Plan, check_choice, ignored_groups, make_plan, plan_for_budget
+from .recalibrate import STATS_KEY
+from .recalibrate import recalibrate as recalibrate_bn
 from .scoring import OBSERVE, Scores, calibrate, new_state
 from .stats import CalibrationState, describe
 
@@ -69,19 +69,31 @@ class Analysis:
         *,
         importance: str = "fair",
         uniform: float | None = None,
+        allocation: str | None = None,
+        ratio: float | None = None,
         group_rule: str = "joint",
+        round_to: int | None = None,
+        ignored_layers: Any = None,
         seed: int = 0,
     ) -> Plan:
-        """Per-group kept units by Tolerance of Difference at ``alpha`` (or ``uniform`` ratio)."""
-        if alpha is None and uniform is None:
-            raise PlanError("give alpha (Tolerance of Difference) or uniform=ratio")
+        """Per-group kept units by Tolerance of Difference at ``alpha`` (the paper), a
+        ``uniform`` ratio, or another ``allocation`` with a global ``ratio`` of units (see
+        :mod:`fairfx.method.allocation`). ``round_to`` rounds kept counts to a multiple;
+        ``ignored_layers`` (names or modules) stay exactly as they are."""
+        if alpha is None and uniform is None and ratio is None:
+            raise PlanError("give alpha (Tolerance of Difference), uniform=ratio or ratio=")
+        graph = self._need_graph()
         return make_plan(
-            self._need_graph(),
+            graph,
             self.scores,
             alpha=alpha,
             importance=importance,
             uniform=uniform,
+            allocation=allocation,
+            ratio=ratio,
             group_rule=group_rule,
+            round_to=round_to,
+            ignored=ignored_groups(graph, ignored_layers),
             seed=seed,
         )
 
@@ -92,33 +104,58 @@ class Analysis:
         flops: float | None = None,
         importance: str = "fair",
         uniform: bool = False,
+        allocation: str | None = None,
+        alpha: float | None = None,
         group_rule: str = "joint",
+        round_to: int | None = None,
+        ignored_layers: Any = None,
         seed: int = 0,
     ) -> Plan:
         """The plan whose kept fraction of parameters (or FLOPs, counted as MACs) is closest
-        to the target, by bisecting alpha over the cached scores; ``plan.note`` says how close."""
+        to the target, by bisecting the allocation's knob over the cached scores (alpha for
+        ``tod``); ``plan.note`` says how close. ``allocation`` defaults to the benchmark's
+        winner (README, Decisions)."""
+        graph = self._need_graph()
         return plan_for_budget(
-            self._need_graph(),
+            graph,
             self.scores,
             params=params,
             macs=flops,
             importance=importance,
             uniform=uniform,
+            allocation=allocation,
+            alpha=alpha,
             group_rule=group_rule,
+            round_to=round_to,
+            ignored=ignored_groups(graph, ignored_layers),
             seed=seed,
         )
 
-    def compress(self, alpha: float | Plan = 0.005, **plan_options: Any) -> fx.GraphModule:
+    def compress(
+        self,
+        alpha: float | Plan = 0.005,
+        *,
+        data: Iterable[Any] | None = None,
+        recalibrate: bool = True,
+        **plan_options: Any,
+    ) -> fx.GraphModule:
         """The pruned GraphModule for ``alpha`` (or a ready ``Plan``); plan and summary in
-        ``.meta["fairfx"]``."""
+        ``.meta["fairfx"]``. With ``data``, BatchNorm statistics are re-estimated on it
+        afterwards (:func:`fairfx.recalibrate`; ``recalibrate=False`` skips it)."""
         graph = self._need_graph()
         plan = alpha if isinstance(alpha, Plan) else self.plan(alpha, **plan_options)
         start = time.perf_counter()
         pruned = graph.rewrite(plan.units)
+        # A model pruned again carries its earlier recalibration's record: not this rewrite's.
+        pruned.meta.pop(STATS_KEY, None)
         info = pruned.meta["fairfx"]
         info["plan"] = plan.summary()
         info["rewrite_seconds"] = time.perf_counter() - start
         info["analysis"] = dict(self.record)
+        if data is not None and recalibrate:
+            start = time.perf_counter()
+            recalibrate_bn(pruned, data, inplace=True)
+            info["recalibration"]["seconds"] = time.perf_counter() - start
         return pruned
 
     # ------------------------------------------------------------------ persistence
@@ -389,27 +426,3 @@ def _gather(state: CalibrationState, world: int) -> CalibrationState:
     for other in states[1:]:
         merged = merged.merge(other)
     return merged
-
-
-def compress(
-    model: torch.nn.Module,
-    example_input: Any,
-    alpha: float = 0.005,
-    data: Iterable[Any] | None = None,
-    **options: Any,
-) -> fx.GraphModule:
-    """FAIR-Pruner in one call: score, plan at ``alpha``, rewrite; returns a smaller GraphModule.
-
-    Without ``data`` the example batch is labelled by the model's own predictions (it must hold
-    at least two predicted classes). ``options`` go to :func:`analyze` (``samples_per_class``,
-    ``observe``, ...) and to :meth:`Analysis.plan` (``importance``, ``group_rule``).
-    """
-    plan_keys = {"importance", "group_rule", "uniform"}
-    plan_options = {k: options.pop(k) for k in list(options) if k in plan_keys}
-    # Every option is checked before the scoring pass: a typo must cost milliseconds, not a scan.
-    check_plan_options(alpha=alpha, **plan_options)
-    check_analyze_options(**options)
-    if data is None:
-        data = self_labelled(model, as_inputs(example_input))
-    analysis = analyze(model, example_input, data, **options)
-    return analysis.compress(alpha, **plan_options)

@@ -1,9 +1,12 @@
 """Planning: turn cached scores into per-group keep lists for any alpha or budget.
 
-Counts come from Tolerance of Difference (:mod:`fairfx.method.tod`) per group; which units go is
-chosen by an importance ranking (``fair``: lowest U; ``l1``: lowest filter L1 norm; ``random``). The
-``uniform=r`` baseline removes the same fraction of every group. No data is needed to plan, so a
-user can sweep alphas or bisect a parameter/MAC budget in seconds.
+How many units each group loses comes from an allocation (:mod:`fairfx.method.allocation`): the
+paper's Tolerance of Difference per group (:mod:`fairfx.method.tod`), a uniform ratio, or one
+global threshold across groups; which units go is chosen by an importance ranking (``fair``:
+lowest U; ``l1``: lowest filter L1 norm; ``random``). Kept counts can be rounded to a hardware
+multiple (``round_to``) and named layers kept exactly (``ignored_layers``); costs are those of
+the final plan. No data is needed to plan, so a user can sweep alphas or bisect a
+parameter/MAC budget in seconds.
 """
 
 from __future__ import annotations
@@ -15,14 +18,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import torch
 
 from ..engine.cost import Cost
 from ..engine.groups import ChannelGraph
 from ..errors import PlanError
-from .tod import prune_count, removal_order
+from .allocation import ALLOCATIONS, check_ratio, counts, round_kept
+from .tod import removal_order
 
 IMPORTANCE = ("fair", "l1", "random")
 GROUP_RULES = ("joint", "member")
+# plan_for's allocation when none is given; chosen by benchmarks/bench_quality.py (README).
+DEFAULT_BUDGET_ALLOCATION = "tod"
 
 
 @dataclass
@@ -52,6 +59,9 @@ class Plan:
             "alpha": self.alpha,
             "importance": self.importance,
             "uniform": self.uniform,
+            "allocation": self.extra.get("allocation", "tod"),
+            "round_to": self.extra.get("round_to"),
+            "ignored_groups": self.extra.get("ignored_groups", []),
             "params_before": self.base.params,
             "params_after": self.cost.params,
             "macs_before": self.base.macs,
@@ -98,18 +108,42 @@ def check_uniform_ratio(uniform: Any) -> float:
     return float(uniform)
 
 
+def check_round_to(round_to: Any) -> int | None:
+    if round_to is not None and (
+        isinstance(round_to, bool) or not isinstance(round_to, (int, np.integer)) or round_to < 1
+    ):
+        raise PlanError(f"round_to must be a positive integer (e.g. 8), got {round_to!r}")
+    return None if round_to is None else int(round_to)
+
+
 def check_plan_options(
     *,
     alpha: Any = None,
     importance: Any = "fair",
     uniform: Any = None,
     group_rule: Any = "joint",
+    allocation: Any = None,
+    round_to: Any = None,
+    budget: bool = False,
 ) -> None:
-    """Every planning option checked up front, so ``compress`` refuses a typo before scoring."""
+    """Every planning option checked up front, so ``compress`` refuses a typo before scoring.
+
+    ``budget``: the plan will be bisected to a params/FLOPs budget (no alpha needed)."""
     check_choice("importance", importance, IMPORTANCE)
     check_choice("group_rule", group_rule, GROUP_RULES)
-    if uniform is not None:
+    if allocation is not None:
+        check_choice("allocation", allocation, ALLOCATIONS)
+    check_round_to(round_to)
+    if uniform is not None and not budget:
         check_uniform_ratio(uniform)
+    elif budget:
+        if alpha is not None:
+            check_alpha(alpha)
+    elif allocation not in (None, "tod", "hybrid"):
+        raise PlanError(
+            f"allocation={allocation!r} spreads a budget over the layers and needs one: give "
+            "params= or flops= (alpha is for the paper's ToD counts)"
+        )
     elif alpha is None:
         raise PlanError("give alpha (Tolerance of Difference) or uniform=ratio")
     else:
@@ -137,26 +171,58 @@ def check_budget(params: Any = None, flops: Any = None, uniform: Any = False) ->
     return name, float(target)
 
 
-def _removal(scores, gid: int, importance: str, seed: int) -> np.ndarray:
+def _ranking(scores, gid: int, importance: str, seed: int) -> np.ndarray:
+    """The score units of one group are removed by, lowest first."""
     if importance == "fair":
-        return removal_order(scores.u)
+        return np.asarray(scores.u, dtype=np.float64)
     if importance == "l1":
-        return removal_order(scores.l1)
-    return np.random.default_rng([seed, gid]).permutation(len(scores.u))
+        return np.asarray(scores.l1, dtype=np.float64)
+    return np.random.default_rng([seed, gid]).random(len(scores.u))
 
 
-def _count(scores, alpha: float | None, uniform: float | None, group_rule: str) -> int:
-    n = len(scores.u)
-    if uniform is not None:
-        return min(math.floor(uniform * n), n - 1)
-    if group_rule == "member" and len(scores.member_u) > 1:
-        # The reference package plans each member on its own scores and keeps the largest count.
-        counts = [
-            prune_count(scores.member_u[p], scores.member_r.get(p, scores.r), alpha)
-            for p in scores.member_u
-        ]
-        return min(counts)
-    return prune_count(scores.u, scores.r, alpha)
+def ignored_groups(graph: ChannelGraph, ignored: Any) -> set[int]:
+    """Groups that touch an ignored layer (as producer or consumer): they stay whole, so the
+    layer's weights stay exactly as they were.
+
+    ``ignored`` holds qualified module names (a name also covers the modules under it) or
+    modules; a module is matched by its parameters, which the captured graph shares with the
+    user's model.
+    """
+    if not ignored:
+        return set()
+    if isinstance(ignored, (str, torch.nn.Module)):
+        ignored = [ignored]
+    gm = graph.analysis.gm
+    names: set[str] = set()
+    for item in ignored:
+        if isinstance(item, str):
+            if not any(n == item or n.startswith(item + ".") for n, _ in gm.named_modules()):
+                valid = ", ".join(sorted({g.producers[0] for g in graph.groups})[:6])
+                raise PlanError(
+                    f"ignored_layers: {item!r} is not a module of the model; give qualified "
+                    f"names such as {valid}"
+                )
+            names.add(item)
+        elif isinstance(item, torch.nn.Module):
+            ptrs = {p.data_ptr() for p in item.parameters()}
+            owners = {
+                n.rpartition(".")[0] for n, p in gm.named_parameters() if p.data_ptr() in ptrs
+            }
+            if not ptrs or not owners:
+                raise PlanError(
+                    f"ignored_layers: the {type(item).__name__} given has no parameters in this "
+                    "model; pass submodules of the model or their qualified names"
+                )
+            names |= owners
+        else:
+            raise PlanError(
+                f"ignored_layers takes module names or modules, got {type(item).__name__}"
+            )
+
+    def hit(layer: str) -> bool:
+        return any(layer == n or layer.startswith(n + ".") for n in names)
+
+    return {g.id for g in graph.groups if any(hit(x) for x in (*g.producers, *g.consumers))}
 
 
 def make_plan(
@@ -166,36 +232,72 @@ def make_plan(
     alpha: float | None = None,
     importance: str = "fair",
     uniform: float | None = None,
+    allocation: str | None = None,
+    ratio: float | None = None,
     group_rule: str = "joint",
+    round_to: int | None = None,
+    ignored: set[int] | None = None,
     seed: int = 0,
     base: Cost | None = None,
     scale: float = 1.0,
     cost_of: Callable[[dict[int, np.ndarray]], Cost] | None = None,
 ) -> Plan:
-    """One plan: ToD counts (or a uniform ratio) and an importance ranking per group.
+    """One plan: per-group counts by ``allocation``, units by the ``importance`` ranking.
 
-    ``scale`` multiplies every ToD count (rounded down); ``plan_for`` uses it for budgets that
-    keep more than ``alpha = 0`` does, keeping ToD's allocation across layers.
+    ``tod`` (default) takes ``alpha``; ``uniform=r`` (or ``allocation="uniform", ratio=r``)
+    removes the fraction r of every group; the global allocations take ``ratio``, the fraction of
+    all units below their threshold (``hybrid`` also ``alpha``, the ToD bound). ``round_to``
+    rounds every kept count to a multiple (:func:`~fairfx.method.allocation.round_kept`);
+    ``ignored`` groups stay whole. ``scale`` multiplies every count (rounded down); ``plan_for``
+    uses it for budgets that keep more than ``alpha = 0`` does.
     """
-    check_plan_options(alpha=alpha, importance=importance, uniform=uniform, group_rule=group_rule)
-    if uniform is None:
-        alpha = check_alpha(alpha)
+    if uniform is not None:
+        allocation, ratio = "uniform", check_uniform_ratio(uniform)
+    allocation = allocation or "tod"
+    check_plan_options(
+        importance=importance,
+        group_rule=group_rule,
+        allocation=allocation,
+        round_to=round_to,
+        budget=True,
+    )
+    if allocation in ("tod", "hybrid"):
+        alpha = check_alpha(0.5 if alpha is None and allocation == "hybrid" else alpha)
+    if allocation != "tod":
+        ratio = check_ratio(ratio)
+    ignored = ignored or set()
+    rankings = {g: _ranking(scores[g], g, importance, seed) for g in scores}
+    eligible = {g for g in scores if g not in ignored}
+    removal = counts(
+        scores,
+        rankings,
+        eligible,
+        allocation=allocation,
+        alpha=alpha,
+        ratio=ratio,
+        group_rule=group_rule,
+    )
     units: dict[int, np.ndarray] = {}
-    removed: dict[int, int] = {}
     priority = np.zeros(len(graph.roots))
     for gid in sorted(scores):
         s = scores[gid]
-        m = _count(s, alpha, uniform, group_rule)
-        m = m if uniform is not None else math.floor(scale * m)
-        order = _removal(s, gid, importance, seed)
-        units[gid] = np.sort(order[m:])
-        removed[gid] = m
+        n = len(s.u)
+        m = math.floor(scale * removal[gid]) if allocation == "tod" else removal[gid]
+        kept = n if gid in ignored else round_kept(n - m, n, round_to)
+        order = removal_order(rankings[gid])
+        units[gid] = np.sort(order[n - kept :])
         priority[graph.group_classes[gid]] = s.u
     units = graph.restore_empty(units, priority[graph.roots])
     removed = {g: graph.groups[g].size - len(u) for g, u in units.items()}
     base = base or graph.cost()
     cost = cost_of(units) if cost_of is not None else graph.cost(units)
-    return Plan(units, alpha, importance, uniform, removed, cost, base)
+    plan = Plan(
+        units, alpha, importance, ratio if allocation == "uniform" else None, removed, cost, base
+    )
+    plan.extra.update(
+        allocation=allocation, ratio=ratio, round_to=round_to, ignored_groups=sorted(ignored)
+    )
+    return plan
 
 
 def plan_for_budget(
@@ -206,22 +308,35 @@ def plan_for_budget(
     macs: float | None = None,
     importance: str = "fair",
     uniform: bool = False,
+    allocation: str | None = None,
+    alpha: float | None = None,
     group_rule: str = "joint",
+    round_to: int | None = None,
+    ignored: set[int] | None = None,
     seed: int = 0,
     steps: int = 24,
 ) -> Plan:
-    """Bisect alpha (or the uniform ratio) so the kept fraction meets a budget.
+    """Bisect the allocation's knob so the kept fraction meets a budget.
 
-    The kept fraction falls as alpha grows, though not strictly (ToD counts move in steps), so
-    every evaluated plan is kept and the one closest to the target wins; its note says how close
-    it came and whether the target was reachable (one ToD round prunes at most about half of
-    each group, ``m_hat <= n / (2 - alpha)``: see :mod:`fairfx.method.tod`). When even
-    ``alpha = 0`` keeps less than the target (U and R disagree enough that ToD already removes
-    many units), every ToD count is scaled down by one bisected factor instead, which keeps ToD's
-    per-layer allocation.
+    The knob is alpha for ``tod``, the ratio for ``uniform`` and the global allocations
+    (``hybrid`` keeps ``alpha`` as its per-group bound, 0.5 by default). The kept fraction falls
+    as the knob grows, though not strictly (counts move in steps), so every evaluated plan is
+    kept and the one closest to the target wins; its note says how close it came and whether the
+    target was reachable (one ToD round prunes at most about half of each group, see README).
+    When even ``alpha = 0`` keeps less than the target (U and R disagree enough that ToD already
+    removes many units), every ToD count is scaled down by one bisected factor instead, which
+    keeps ToD's per-layer allocation.
     """
     _, target = check_budget(params, macs, uniform)
-    check_plan_options(alpha=0.0, importance=importance, group_rule=group_rule)
+    allocation = "uniform" if uniform else (allocation or DEFAULT_BUDGET_ALLOCATION)
+    check_plan_options(
+        alpha=alpha,
+        importance=importance,
+        group_rule=group_rule,
+        allocation=allocation,
+        round_to=round_to,
+        budget=True,
+    )
     base = graph.cost()
     key = "params_kept" if params is not None else "macs_kept"
     costs: dict[tuple[tuple[int, int], ...], Cost] = {}
@@ -229,33 +344,26 @@ def plan_for_budget(
     def cost_of(units: dict[int, np.ndarray]) -> Cost:
         """Sizes, not identities, of kept units decide the cost: bisection steps that land on the
         same counts reuse it."""
-        counts = tuple(sorted((g, len(u)) for g, u in units.items()))
-        if counts not in costs:
-            costs[counts] = graph.cost(units)
-        return costs[counts]
+        count = tuple(sorted((g, len(u)) for g, u in units.items()))
+        if count not in costs:
+            costs[count] = graph.cost(units)
+        return costs[count]
+
+    common = dict(
+        importance=importance,
+        group_rule=group_rule,
+        round_to=round_to,
+        ignored=ignored,
+        seed=seed,
+        base=base,
+        cost_of=cost_of,
+        allocation=allocation,
+    )
 
     def build(x: float, scale: float = 1.0) -> Plan:
-        if uniform:
-            return make_plan(
-                graph,
-                scores,
-                uniform=x,
-                importance=importance,
-                seed=seed,
-                base=base,
-                cost_of=cost_of,
-            )
-        return make_plan(
-            graph,
-            scores,
-            alpha=x,
-            importance=importance,
-            group_rule=group_rule,
-            seed=seed,
-            base=base,
-            scale=scale,
-            cost_of=cost_of,
-        )
+        if allocation == "tod":
+            return make_plan(graph, scores, alpha=x, scale=scale, **common)
+        return make_plan(graph, scores, ratio=x, alpha=alpha, **common)
 
     def bisect(make, lo: float, hi: float) -> list[Plan]:
         """Both knobs remove more as they grow, so the kept fraction falls from lo to hi."""
@@ -271,7 +379,7 @@ def plan_for_budget(
         return tried
 
     least = build(0.0)
-    if uniform or getattr(least, key) > target:
+    if allocation != "tod" or getattr(least, key) > target:
         tried = bisect(build, 0.0, 0.999)
     else:
         # alpha = 0 already prunes more than asked: shrink every ToD count by one factor.
@@ -283,7 +391,7 @@ def plan_for_budget(
     if abs(reached - target) > 0.1 * target:
         best.note += (
             " (not reachable: this is the closest plan; every group keeps at least one unit and "
-            "ToD counts move in steps; for more, prune, fine-tune and prune again)"
+            "counts move in steps; for more, prune in rounds: compress(..., rounds=k))"
         )
     best.extra["target"] = {what: target}
     return best

@@ -39,13 +39,14 @@ from tqdm.auto import tqdm
 
 from ..engine.edits import ParamEdit
 from ..engine.groups import ChannelGraph
+from ..engine.slots import Layout
 from ..errors import CalibrationError
 from .calibration import check_labels, split_batch
 from .codec import check_codec, encode
 from .stats import CalibrationState, sample_keys
 from .wasserstein import project, projection_matrix
 
-OBSERVE = ("post_act", "module")
+OBSERVE = ("post_act", "module", "consumer")
 
 
 @dataclass
@@ -70,10 +71,51 @@ class Scores:
     member_r: dict[str, np.ndarray] = field(default_factory=dict)
 
 
+def _read_points(graph: ChannelGraph, node: fx.Node, gid: int) -> list[fx.Node]:
+    """Every tensor a consumer reads the group's channels from: walk from the producer through
+    anything that carries them on the same axis (per-channel ops, ``cat``, residual ``add``)
+    and keep the tensors that some other op reads (a conv, a linear, a reshape)."""
+    layouts = graph.analysis.layouts
+    dim = layouts[node.name].dim
+    seen, todo, points = {node.name}, [node], []
+
+    def carries(n: fx.Node) -> bool:
+        lay = layouts.get(n.name)
+        return (
+            isinstance(lay, Layout)
+            and lay.dim == dim
+            and bool((graph.unit_index(gid, lay.slots) >= 0).any())
+        )
+
+    while todo:
+        cur = todo.pop()
+        read = False
+        for user in cur.users:
+            if carries(user):
+                if user.name not in seen:
+                    seen.add(user.name)
+                    todo.append(user)
+            else:
+                read = True
+        if read or not cur.users:
+            points.append(cur)
+    return sorted(points, key=lambda n: n.name)
+
+
 def observation_points(graph: ChannelGraph, observe: str) -> list[_Point]:
     """Where U is measured for every prunable producer call (maps from the channel engine)."""
     if observe not in OBSERVE:
         raise ValueError(f"observe must be one of {OBSERVE}, got {observe!r}")
+    if observe == "consumer":
+        nodes = {n.name: n for n in graph.analysis.gm.graph.nodes}
+        layouts = graph.analysis.layouts
+        points = []
+        for m in graph.unit_maps():
+            for n in _read_points(graph, nodes[m.node], m.gid):
+                lay = layouts[n.name]
+                units = graph.unit_index(m.gid, lay.slots)
+                points.append(_Point(m.producer, n.name, m.gid, lay.dim, units))
+        return points
     if observe == "post_act":
         return [
             _Point(m.producer, m.read, m.gid, m.read_dim, m.read_units) for m in graph.unit_maps()
