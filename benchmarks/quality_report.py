@@ -1,0 +1,339 @@
+"""Tables and plot of the quality benchmark, from its records (see ``bench_quality.py``).
+
+Paired differences: every seed trains one model, and every method prunes that same model, so
+``default - method`` per seed removes the model-to-model spread that dominates one-shot
+accuracy. Cells say the mean difference in points and how many seeds the default won (ties
+count half).
+"""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+
+from fairfx.apps.report import table
+
+ARCHS = ("vgg", "resnet", "densenet")
+STAGES = (
+    ("oneshot_acc", "one-shot"),
+    ("recal_acc", "one-shot + BN recal"),
+    ("finetuned_acc", "fine-tuned"),
+)
+
+
+def _ok(records, **match) -> list[dict]:
+    return [
+        r for r in records if "failed" not in r and all(r.get(k) == v for k, v in match.items())
+    ]
+
+
+def _ms(values: list[float]) -> str:
+    if not values:
+        return "-"
+    m = 100 * statistics.fmean(values)
+    if len(values) == 1:
+        return f"{m:.1f}"
+    return f"{m:.1f}±{100 * statistics.stdev(values):.1f}"
+
+
+def _budgets(records) -> list[float]:
+    return sorted({r["budget"] for r in records}, reverse=True)
+
+
+def _methods(records, arch, methods) -> list[str]:
+    present = {r["method"] for r in records if r["arch"] == arch}
+    return [m for m in methods if m in present]
+
+
+def accuracy_tables(records, infos, methods) -> str:
+    parts = []
+    for arch in ARCHS:
+        recs = [r for r in records if r["arch"] == arch]
+        if not recs:
+            continue
+        base = [i["base_acc"] for i in infos if i["arch"] == arch]
+        n0 = next((i["params"] for i in infos if i["arch"] == arch), "?")
+        budgets = _budgets(recs)
+        rows = []
+        for m in _methods(records, arch, methods):
+            row = [methods[m][0]]
+            for b in budgets:
+                cell = [r for r in recs if r["method"] == m and r["budget"] == b]
+                ok = [r for r in cell if "failed" not in r]
+                if not cell:
+                    row.append("-")
+                elif not ok:
+                    row.append(f"failed: {cell[0]['failed'][:90]}")
+                else:
+                    vals = [_ms([r[k] for r in ok if k in r]) for k, _ in STAGES]
+                    row.append(
+                        f"{vals[0]} / {vals[1]} / **{vals[2]}** "
+                        f"(p {statistics.fmean(r['params_kept'] for r in ok):.3f})"
+                    )
+            rows.append(row)
+        seeds = len({i["seed"] for i in infos if i["arch"] == arch})
+        parts.append(
+            f"### {arch}: unpruned {_ms(base)}% ({n0} params; {seeds} seeds)\n\n"
+            "Cells: one-shot / one-shot after BN recalibration / **fine-tuned** test accuracy in "
+            "% (mean±std over seeds; fine-tuned only for the listed methods), (p kept fraction "
+            "of parameters reached).\n\n"
+            + table(["method"] + [f"keep {b:.0%}" for b in budgets], rows)
+        )
+    return "\n\n".join(parts)
+
+
+def paired(records, a: str, b: str, arch: str, budget: float, key: str) -> tuple | None:
+    """(mean of a - b in points, wins of a, seeds) over the seeds both have."""
+    x = {r["seed"]: r[key] for r in _ok(records, arch=arch, method=a, budget=budget) if key in r}
+    y = {r["seed"]: r[key] for r in _ok(records, arch=arch, method=b, budget=budget) if key in r}
+    seeds = sorted(set(x) & set(y))
+    if not seeds:
+        return None
+    d = [100 * (x[s] - y[s]) for s in seeds]
+    wins = sum(1.0 if v > 0 else 0.5 if v == 0 else 0.0 for v in d)
+    return statistics.fmean(d), wins, len(seeds)
+
+
+def _pcell(p) -> str:
+    if p is None:
+        return "-"
+    mean, wins, n = p
+    return f"{mean:+.1f} ({wins:g}/{n})"
+
+
+def paired_tables(records, methods, ref: str = "default") -> str:
+    parts = []
+    for arch in ARCHS:
+        recs = [r for r in records if r["arch"] == arch]
+        if not recs:
+            continue
+        budgets = _budgets([r for r in recs if r["method"] == ref])
+        header = ["vs method"] + [f"{b:.0%}: {lab}" for b in budgets for _, lab in STAGES]
+        rows = []
+        for m in _methods(records, arch, methods):
+            if m == ref:
+                continue
+            rows.append(
+                [methods[m][0]]
+                + [_pcell(paired(recs, ref, m, arch, b, k)) for b in budgets for k, _ in STAGES]
+            )
+        parts.append(
+            f"### {arch}: `{ref}` minus each method, per seed\n\n"
+            "Cells: mean paired difference in accuracy points (wins of the default out of the "
+            "seeds both ran; ties count half), for one-shot, one-shot after BN recalibration "
+            "(both sides recalibrated) and fine-tuned.\n\n" + table(header, rows)
+        )
+    return "\n\n".join(parts)
+
+
+def _mean(records, **match) -> dict[str, float]:
+    ok = _ok(records, **match)
+    return {
+        k: 100 * statistics.fmean(r[k] for r in ok if k in r)
+        for k, _ in STAGES
+        if any(k in r for r in ok)
+    }
+
+
+def best_peer_table(records, methods, peers, ref: str = "default") -> str:
+    """The default (recalibrated) against every peer's best variant, raw or recalibrated."""
+    rows = []
+    for arch in ARCHS:
+        for b in _budgets([r for r in records if r["arch"] == arch and r["method"] == ref]):
+            mine = _mean(records, arch=arch, method=ref, budget=b)
+            one = {m: _mean(records, arch=arch, method=m, budget=b) for m in peers}
+            one = {m: v for m, v in one.items() if v}
+            if not mine or not one:
+                continue
+            shot = {m: max(v.get("oneshot_acc", 0), v.get("recal_acc", 0)) for m, v in one.items()}
+            tuned = {m: v["finetuned_acc"] for m, v in one.items() if "finetuned_acc" in v}
+            bs, bt = max(shot, key=shot.get), max(tuned, key=tuned.get) if tuned else None
+            rows.append(
+                [
+                    arch,
+                    f"{b:.0%}",
+                    f"{mine['recal_acc']:.1f}",
+                    f"{shot[bs]:.1f} ({methods[bs][0]})",
+                    f"{mine['recal_acc'] - shot[bs]:+.1f}",
+                    f"{mine.get('finetuned_acc', float('nan')):.1f}",
+                    f"{tuned[bt]:.1f} ({methods[bt][0]})" if bt else "-",
+                    f"{mine.get('finetuned_acc', float('nan')) - tuned[bt]:+.1f}" if bt else "-",
+                ]
+            )
+    return table(
+        [
+            "arch",
+            "keep",
+            "default one-shot",
+            "best peer one-shot (raw or recal)",
+            "Δ",
+            "default fine-tuned",
+            "best peer fine-tuned",
+            "Δ",
+        ],
+        rows,
+    )
+
+
+def rounds_table(records, methods) -> str:
+    rows = []
+    for arch in ARCHS:
+        for b in _budgets(
+            [r for r in records if r["arch"] == arch and r["method"] == "default-rounds"]
+        ):
+            cells = [arch, f"{b:.0%}"]
+            for m in ("default", "default-rounds", "tp-iterative", "tp-taylor-global"):
+                v = _mean(records, arch=arch, method=m, budget=b)
+                nan = float("nan")
+                recal, tuned = v.get("recal_acc", nan), v.get("finetuned_acc", nan)
+                cells.append(f"{recal:.1f} / **{tuned:.1f}**" if v else "-")
+            for m in ("default", "tp-iterative"):
+                p1 = paired(records, "default-rounds", m, arch, b, "recal_acc")
+                p2 = paired(records, "default-rounds", m, arch, b, "finetuned_acc")
+                cells.append(f"{_pcell(p1)} / {_pcell(p2)}")
+            rows.append(cells)
+    return table(
+        [
+            "arch",
+            "keep",
+            "default one-shot",
+            "default 3 rounds",
+            "TP iterative (3 steps)",
+            "TP Taylor global one-shot",
+            "rounds - one-shot (paired)",
+            "rounds - TP iterative (paired)",
+        ],
+        rows,
+    )
+
+
+def cost_table(records, infos, methods) -> str:
+    rows = []
+    for arch in ARCHS:
+        ai = [i for i in infos if i["arch"] == arch]
+        if not ai:
+            continue
+        for key, label in (
+            ("fairfx_scoring_seconds_post_act", "fairfx analyze (observe=post_act)"),
+            ("fairfx_scoring_seconds_consumer", "fairfx analyze (observe=consumer)"),
+            ("np_scoring_seconds", "network-pruner get_metrics"),
+            ("np_scoring_seconds_flatten", "network-pruner get_metrics (flatten variant)"),
+        ):
+            vals = [i[key] for i in ai if key in i]
+            if vals:
+                rows.append([arch, label, f"{statistics.median(vals):.2f}"])
+        for m in ("default", "fair-tod", "tp-taylor-global", "network-pruner", "default-rounds"):
+            vals = [r["prune_seconds"] for r in _ok(records, arch=arch, method=m)]
+            if vals:
+                rows.append(
+                    [
+                        arch,
+                        f"{methods[m][0]}: plan + prune per budget",
+                        f"{statistics.median(vals):.2f}",
+                    ]
+                )
+    return table(["arch", "step", "seconds (median)"], rows)
+
+
+def markdown(records, infos, runs, methods, peers) -> str:
+    head = [
+        "# Quality benchmark: accuracy at matched parameter budgets (digits)",
+        "",
+        "Generated by `benchmarks/bench_quality.py --report` from these runs (shards in parallel "
+        "processes, CPU, 1 thread each, machine shared with other jobs: timings are rough):",
+        "",
+    ]
+    for run in runs:
+        head.append(
+            f"- `{run['command']}`: {run['date']} UTC, {run['minutes']:.1f} min, fine-tune "
+            f"{run['finetune_epochs']} epochs, seeds {run['seeds']}"
+        )
+    head += [
+        "",
+        "Every pruned model, whichever method pruned it, is BatchNorm-recalibrated on the same "
+        "calibration images (320 training samples) before the recalibrated and fine-tuned "
+        "numbers; fine-tuning is `fairfx.finetune` (SGD lr 1e-3, momentum 0.9, wd 1e-4, best "
+        "validation epoch). `default` is fairfx as shipped: `analyze` + `plan_for(params=b)`.",
+        "",
+    ]
+    return "\n".join(head) + (
+        "\n## The default against every peer's best variant (means over seeds)\n\n"
+        + best_peer_table(records, methods, peers)
+        + "\n\n## 30% of parameters in rounds\n\n"
+        "One-shot cells: after BN recalibration / **fine-tuned**. Rounds and TP iterative get "
+        "1 fine-tune epoch between steps (2 extra epochs in total) and the same final "
+        "fine-tuning.\n\n"
+        + rounds_table(records, methods)
+        + "\n\n## Paired differences\n\n"
+        + paired_tables(records, methods)
+        + "\n\n## Accuracy of every method\n\n"
+        + accuracy_tables(records, infos, methods)
+        + "\n\n## Time\n\n"
+        + cost_table(records, infos, methods)
+        + "\n\nPlot: `benchmarks/results/accuracy_vs_params.png`. Raw records: "
+        "`artifacts/bench_quality/records_*.jsonl`.\n"
+    )
+
+
+def summary(records, methods, peers) -> str:
+    return best_peer_table(records, methods, peers) + "\n\n" + rounds_table(records, methods)
+
+
+def plot(records, infos, methods, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    archs = [a for a in ARCHS if any(r["arch"] == a for r in records)]
+    if not archs:
+        return
+    shown = [m for m in ("default", "fair-tod", *methods) if m in methods]
+    shown = list(
+        dict.fromkeys(
+            m for m in shown if methods[m][1] in ("default", "tp", "np") or m == "fair-tod"
+        )
+    )
+    fig, axes = plt.subplots(2, len(archs), figsize=(5.2 * len(archs), 8), squeeze=False)
+    for col, arch in enumerate(archs):
+        base = [i["base_acc"] for i in infos if i["arch"] == arch]
+        for row, key in enumerate(("recal_acc", "finetuned_acc")):
+            ax = axes[row][col]
+            for k, m in enumerate(shown):
+                pts = []
+                for b in _budgets(records):
+                    ok = [r for r in _ok(records, arch=arch, method=m, budget=b) if key in r]
+                    if ok:
+                        vals = [100 * r[key] for r in ok]
+                        pts.append(
+                            (
+                                statistics.fmean(r["params_kept"] for r in ok),
+                                statistics.fmean(vals),
+                                statistics.stdev(vals) if len(vals) > 1 else 0.0,
+                            )
+                        )
+                if pts:
+                    xs, ys, es = zip(*pts, strict=True)
+                    ax.errorbar(
+                        xs,
+                        ys,
+                        yerr=es,
+                        marker="osD^v<>Px*"[k % 10],
+                        capsize=3,
+                        label=methods[m][0],
+                        lw=2.2 if m == "default" else 1,
+                        alpha=0.85,
+                    )
+            if base:
+                ax.axhline(
+                    100 * statistics.fmean(base), color="k", ls="--", lw=0.8, label="unpruned"
+                )
+            ax.set_title(f"{arch}: {'one-shot + BN recal' if row == 0 else 'fine-tuned'}")
+            ax.set_xlabel("kept fraction of parameters")
+            ax.set_ylabel("test accuracy (%)")
+            ax.grid(alpha=0.3)
+        axes[0][col].legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
