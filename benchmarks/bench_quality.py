@@ -170,6 +170,8 @@ def tp_iterative(model, example, calib, budget, split, seed) -> nn.Module:
             global_pruning=True,
             importance="taylor",
             calib=calib,
+            tol=0.01,
+            max_iter=12,
         )
         if i < ROUND_STEPS:
             current = fairfx.recalibrate(current, calib)
@@ -233,6 +235,8 @@ class Runner:
                     global_pruning=opts["global_pruning"],
                     importance=opts["importance"],
                     calib=self.calib,
+                    tol=0.01,
+                    max_iter=12,
                 )
             rec.update(prune_seconds=t[0], ratio=pruned._tp_pruning_ratio)
             return pruned
