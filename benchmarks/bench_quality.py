@@ -30,14 +30,11 @@ recalibration, then (for the methods in ``FINETUNED``) fine-tuning from the reca
 (``fairfx.finetune``: SGD lr 1e-3, momentum 0.9, wd 1e-4, ``--finetune-epochs`` over the train
 split, best validation epoch kept) and the fine-tuned test accuracy; parameters, MACs, wall time.
 
-Run (CPU; the OpenMP policy and thread count are set before torch is imported). Shards run in
-parallel processes and one ``--report`` merges them:
+Run (CPU, 1 thread per process); shards (``--tag``) run in parallel and ``--report`` merges them:
 
     python benchmarks/bench_quality.py --tag a --archs resnet &
-    python benchmarks/bench_quality.py --tag b --archs vgg,densenet --skip-methods network-pruner &
-    python benchmarks/bench_quality.py --tag c --methods network-pruner,network-pruner-flatten
+    python benchmarks/bench_quality.py --tag b --archs vgg,densenet && wait
     python benchmarks/bench_quality.py --report
-    python benchmarks/bench_quality.py --archs vgg --seeds 0 --budgets 0.5 --finetune-epochs 1
 
 Writes ``benchmarks/RESULTS_quality.md`` (tables), ``artifacts/bench_quality/records_<tag>.jsonl``
 (one line per run) and ``benchmarks/results/accuracy_vs_params.png``.
@@ -71,7 +68,9 @@ import peers  # noqa: E402
 import quality_report as report  # noqa: E402
 from quality_lib import (  # noqa: E402
     ART,
+    ROUND_STEPS,
     NPScores,
+    _finetune,
     calibration_set,
     count_macs,
     count_params,
@@ -79,6 +78,7 @@ from quality_lib import (  # noqa: E402
     np_check,
     np_variant,
     timed_block,
+    tp_iterative,
     train_loader,
     trained_model,
 )
@@ -144,39 +144,6 @@ FINETUNED = {
     *PEERS,
     *ROUNDS,
 }
-ROUND_STEPS = 3
-
-
-def _finetune(model: nn.Module, split, seed: int, epochs: int, val=None) -> float:
-    torch.manual_seed(seed)
-    with timed_block() as t:
-        fairfx.finetune(
-            model, train_loader(split, seed), epochs=epochs, val_data=val, progress=False
-        )
-    return t[0]
-
-
-def tp_iterative(model, example, calib, budget, split, seed) -> nn.Module:
-    """Torch-Pruning Taylor global in ROUND_STEPS geometric steps (the schedule of
-    ``compress(rounds=...)``), recalibrated and fine-tuned one epoch between steps."""
-    n0 = count_params(model)
-    current = model
-    for i in range(1, ROUND_STEPS + 1):
-        keep = n0 * budget ** (i / ROUND_STEPS) / count_params(current)
-        current = peers.tp_prune_to_budget(
-            current,
-            example,
-            max(0.0, 1.0 - keep),
-            global_pruning=True,
-            importance="taylor",
-            calib=calib,
-            tol=0.01,
-            max_iter=12,
-        )
-        if i < ROUND_STEPS:
-            current = fairfx.recalibrate(current, calib)
-            _finetune(current, split, seed, 1)
-    return current
 
 
 class Runner:
@@ -376,28 +343,10 @@ def parse_args(argv=None):
     return args
 
 
-def _read(paths) -> list[dict]:
-    out = []
-    for path in paths:
-        out.extend(json.loads(line) for line in path.read_text().splitlines() if line)
-    return out
-
-
-def write_report(args) -> None:
-    records = _read(sorted(ART.glob("records_*.jsonl")))
-    infos = _read(sorted(ART.glob("models_*.jsonl")))
-    runs = _read(sorted(ART.glob("run_*.json")))
-    text = report.markdown(records, infos, runs, METHODS, PEERS)
-    RESULTS_MD.write_text(text)
-    report.plot(records, infos, METHODS, PLOT)
-    print(report.summary(records, METHODS, PEERS))
-    log(f"wrote {RESULTS_MD} and {PLOT}")
-
-
 def main(argv=None) -> None:
     args = parse_args(argv)
     if args.report:
-        write_report(args)
+        report.write(ART, RESULTS_MD, PLOT, METHODS, PEERS)
         return
     torch.set_num_threads(args.threads)
     args.np_failures = {}
@@ -405,8 +354,8 @@ def main(argv=None) -> None:
     ART.mkdir(parents=True, exist_ok=True)
     rec_path = ART / f"records_{args.tag}.jsonl"
     info_path = ART / f"models_{args.tag}.jsonl"
-    records = _read([rec_path]) if args.resume and rec_path.exists() else []
-    infos = _read([info_path]) if args.resume and info_path.exists() else []
+    records = report.read([rec_path]) if args.resume and rec_path.exists() else []
+    infos = report.read([info_path]) if args.resume and info_path.exists() else []
     if not args.resume:
         rec_path.write_text("")
         info_path.write_text("")

@@ -19,16 +19,19 @@ import traceback
 from pathlib import Path
 
 import numpy as np
+import peers
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 from torch.utils.flop_counter import FlopCounterMode
 
+import fairfx
 import fairfx.apps.digits as digits
 
 ART = Path(__file__).resolve().parent.parent / "artifacts" / "bench_quality"
 DEFAULT_EPOCHS = {"vgg": 10, "resnet": 15, "densenet": 12}
+ROUND_STEPS = 3  # rounds of fairfx.compress(rounds=...) and steps of TP's iterative pruning
 
 
 def log(msg: str) -> None:
@@ -275,3 +278,35 @@ class NPScores:
                 device=torch.device("cpu"),
             )
         return pruned, level, count_params(pruned) / self.n0, t[0]
+
+
+def _finetune(model: nn.Module, split, seed: int, epochs: int, val=None) -> float:
+    torch.manual_seed(seed)
+    with timed_block() as t:
+        fairfx.finetune(
+            model, train_loader(split, seed), epochs=epochs, val_data=val, progress=False
+        )
+    return t[0]
+
+
+def tp_iterative(model, example, calib, budget, split, seed) -> nn.Module:
+    """Torch-Pruning Taylor global in ROUND_STEPS geometric steps (the schedule of
+    ``compress(rounds=...)``), recalibrated and fine-tuned one epoch between steps."""
+    n0 = count_params(model)
+    current = model
+    for i in range(1, ROUND_STEPS + 1):
+        keep = n0 * budget ** (i / ROUND_STEPS) / count_params(current)
+        current = peers.tp_prune_to_budget(
+            current,
+            example,
+            max(0.0, 1.0 - keep),
+            global_pruning=True,
+            importance="taylor",
+            calib=calib,
+            tol=0.01,
+            max_iter=12,
+        )
+        if i < ROUND_STEPS:
+            current = fairfx.recalibrate(current, calib)
+            _finetune(current, split, seed, 1)
+    return current

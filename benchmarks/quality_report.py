@@ -8,6 +8,7 @@ count half).
 
 from __future__ import annotations
 
+import json
 import statistics
 from pathlib import Path
 
@@ -337,3 +338,21 @@ def plot(records, infos, methods, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def read(paths) -> list[dict]:
+    out = []
+    for path in paths:
+        out.extend(json.loads(line) for line in Path(path).read_text().splitlines() if line)
+    return out
+
+
+def write(art: Path, results_md: Path, plot_path: Path, methods, peers) -> None:
+    """Merge every shard's records and write the markdown tables and the plot."""
+    records = read(sorted(art.glob("records_*.jsonl")))
+    infos = read(sorted(art.glob("models_*.jsonl")))
+    runs = read(sorted(art.glob("run_*.json")))
+    results_md.write_text(markdown(records, infos, runs, methods, peers))
+    plot(records, infos, methods, plot_path)
+    print(summary(records, methods, peers))
+    print(f"wrote {results_md} and {plot_path}")

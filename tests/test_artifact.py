@@ -66,7 +66,7 @@ def test_saved_program_loads_with_its_plan_at_any_batch(setup) -> None:
 
 
 def test_rebuilt_from_the_original_and_keep_lists_equals_the_loaded_one(setup) -> None:
-    model, x, _, one_shot, pruned, root = setup
+    model, x, data, one_shot, pruned, root = setup
     before = state_snapshot(model)
     fairfx.save_pruned(root / "tuned2.pt2", pruned, x)
     rebuilt = fairfx.load_pruned(root / "tuned2.pt2", model, x)  # fine-tuned weights restored
@@ -78,11 +78,14 @@ def test_rebuilt_from_the_original_and_keep_lists_equals_the_loaded_one(setup) -
     rebuilt(torch.randn(2, 3, 8, 8)).sum().backward()
     assert_same_state(model, before)
 
-    # The documented way back by hand: the keep lists and fairfx.prune give the one-shot model,
-    # equal to the saved one-shot program.
+    # The documented way back by hand: the keep lists and fairfx.prune, then the BatchNorm
+    # recalibration compress ran on the same data, give the one-shot model, equal to the saved
+    # one-shot program.
     fairfx.save_pruned(root / "one_shot.pt2", one_shot, x)
     loaded = fairfx.load_pruned(root / "one_shot.pt2")
+    assert loaded.meta["fairfx"]["recalibration"]["batches"] == 2
     by_hand = fairfx.prune(model, x, loaded.meta["fairfx"]["keep"])
+    by_hand = fairfx.recalibrate(by_hand, data)
     _same_outputs(by_hand.eval(), loaded, torch.randn(4, 3, 8, 8))
     for k, v in one_shot.state_dict().items():
         assert torch.equal(by_hand.state_dict()[k], v), k
