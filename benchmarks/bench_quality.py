@@ -100,19 +100,20 @@ def _fair(name, allocation, observe="post_act", importance="fair"):
 
 # The configuration the README recommends (and fairfx ships as its budget default): the
 # report checks it against fairfx's own defaults.
-DEFAULT = {"allocation": "global_r", "observe": "consumer", "importance": "fair"}
+DEFAULT = {"allocation": "hybrid", "observe": "consumer", "importance": "fair"}
+GLOBAL_R_C = {"allocation": "global_r", "observe": "consumer", "importance": "fair"}
 
 # slug -> (display name, kind, options)
 METHODS: dict[str, tuple[str, str, dict]] = {
-    "default": ("fairfx default (U at consumer, global R counts)", "fairfx", DEFAULT),
+    "default": ("fairfx default (U at consumer, hybrid counts)", "fairfx", DEFAULT),
+    "fair-global_r-c": ("U at consumer, global R counts", "fairfx", GLOBAL_R_C),
     "fair-tod": _fair("FAIR paper: ToD counts", "tod"),
     "fair-tod-c": _fair("ToD counts, observe=consumer", "tod", "consumer"),
     "fair-uniform": _fair("U, uniform counts", "uniform"),
     "fair-global_r": _fair("U, global R counts, observe=post_act", "global_r"),
     "fair-taylor": _fair("U, group-normalised R counts", "taylor"),
     "fair-hybrid": _fair("U, hybrid ToD bound + global R", "hybrid"),
-    "fair-hybrid-c": _fair("U hybrid, observe=consumer", "hybrid", "consumer"),
-    "fair-global": _fair("global U ranking (importance_scope global)", "global"),
+    "fair-global": _fair("global U ranking (allocation=global, TP-style)", "global"),
     "l1-tod": _fair("L1 ranking, ToD counts", "tod", importance="l1"),
     "tp-l1-uniform": ("TP L1 uniform", "tp", {"global_pruning": False, "importance": "l1"}),
     "tp-l1-global": ("TP L1 global", "tp", {"global_pruning": True, "importance": "l1"}),
@@ -128,7 +129,7 @@ METHODS: dict[str, tuple[str, str, dict]] = {
     ),
     "network-pruner": ("network-pruner", "np", {}),
     "network-pruner-flatten": ("network-pruner, torch.flatten fwd", "np", {"variant": "flatten"}),
-    "default-rounds": ("fairfx default, 3 rounds", "rounds", DEFAULT),
+    "default-rounds": ("fairfx 3 rounds (U at consumer, global R counts)", "rounds", GLOBAL_R_C),
     "tp-iterative": ("TP Taylor global, 3 iterative steps", "tp-iter", {}),
 }
 DENSENET_ONLY = {"network-pruner-flatten"}
@@ -138,9 +139,9 @@ PEERS = [m for m, v in METHODS.items() if v[1] in ("tp", "np")]
 FINETUNED = {
     "default",
     "fair-tod",
+    "fair-global_r-c",
     "fair-global_r",
     "fair-hybrid",
-    "fair-hybrid-c",
     *PEERS,
     *ROUNDS,
 }

@@ -198,7 +198,7 @@ def rounds_table(records, methods) -> str:
             "arch",
             "keep",
             "default one-shot",
-            "default 3 rounds",
+            "fairfx 3 rounds (global R counts, consumer)",
             "TP iterative (3 steps)",
             "TP Taylor global one-shot",
             "rounds - one-shot (paired)",
@@ -260,6 +260,9 @@ def markdown(records, infos, runs, methods, peers) -> str:
     return "\n".join(head) + (
         "\n## The default against every peer's best variant (means over seeds)\n\n"
         + best_peer_table(records, methods, peers)
+        + "\n\n## Allocations (which layers lose how much), one-shot after BN recalibration\n\n"
+        "Mean over seeds 0-3 (every variant ran these), U ranking unless named.\n\n"
+        + allocation_table(records, methods)
         + "\n\n## 30% of parameters in rounds\n\n"
         "One-shot cells: after BN recalibration / **fine-tuned**. Rounds and TP iterative get "
         "1 fine-tune epoch between steps (2 extra epochs in total) and the same final "
@@ -347,12 +350,41 @@ def read(paths) -> list[dict]:
     return out
 
 
+def dedupe(records: list[dict]) -> list[dict]:
+    """One record per (arch, seed, method, budget): a method rerun with fine-tuning in another
+    shard replaces its one-shot-only record."""
+    best: dict[tuple, dict] = {}
+    for r in records:
+        key = (r["arch"], r["seed"], r["method"], r["budget"])
+        if key not in best or len(r) >= len(best[key]):
+            best[key] = r
+    return list(best.values())
+
+
 def write(art: Path, results_md: Path, plot_path: Path, methods, peers) -> None:
     """Merge every shard's records and write the markdown tables and the plot."""
-    records = read(sorted(art.glob("records_*.jsonl")))
+    records = dedupe(read(sorted(art.glob("records_*.jsonl"))))
     infos = read(sorted(art.glob("models_*.jsonl")))
     runs = read(sorted(art.glob("run_*.json")))
     results_md.write_text(markdown(records, infos, runs, methods, peers))
     plot(records, infos, methods, plot_path)
     print(summary(records, methods, peers))
     print(f"wrote {results_md} and {plot_path}")
+
+
+def allocation_table(records, methods, key: str = "recal_acc", seeds=range(4)) -> str:
+    """fairfx's allocations and observation points side by side: one-shot accuracy after BN
+    recalibration, mean over the seeds every variant ran (the study shard)."""
+    fair = [m for m in methods if methods[m][1] == "fairfx"]
+    cols = [(a, b) for a in ARCHS for b in _budgets(records)]
+    rows = []
+    for m in fair:
+        row = [methods[m][0]]
+        for a, b in cols:
+            vals = [r[key] for r in _ok(records, arch=a, method=m, budget=b) if r["seed"] in seeds]
+            row.append(f"{100 * statistics.fmean(vals):.1f}" if vals else "-")
+        ok = [float(c) for c in row[1:] if c != "-"]
+        row.append(f"{statistics.fmean(ok):.1f}" if len(ok) == len(cols) else "-")
+        rows.append(row)
+    header = ["allocation (U ranking unless named)"] + [f"{a} {b:.0%}" for a, b in cols]
+    return table([*header, "mean"], rows)

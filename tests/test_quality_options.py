@@ -214,7 +214,9 @@ def test_observe_consumer_reads_through_concat(dense, split) -> None:
     points = [p for p in observation_points(an.graph, "consumer") if p.gid == stem]
     # the stem's channels are read by every dense layer of block 1 and the transition
     assert len(points) >= 4
-    post = fairfx.analyze(dense, split.x_train[:8], calib(split), progress=False)
+    post = fairfx.analyze(
+        dense, split.x_train[:8], calib(split), observe="post_act", progress=False
+    )
     assert not np.allclose(an.scores[stem].u, post.scores[stem].u)
     pruned = an.compress(an.plan_for(params=0.6))
     assert fairfx.verify(dense, pruned, split.x_test[:8]).passed

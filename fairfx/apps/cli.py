@@ -307,8 +307,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument(
         "--observe",
         choices=OBSERVE,
-        default="post_act",
-        help="where U is measured (default post_act; consumer: where each layer reads it)",
+        default="consumer",
+        help="where U is measured (default consumer: where each layer reads the channel; "
+        "post_act: after the producer's own BatchNorm and activation)",
     )
     c.add_argument(
         "--rounds",

@@ -262,7 +262,7 @@ def analyze(
     samples_per_class: int = 32,
     max_classes: int = 100,
     projections: int = 128,
-    observe: str = "post_act",
+    observe: str = "consumer",
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     seed: int = 0,
     progress: bool = True,
@@ -281,9 +281,11 @@ def analyze(
             hash, so the choice does not depend on data order or on which process saw them.
         max_classes: classes compared at most (a seeded subset when the model has more).
         projections: random directions of the sliced Wasserstein distance for conv maps.
-        observe: ``"post_act"`` measures U where the next layer reads the channel (after its
-            BatchNorm and activation); ``"module"`` on the raw conv/linear output, as the authors'
-            package does.
+        observe: ``"consumer"`` (default) measures U on every tensor a layer reads the
+            channel from, following it through BatchNorm, activations, ``cat`` and residual
+            ``add`` (after the consumer's BatchNorm and activation, e.g. in a DenseNet), and takes
+            the largest U; ``"post_act"`` stops after the producer's own BatchNorm and
+            activation; ``"module"`` uses the raw conv/linear output, as the authors' package.
         loss_fn: ``(output, targets) -> loss`` for R, summed over samples; summed
             cross-entropy by default.
         seed: seeds the class subset, the sample choice and the projections.
@@ -380,7 +382,7 @@ def check_analyze_options(
     samples_per_class: Any = 32,
     max_classes: Any = 100,
     projections: Any = 128,
-    observe: Any = "post_act",
+    observe: Any = "consumer",
     loss_fn: Any = None,
     state_dtype: Any = "float16",
     batch_size: Any = None,

@@ -120,7 +120,7 @@ def estimate_for_graph(
     classes: int,
     samples_per_class: int = 32,
     projections: int = 128,
-    observe: str = "post_act",
+    observe: str = "consumer",
     state_dtype: str = "float16",
     batch_size: int | None = None,
 ) -> MemoryEstimate:
@@ -172,7 +172,7 @@ def estimate_memory(
     classes: int | None = None,
     samples_per_class: int = 32,
     projections: int = 128,
-    observe: str = "post_act",
+    observe: str = "consumer",
     state_dtype: str = "float16",
     batch_size: int | None = None,
 ) -> MemoryEstimate:

@@ -29,7 +29,7 @@ from .tod import removal_order
 IMPORTANCE = ("fair", "l1", "random")
 GROUP_RULES = ("joint", "member")
 # plan_for's allocation when none is given; chosen by benchmarks/bench_quality.py (README).
-DEFAULT_BUDGET_ALLOCATION = "tod"
+DEFAULT_BUDGET_ALLOCATION = "hybrid"
 
 
 @dataclass
@@ -319,7 +319,8 @@ def plan_for_budget(
     """Bisect the allocation's knob so the kept fraction meets a budget.
 
     The knob is alpha for ``tod``, the ratio for ``uniform`` and the global allocations
-    (``hybrid`` keeps ``alpha`` as its per-group bound, 0.5 by default). The kept fraction falls
+    (``hybrid`` keeps ``alpha`` as its per-group bound, 0.5 by default; when even the bounds at
+    0.5 keep more than the budget, alpha is bisected upwards to widen them). The kept fraction falls
     as the knob grows, though not strictly (counts move in steps), so every evaluated plan is
     kept and the one closest to the target wins; its note says how close it came and whether the
     target was reachable (one ToD round prunes at most about half of each group, see README).
@@ -379,7 +380,15 @@ def plan_for_budget(
         return tried
 
     least = build(0.0)
-    if allocation != "tod" or getattr(least, key) > target:
+    widest = build(0.999) if allocation == "hybrid" and alpha is None else None
+    if widest is not None and getattr(widest, key) > target:
+        # Every group at its ToD(0.5) bound still keeps more than asked: widen the bounds by
+        # bisecting alpha (the threshold then takes all the bounds allow).
+        def wider(a: float) -> Plan:
+            return make_plan(graph, scores, ratio=0.999, alpha=a, **common)
+
+        tried = bisect(wider, 0.5, 0.999)
+    elif allocation != "tod" or getattr(least, key) > target:
         tried = bisect(build, 0.0, 0.999)
     else:
         # alpha = 0 already prunes more than asked: shrink every ToD count by one factor.
