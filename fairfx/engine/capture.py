@@ -78,7 +78,11 @@ def capture(model: nn.Module, example_input: Any) -> Captured:
     if not any(isinstance(t, torch.Tensor) for t in inputs):
         raise CaptureError("example_input must be a tensor or a tuple holding at least one tensor.")
     was_training = model.training
-    work = copy.deepcopy(model, share_tensors(model))
+    work = (
+        copy.deepcopy(model, share_tensors(model))  # its graph is written to: copy it too
+        if isinstance(model, fx.GraphModule)
+        else copy_structure(model)
+    )
     work.eval()
     baked = bake_weights(work)  # weight_norm / spectral_norm: plain weights in the copy
     gm = work if isinstance(work, fx.GraphModule) else _trace(work, inputs)
@@ -96,6 +100,32 @@ def tensors_of(model: nn.Module) -> list[torch.Tensor]:
         out.extend(t for t in m._buffers.values() if t is not None)
         out.extend(v for v in vars(m).values() if isinstance(v, torch.Tensor))
     return out
+
+
+def copy_structure(module: nn.Module, memo: dict[int, nn.Module] | None = None) -> nn.Module:
+    """A new module tree like ``module`` that shares its tensors.
+
+    Every module object is new and so are its containers (the parameter, buffer, submodule and
+    hook dicts, lists), so modes can be set and tensors replaced on the copy without touching the
+    original; the tensors themselves are shared, which makes the copy cheap. A module reached
+    twice is copied once (``memo``). Not for GraphModules, whose class is made per instance.
+    """
+    memo = {} if memo is None else memo
+    twin = memo.get(id(module))
+    if twin is not None:
+        return twin
+    twin = object.__new__(type(module))
+    memo[id(module)] = twin
+    state: dict[str, Any] = {}
+    for k, v in vars(module).items():
+        if k == "_modules":
+            state[k] = {n: None if c is None else copy_structure(c, memo) for n, c in v.items()}
+        elif isinstance(v, (dict, list, set)):
+            state[k] = v.copy()  # keeps the type (OrderedDict hooks)
+        else:
+            state[k] = v
+    twin.__dict__.update(state)
+    return twin
 
 
 def share_tensors(model: nn.Module, device: str | None = None) -> dict[int, Any]:

@@ -14,7 +14,6 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from .analysis import ChannelAnalysis
-from .capture import share_tensors
 from .rewrite import count_params, rebuild
 from .shapes import ShapeInterpreter
 
@@ -36,7 +35,7 @@ def slot_cost(a: ChannelAnalysis, kept_slot: np.ndarray) -> Cost:
     """
     if a.gm.meta.get("fairfx_shapes", "meta") != "meta":
         return _fake_cost(a, kept_slot)
-    gm, _ = rebuild(a, kept_slot, share_tensors(a.gm, "meta"))
+    gm, _ = rebuild(a, kept_slot, tensors="meta")
     gm.eval()
     inputs = [t.to("meta") if isinstance(t, torch.Tensor) else t for t in a.captured.inputs]
     with FlopCounterMode(display=False) as counter:
@@ -47,7 +46,7 @@ def slot_cost(a: ChannelAnalysis, kept_slot: np.ndarray) -> Cost:
 def _fake_cost(a: ChannelAnalysis, kept_slot: np.ndarray) -> Cost:
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    gm, _ = rebuild(a, kept_slot, share_tensors(a.gm))
+    gm, _ = rebuild(a, kept_slot, tensors="shared")
     gm.eval()
     mode = FakeTensorMode(allow_non_fake_inputs=True)
     inputs = [mode.from_tensor(t) if isinstance(t, torch.Tensor) else t for t in a.captured.inputs]

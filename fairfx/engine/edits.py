@@ -96,6 +96,7 @@ class ArgEdit:
     def key(self) -> tuple[str, str]:
         return ("node", self.node)
 
-    def apply(self, gm: fx.GraphModule, kept_slot: np.ndarray, nodes: dict[str, Any]) -> bool:
+    def apply(self, kept_slot: np.ndarray, nodes: dict[str, Any]) -> bool:
+        """Rewrite the node in ``nodes`` (a copy of the captured graph's nodes, by name)."""
         self.rewrite(nodes[self.node], kept_slot)
         return True

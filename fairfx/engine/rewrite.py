@@ -23,9 +23,9 @@ import torch.fx as fx
 
 from ..errors import FairfxError
 from .analysis import ChannelAnalysis
-from .capture import share_tensors, tensors_of
+from .capture import copy_structure, tensors_of
 from .edits import ArgEdit, ModuleEdit
-from .shapes import ShapeInterpreter
+from .shapes import ShapeInterpreter, meta_twin
 from .slots import Layout
 
 
@@ -41,59 +41,68 @@ def rewrite(a: ChannelAnalysis, kept_slot: np.ndarray) -> fx.GraphModule:
 
 
 def rebuild(
-    a: ChannelAnalysis, kept_slot: np.ndarray, memo: dict[int, Any] | None = None
+    a: ChannelAnalysis, kept_slot: np.ndarray, *, tensors: str = "own"
 ) -> tuple[fx.GraphModule, set[str]]:
     """The pruned copy of the captured graph and the names of the modules and nodes it changed.
 
-    ``memo`` (a deepcopy memo from :func:`~fairfx.engine.capture.share_tensors`) says what the
-    copy holds in place of each original tensor; by default the originals are shared while the
-    edits run and every one still shared afterwards is copied, so the result owns its storage.
+    The copy is structure only (:func:`~fairfx.engine.capture.copy_structure`): its modules are
+    new, its tensors the captured ones. The edits then build every smaller tensor from the kept
+    slices, and with ``tensors="own"`` each tensor still shared with the original gets one copy
+    of its own, so the result owns its storage. ``"meta"`` moves every tensor to the meta device
+    first (the cost model: no data is copied at all); ``"shared"`` leaves the unpruned tensors
+    shared (a throwaway copy that is only run).
     """
-    own = memo is None
-    gm = copy.deepcopy(a.gm, share_tensors(a.gm) if own else memo)
-    changed = apply_edits(a, gm, kept_slot)
-    if own:
-        _own_tensors(gm, {id(t) for t in tensors_of(a.gm)})
-    return gm, changed
-
-
-def apply_edits(a: ChannelAnalysis, gm: fx.GraphModule, kept_slot: np.ndarray) -> set[str]:
-    """Apply every recorded edit to ``gm`` (a copy of the captured graph) in place."""
-    nodes = {n.name: n for n in gm.graph.nodes}
+    graph = copy.deepcopy(a.gm.graph)
+    nodes = {n.name: n for n in graph.nodes}
+    changed = {e.node for e in a.edits if isinstance(e, ArgEdit) and e.apply(kept_slot, nodes)}
+    if changed:
+        graph.lint()
+    gm = fx.GraphModule(a.gm, graph, type(a.gm).__name__)
+    _privatize(a.gm, gm)
+    originals = {id(t) for t in tensors_of(a.gm)}
+    if tensors == "meta":
+        _replace_tensors(gm, originals, lambda t: meta_twin(t, {}))
     done: set[tuple[str, str]] = set()
-    changed: set[str] = set()
     for edit in a.edits:
-        if isinstance(edit, ArgEdit):
-            if edit.apply(gm, kept_slot, nodes):
-                changed.add(edit.node)
-            continue
-        if edit.key() in done:
+        if isinstance(edit, ArgEdit) or edit.key() in done:
             continue
         done.add(edit.key())
         if edit.apply(gm, kept_slot) and isinstance(edit, ModuleEdit):
             changed.add(edit.target)
-    gm.graph.lint()
-    gm.recompile()
-    return changed
+    if tensors == "own":
+        _replace_tensors(gm, originals, copy.deepcopy)  # a Parameter stays one, flags included
+    return gm, changed
 
 
-def _own_tensors(gm: fx.GraphModule, originals: set[int]) -> None:
-    """Give every tensor of ``gm`` still shared with the original a copy (ties are kept)."""
-    copies: dict[int, torch.Tensor] = {}
+def _privatize(old: fx.GraphModule, gm: fx.GraphModule) -> None:
+    """``gm`` was built from ``old``'s modules: give it copies, with ``old``'s train flags."""
+    memo: dict[int, torch.nn.Module] = {}
+    theirs = {id(m) for m in old.modules()}
+    for name, m in list(gm.named_modules()):
+        if name and id(m) in theirs:
+            parent, _, leaf = name.rpartition(".")
+            setattr(gm.get_submodule(parent) if parent else gm, leaf, copy_structure(m, memo))
+    for name, m in gm.named_modules():
+        m.__dict__["training"] = old.get_submodule(name).training  # this module only
 
-    def owned(t: torch.Tensor) -> torch.Tensor:
-        if id(t) not in copies:
-            copies[id(t)] = copy.deepcopy(t)  # a Parameter stays one, flags included
-        return copies[id(t)]
+
+def _replace_tensors(gm: fx.GraphModule, originals: set[int], make) -> None:
+    """Replace every tensor of ``gm`` that is one of ``originals`` by ``make(t)`` (ties kept)."""
+    made: dict[int, torch.Tensor] = {}
+
+    def new(t: torch.Tensor) -> torch.Tensor:
+        if id(t) not in made:
+            made[id(t)] = make(t)
+        return made[id(t)]
 
     for m in gm.modules():
         for store in (m._parameters, m._buffers):
             for k, t in store.items():
                 if t is not None and id(t) in originals:
-                    store[k] = owned(t)
+                    store[k] = new(t)
         for k, v in list(vars(m).items()):
             if isinstance(v, torch.Tensor) and id(v) in originals:
-                m.__dict__[k] = owned(v)
+                m.__dict__[k] = new(v)
 
 
 def _predicted(node: fx.Node, lay: Any, kept_slot: np.ndarray) -> Any:

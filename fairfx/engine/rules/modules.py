@@ -6,7 +6,6 @@ One entry per module type in :data:`MODULE_RULES`; lookups walk the type's MRO, 
 
 from __future__ import annotations
 
-import copy
 from functools import partial
 
 import numpy as np
@@ -14,7 +13,7 @@ import torch.fx as fx
 from torch import nn
 
 from ..analysis import ChannelAnalysis
-from ..capture import share_tensors
+from ..capture import copy_structure
 from ..edits import ModuleEdit, replace_tensor, select
 from ..masking import masked_layer_norm
 from ..slots import Layout
@@ -24,7 +23,7 @@ from .common import passthrough, spatial, unknown
 def _copy(m: nn.Module) -> nn.Module:
     """A copy of ``m``'s structure that shares its tensors: ``_set`` replaces the ones it slices,
     and the rewrite gives every tensor still shared with the original a copy of its own."""
-    return copy.deepcopy(m, share_tensors(m))
+    return copy_structure(m)
 
 
 def _set(m: nn.Module, name: str, dim: int, keep: np.ndarray | None) -> None:
