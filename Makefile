@@ -28,5 +28,7 @@ slow: $(VENV)/.installed
 zoo: $(VENV)/.installed
 	$(PY) -m fairfx.apps.zoo
 
+# Idle OpenMP threads sleep instead of spinning: on a shared 2-core machine spinning workers make
+# every small op wait for a preempted thread, and the demo's latency figures would measure that.
 demo: $(VENV)/.installed
-	$(PY) -m fairfx.apps.demo
+	OMP_WAIT_POLICY=$${OMP_WAIT_POLICY:-PASSIVE} $(PY) -m fairfx.apps.demo

@@ -92,6 +92,35 @@ def plot_formats() -> set[str]:
 
 
 @torch.no_grad()
+def paired_latency_ms(
+    a: Callable[..., Any],
+    b: Callable[..., Any],
+    x: torch.Tensor,
+    *,
+    repeats: int = 60,
+    warmup: int = 5,
+) -> tuple[float, float]:
+    """Median wall times (ms) of ``a(x)`` and ``b(x)``, the two runs alternating.
+
+    Alternating gives both the same share of a machine other jobs are loading, so their ratio
+    means something even where the absolute times do not.
+    """
+    for m in (a, b):
+        if isinstance(m, nn.Module):
+            m.eval()
+    for _ in range(warmup):
+        a(x)
+        b(x)
+    times: tuple[list[float], list[float]] = ([], [])
+    for _ in range(repeats):
+        for fn, out in ((a, times[0]), (b, times[1])):
+            start = time.perf_counter()
+            fn(x)
+            out.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times[0]), statistics.median(times[1])
+
+
+@torch.no_grad()
 def latency_ms(
     module: Callable[..., Any], x: torch.Tensor, *, repeats: int = 30, warmup: int = 5
 ) -> float:
