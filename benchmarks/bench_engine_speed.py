@@ -134,6 +134,30 @@ def run_floor(model, x):
     return t1 - t0, min(t2 - t1, t4 - t3)
 
 
+def run_shape_passes(model, x, repeats: int) -> dict[str, float]:
+    """One shape pass over fairfx's captured graph, three ways (medians, alternating, seconds):
+    a real forward on the example input, meta kernels only, and fairfx's meta pass (meta
+    kernels plus shape rules for elementwise ops and norms)."""
+    from fairfx.engine.capture import capture
+    from fairfx.engine.shapes import ShapeInterpreter
+
+    gm = capture(model, x).gm.eval()
+    meta_x = x.to("meta")
+    ways = {
+        "real": lambda: ShapeInterpreter(gm).run(x),
+        "meta_kernels": lambda: ShapeInterpreter(gm, meta=True, shape_rules=False).run(meta_x),
+        "fairfx_meta": lambda: ShapeInterpreter(gm, meta=True).run(meta_x),
+    }
+    times: dict[str, list[float]] = {k: [] for k in ways}
+    with torch.no_grad():
+        for _ in range(repeats):
+            for k, fn in ways.items():
+                t0 = time.perf_counter()
+                _timed(False, fn)
+                times[k].append(time.perf_counter() - t0)
+    return {k: _median(v) for k, v in times.items()}
+
+
 def profile_fairfx(fairfx, model, x, top: int = 25) -> str:
     run_fairfx(fairfx, model, x)  # warm caches (imports, dispatch tables) first
     prof = cProfile.Profile()
@@ -195,6 +219,11 @@ def main(argv=None) -> int:
     ap.add_argument("--no-fairfx", action="store_true", help="time Torch-Pruning only")
     ap.add_argument("--no-tp", action="store_true", help="time fairfx only")
     ap.add_argument("--profile", default="", help="comma-separated models to cProfile (fairfx)")
+    ap.add_argument(
+        "--shape-passes",
+        action="store_true",
+        help="also time one shape pass: real forward vs meta kernels vs fairfx's meta pass",
+    )
     ap.add_argument(
         "--gc",
         action="store_true",
@@ -277,6 +306,8 @@ def main(argv=None) -> int:
                 floor_shape=_median([r[1] for r in floor_runs]),
                 floor=_median([sum(r) for r in floor_runs]),
             )
+        if args.shape_passes and fairfx is not None:
+            row["passes"] = run_shape_passes(model, x, max(args.repeats, 1))
         if name in profiles and fairfx is not None:
             profiles[name] = profile_fairfx(fairfx, model, x)
         if args.check:
@@ -328,6 +359,17 @@ def main(argv=None) -> int:
             f"| {_fmt(r.get('ff_prune'))} | {_fmt(r.get('floor_trace'))} "
             f"| {_fmt(r.get('floor_shape'))} | {pg} |"
         )
+    if args.shape_passes:
+        print()
+        print("| model | real forward s | meta kernels s | fairfx meta pass s |")
+        print("|---|---:|---:|---:|")
+        for r in rows:
+            if "passes" in r:
+                p = r["passes"]
+                print(
+                    f"| {r['model']} | {_fmt(p['real'])} | {_fmt(p['meta_kernels'])} "
+                    f"| {_fmt(p['fairfx_meta'])} |"
+                )
     for name, text in profiles.items():
         print(f"\n### cProfile: fairfx graph + prune of {name}\n")
         print(text)

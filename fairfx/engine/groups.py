@@ -245,20 +245,18 @@ class ChannelGraph:
                     "one unit (tied by a grouped conv, a channel split or a shared parameter); "
                     "keep or remove them together"
                 )
-            state = chosen.setdefault(gid, {})
-            for r, k in zip(roots.tolist(), mask.tolist(), strict=True):
-                if state.setdefault(r, k) != k:
-                    raise PlanError(
-                        f"{name!r} and {origin[gid]!r} produce the same channel group but their "
-                        "keep lists disagree; name one producer per group or give matching lists"
-                    )
+            # per unit of the group: -1 not named yet, 0 removed, 1 kept
+            state = chosen.setdefault(gid, np.full(group.size, -1, dtype=np.int8))
+            pos = np.searchsorted(self.group_classes[gid], roots)
+            seen = state[pos]
+            if ((seen >= 0) & (seen != mask)).any():
+                raise PlanError(
+                    f"{name!r} and {origin[gid]!r} produce the same channel group but their "
+                    "keep lists disagree; name one producer per group or give matching lists"
+                )
+            state[pos] = mask
             origin.setdefault(gid, name)
-        units: dict[int, np.ndarray] = {}
-        for gid, state in chosen.items():
-            classes = self.group_classes[gid]
-            keep_mask = np.array([state.get(c, True) for c in classes.tolist()], dtype=bool)
-            units[gid] = np.flatnonzero(keep_mask)
-        return units
+        return {gid: np.flatnonzero(state != 0) for gid, state in chosen.items()}
 
     def empty_tensors(self, kept_slot: np.ndarray) -> list[tuple[str, np.ndarray]]:
         """Tensors a plan would leave without any channel (a split piece, a concat branch)."""

@@ -5,16 +5,19 @@ the modules it rebuilt the same way. PyTorch's meta kernels for elementwise ops 
 normalizations are Python decompositions: measured on one CPU, a meta ``relu`` costs 2.5 ms,
 ``hardswish`` 7.5 ms and an eval ``BatchNorm2d`` 3.7 ms per call, against 0.13 ms for a meta
 ``conv2d`` (fairfx README, Decisions). Their output shape needs none of that: it is the input
-shape (activations, dropout, normalizations) or the broadcast of the inputs (arithmetic). This
+shape (activations, dropout, normalizations), the broadcast of the inputs (arithmetic), or one
+line of arithmetic (``nn.Linear``, whose meta kernel on a 3-D input is a Python ``addmm``). This
 module answers those ops from shapes alone and leaves every other op to its meta kernel.
 
-A normalization's shape rule also checks its parameters against the input, as its kernel
-would: a BatchNorm whose ``running_mean`` does not have one entry per input channel is an error
-here too, so a wrong rewrite cannot pass through the shortcut unnoticed.
+A module's shape rule also checks its parameters against the input, as its kernel would: a
+BatchNorm whose ``running_mean`` does not have one entry per input channel, or a Linear whose
+weight does not match the input's width, is an error here too, so a wrong rewrite cannot pass
+through the shortcut unnoticed.
 """
 
 from __future__ import annotations
 
+import functools
 import operator
 from collections.abc import Callable
 from typing import Any
@@ -23,6 +26,8 @@ import torch
 import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
+
+from .modules import PrunedMultiheadAttention
 
 _SAME_SHAPE_MODULES: tuple[type[nn.Module], ...] = (
     nn.ReLU, nn.ReLU6, nn.SiLU, nn.GELU, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.Tanh,
@@ -57,9 +62,33 @@ def _meta_floats(*values: Any) -> bool:
     return bool(tensors) and all(t.is_meta and t.is_floating_point() for t in tensors)
 
 
+def _broadcast_shape(x: tuple[int, ...], y: tuple[int, ...]) -> tuple[int, ...]:
+    if x == y:
+        return x
+    n = max(len(x), len(y))
+    x, y = (1,) * (n - len(x)) + x, (1,) * (n - len(y)) + y
+    out = []
+    for p, q in zip(x, y, strict=True):
+        if p != q and 1 not in (p, q):
+            raise RuntimeError(f"shapes {x} and {y} do not broadcast")
+        out.append(q if p == 1 else p)
+    return tuple(out)
+
+
 def _broadcast(a: Any, b: Any) -> torch.Tensor:
-    shapes = [v.shape for v in (a, b) if isinstance(v, torch.Tensor)]
-    return _empty(torch.broadcast_shapes(*shapes), torch.result_type(a, b))
+    shapes = [tuple(v.shape) for v in (a, b) if isinstance(v, torch.Tensor)]
+    shape = shapes[0] if len(shapes) == 1 else _broadcast_shape(*shapes)
+    return _empty(shape, torch.result_type(a, b))
+
+
+def _linear(m: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """Linear's meta kernel decomposes into a Python addmm; its shape is one line."""
+    w, b = m.weight, m.bias
+    if x.dim() < 1 or w.dim() != 2 or x.shape[-1] != w.shape[1]:
+        raise RuntimeError(f"Linear {tuple(w.shape)} cannot take input {tuple(x.shape)}")
+    if b is not None and tuple(b.shape) != (w.shape[0],):
+        raise RuntimeError(f"Linear bias {tuple(b.shape)} does not match weight {tuple(w.shape)}")
+    return _empty((*x.shape[:-1], w.shape[0]), torch.result_type(x, w))
 
 
 def _inplace(a: Any, b: Any) -> torch.Tensor:
@@ -100,10 +129,11 @@ def _layer_norm(m: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
     return _empty(x.shape, x.dtype)
 
 
-_NORMS: dict[type, Callable[[Any, torch.Tensor], torch.Tensor]] = {
+_MODULE_RULES: dict[type, Callable[[Any, torch.Tensor], torch.Tensor]] = {
     nn.modules.batchnorm._BatchNorm: _batch_norm,
     nn.GroupNorm: _group_norm,
     nn.LayerNorm: _layer_norm,
+    nn.Linear: _linear,
 }
 
 
@@ -118,11 +148,68 @@ def _module_rule(m: nn.Module) -> Callable[[Any, torch.Tensor], torch.Tensor] | 
     """The shape rule of a module, unless a subclass overrides ``forward`` (then its kernels)."""
     forward = type(m).forward
     for cls in type(m).__mro__:
-        if cls in _NORMS:
-            return _NORMS[cls] if forward is cls.forward else None
+        if cls in _MODULE_RULES:
+            return _MODULE_RULES[cls] if forward is cls.forward else None
     if isinstance(m, _SAME_SHAPE_MODULES) and forward in _STOCK_FORWARDS:
         return _same_shape
     return None
+
+
+def _cat(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """``torch.cat``: the meta kernel is Python (1-2 ms a call, DenseNet makes hundreds)."""
+    tensors = args[0] if args else kwargs.get("tensors")
+    dim = args[1] if len(args) > 1 else kwargs.get("dim", 0)
+    if set(kwargs) - {"tensors", "dim"} or not isinstance(dim, int):
+        return NotImplemented
+    if not isinstance(tensors, (list, tuple)) or not _meta_floats(*tensors):
+        return NotImplemented
+    shapes = [tuple(t.shape) for t in tensors]
+    if len(shapes) != len(tensors) or any(len(x) != len(shapes[0]) or not x for x in shapes):
+        return NotImplemented  # legacy empty 1-D operands and the like: the kernel decides
+    d = dim % len(shapes[0])
+    for x in shapes:
+        if x[:d] + x[d + 1 :] != shapes[0][:d] + shapes[0][d + 1 :]:
+            raise RuntimeError(f"torch.cat along {dim} of mismatched shapes {shapes}")
+    out = list(shapes[0])
+    out[d] = sum(x[d] for x in shapes)
+    return _empty(out, functools.reduce(torch.promote_types, (t.dtype for t in tensors)))
+
+
+_ATTENTION_KWARGS = {"need_weights", "average_attn_weights", "key", "value"}
+
+
+def _attention(m: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """Self- or cross-attention with one input width (``nn.MultiheadAttention`` and fairfx's
+    pruned version): the output is the query with the output width, weights are ``[N, L, S]``."""
+    if set(kwargs) - _ATTENTION_KWARGS or len(args) > 3:
+        return NotImplemented
+    if isinstance(m, nn.MultiheadAttention) and (
+        not m._qkv_same_embed_dim or m.bias_k is not None or m.add_zero_attn
+    ):
+        return NotImplemented
+    q = args[0]
+    k = args[1] if len(args) > 1 else kwargs.get("key", q)
+    v = args[2] if len(args) > 2 else kwargs.get("value", k)
+    if not _meta_floats(q, k, v) or q.dim() not in (2, 3) or not (q.dim() == k.dim() == v.dim()):
+        return NotImplemented
+    inner = m.num_heads * m.head_dim
+    w_in, w_out = m.in_proj_weight, m.out_proj.weight
+    width = q.shape[-1]
+    if tuple(w_in.shape) != (3 * inner, width) or k.shape[-1] != width or v.shape[-1] != width:
+        raise RuntimeError(f"attention in_proj {tuple(w_in.shape)} cannot take width {width}")
+    if w_out.dim() != 2 or w_out.shape[1] != inner:
+        raise RuntimeError(f"attention out_proj {tuple(w_out.shape)} does not read {inner}")
+    out = _empty((*q.shape[:-1], w_out.shape[0]), q.dtype)
+    if not kwargs.get("need_weights", True):
+        return out, None
+    seq = 1 if m.batch_first and q.dim() == 3 else 0
+    lq, lk = q.shape[seq], k.shape[seq]
+    batch = () if q.dim() == 2 else (q.shape[1 - seq],)
+    heads = () if kwargs.get("average_attn_weights", True) else (m.num_heads,)
+    return out, _empty((*batch, *heads, lq, lk), q.dtype)
+
+
+_ATTENTION_FORWARDS = {nn.MultiheadAttention.forward, PrunedMultiheadAttention.forward}
 
 
 def shape_only(op: str, target: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -131,6 +218,10 @@ def shape_only(op: str, target: Any, args: tuple[Any, ...], kwargs: dict[str, An
     ``op`` is the fx node kind (``call_module`` with the module as ``target``,
     ``call_function``, ``call_method`` with the method name).
     """
+    if op == "call_function" and target is torch.cat:
+        return _cat(args, kwargs)
+    if op == "call_module" and type(target).forward in _ATTENTION_FORWARDS and args:
+        return _attention(target, args, kwargs)
     if not args or not _meta_floats(*args[:2]):
         return NotImplemented
     x = args[0]
@@ -163,9 +254,10 @@ class ShapeInterpreter(fx.Interpreter):
     interpreter (real or fake tensors).
     """
 
-    def __init__(self, gm: fx.GraphModule, *, meta: bool = False) -> None:
+    def __init__(self, gm: fx.GraphModule, *, meta: bool = False, shape_rules: bool = True) -> None:
         super().__init__(gm)
         self.meta = meta
+        self.rules = meta and shape_rules  # False: every op runs its meta kernel (benchmarks)
         self._twins: dict[int, Any] = {}
 
     def fetch_attr(self, target: str) -> Any:
@@ -173,21 +265,21 @@ class ShapeInterpreter(fx.Interpreter):
         return meta_twin(value, self._twins) if self.meta else value
 
     def call_module(self, target: Any, args: Any, kwargs: Any) -> Any:
-        if self.meta:
+        if self.rules:
             out = shape_only("call_module", self.fetch_attr(target), args, kwargs)
             if out is not NotImplemented:
                 return out
         return super().call_module(target, args, kwargs)
 
     def call_function(self, target: Any, args: Any, kwargs: Any) -> Any:
-        if self.meta:
+        if self.rules:
             out = shape_only("call_function", target, args, kwargs)
             if out is not NotImplemented:
                 return out
         return super().call_function(target, args, kwargs)
 
     def call_method(self, target: Any, args: Any, kwargs: Any) -> Any:
-        if self.meta:
+        if self.rules:
             out = shape_only("call_method", target, args, kwargs)
             if out is not NotImplemented:
                 return out

@@ -62,5 +62,10 @@ class SlotTable:
                 self._parent[hi] = lo
 
     def roots(self) -> np.ndarray:
-        """The class (root slot) of every slot."""
-        return np.fromiter((self.find(s) for s in range(len(self._parent))), np.int64)
+        """The class (root slot) of every slot (pointer jumping over the whole table at once)."""
+        parent = np.asarray(self._parent, dtype=np.int64)
+        while True:
+            grand = parent[parent]
+            if np.array_equal(grand, parent):
+                return parent
+            parent = grand
