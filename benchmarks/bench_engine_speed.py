@@ -148,13 +148,16 @@ def run_shape_passes(model, x, repeats: int) -> dict[str, float]:
         "meta_kernels": lambda: ShapeInterpreter(gm, meta=True, shape_rules=False).run(meta_x),
         "fairfx_meta": lambda: ShapeInterpreter(gm, meta=True).run(meta_x),
     }
+    def seconds(fn) -> float:
+        t0 = time.perf_counter()
+        fn()
+        return time.perf_counter() - t0
+
     times: dict[str, list[float]] = {k: [] for k in ways}
     with torch.no_grad():
         for _ in range(repeats):
             for k, fn in ways.items():
-                t0 = time.perf_counter()
-                _timed(False, fn)
-                times[k].append(time.perf_counter() - t0)
+                times[k].append(_timed(False, seconds, fn))
     return {k: _median(v) for k, v in times.items()}
 
 

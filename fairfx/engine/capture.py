@@ -88,7 +88,8 @@ def capture(model: nn.Module, example_input: Any) -> Captured:
     gm = work if isinstance(work, fx.GraphModule) else _trace(work, inputs)
     gm.meta["fairfx_baked"] = baked
     record_shapes(gm, inputs)
-    gm.train(was_training)
+    if was_training:  # else every module is in eval mode already
+        gm.train()
     return Captured(gm=gm, inputs=inputs)
 
 
@@ -248,17 +249,23 @@ def record_shapes(gm: fx.GraphModule, inputs: Sequence[Any], *, fake: bool = Tru
     large model on a large input costs no arithmetic. Graphs whose ops support neither are run on
     the real inputs.
     """
+    if fake:
+        try:  # meta twins are in eval mode whatever the module's mode: nothing to switch
+            out = _meta_run(gm, inputs)
+            gm.meta["fairfx_shapes"] = "meta"
+            return out
+        except CaptureError:
+            pass
     was_training = gm.training
     gm.eval()
     try:
         if fake:
-            for mode, run in (("meta", _meta_run), ("fake", _fake_run)):
-                try:
-                    out = run(gm, inputs)
-                    gm.meta["fairfx_shapes"] = mode
-                    return out
-                except CaptureError:
-                    pass
+            try:
+                out = _fake_run(gm, inputs)
+                gm.meta["fairfx_shapes"] = "fake"
+                return out
+            except CaptureError:
+                pass
         gm.meta["fairfx_shapes"] = "real"
         return _Recorder(gm).run(*inputs)
     finally:

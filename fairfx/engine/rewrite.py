@@ -214,9 +214,12 @@ def check_sizes(
     inputs = a.captured.inputs
     if meta:
         inputs = tuple(t.to("meta") if isinstance(t, torch.Tensor) else t for t in inputs)
+    if meta:  # meta twins run in eval mode: the module's own mode need not change
+        _SizeCheck(a, gm, kept_slot, changed, meta=True).run(*inputs)
+        return
     was = gm.training
     gm.eval()
     try:
-        _SizeCheck(a, gm, kept_slot, changed, meta=meta).run(*inputs)
+        _SizeCheck(a, gm, kept_slot, changed, meta=False).run(*inputs)
     finally:
         gm.train(was)

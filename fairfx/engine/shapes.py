@@ -287,7 +287,8 @@ class ShapeInterpreter(fx.Interpreter):
 
 
 def meta_twin(value: Any, twins: dict[int, Any]) -> Any:
-    """``value`` on the meta device: tensors moved, modules shallow-copied with meta tensors.
+    """``value`` on the meta device: tensors moved, modules shallow-copied with meta tensors
+    and put in eval mode (the original keeps its mode).
 
     ``twins`` maps ids of originals to their twins, so a tensor or module reached twice (tied
     weights, a module called twice) has one twin. The originals are not touched.
@@ -310,6 +311,7 @@ def meta_twin(value: Any, twins: dict[int, Any]) -> Any:
         twin._parameters = {k: _twin_or_none(v, twins) for k, v in value._parameters.items()}
         twin._buffers = {k: _twin_or_none(v, twins) for k, v in value._buffers.items()}
         twin._modules = {k: _twin_or_none(v, twins) for k, v in value._modules.items()}
+        twin.__dict__["training"] = False  # shapes are taken in eval mode
     else:
         return value
     twins[id(value)] = twin
