@@ -148,6 +148,7 @@ def run_shape_passes(model, x, repeats: int) -> dict[str, float]:
         "meta_kernels": lambda: ShapeInterpreter(gm, meta=True, shape_rules=False).run(meta_x),
         "fairfx_meta": lambda: ShapeInterpreter(gm, meta=True).run(meta_x),
     }
+
     def seconds(fn) -> float:
         t0 = time.perf_counter()
         fn()
