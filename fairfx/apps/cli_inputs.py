@@ -295,7 +295,7 @@ def _fraction(value: float, flag: str) -> float:
 
 
 def _check_alpha(value: float) -> float:
-    from ..method.planning import check_alpha
+    from ..method.options import check_alpha
 
     try:
         return check_alpha(value)

@@ -1,7 +1,7 @@
 """Saved pruned models: a ``torch.export`` program that carries its plan, and the way back.
 
 ``torch.save(pruned)`` pickles the GraphModule (its generated code included), so loading it needs
-``weights_only=False``, which runs whatever the file holds; and the plan in ``pruned.meta`` is
+a full unpickling load, which runs whatever the file holds; and the plan in ``pruned.meta`` is
 lost on the way. :func:`save_pruned` writes a ``.pt2`` program instead (``torch.export``, dynamic
 batch where the model allows it), which ``torch.export.load`` rebuilds from its serialized graph
 and tensors without executing code from the file, and stores ``pruned.meta["fairfx"]`` (keep

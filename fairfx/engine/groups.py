@@ -12,8 +12,7 @@ of plans, plan costs and rewrites from it (``graph.prune(keep)``, ``graph.rewrit
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import networkx as nx
@@ -27,85 +26,10 @@ from .capture import capture
 from .cost import Cost, slot_cost
 from .coverage import account_for_parameters
 from .edits import ModuleEdit, ParamEdit
+from .records import ChannelGroup, UnitMap, check_keep_list
 from .rewrite import count_params, rewrite
 from .rules import rule_for
 from .slots import Layout
-
-
-@dataclass(frozen=True)
-class ChannelGroup:
-    """Channels that are kept or removed together, as reported to users.
-
-    Attributes:
-        id: position of the group in graph order.
-        size: number of prunable units (a grouped conv's columns count once).
-        producers: qualified names of the modules (or weight parameters) that create the channels.
-        consumers: modules and ops that read them.
-        prunable: whether a plan may remove units of this group.
-        reason: why not, when ``prunable`` is False.
-        exact: False when pruning also changes a normalization's statistics (LayerNorm over the
-            channels); ``fairfx.verify`` then checks the rewrite against renormalized masking.
-        note: what makes the group inexact, if it is.
-        unit: what one unit is: ``"channel"``, or ``"head"`` when the units are attention heads
-            (a head's q, k and v dims and the output projection's columns go together).
-        members: other modules and parameters sliced when the group's units go (norms, layer
-            scales, the readers' input columns), in graph order.
-        unit_channels: per producer, the output channels of each unit (see :meth:`channels`).
-    """
-
-    id: int
-    size: int
-    producers: tuple[str, ...]
-    consumers: tuple[str, ...]
-    prunable: bool
-    reason: str | None
-    exact: bool = True
-    note: str | None = None
-    unit: str = "channel"
-    members: tuple[str, ...] = ()
-    unit_channels: tuple[tuple[str, tuple[tuple[int, ...], ...]], ...] = ()
-
-    def channels(self, producer: str | None = None) -> list[list[int]]:
-        """Output channels of ``producer`` (default: the group's first) that each unit holds:
-        ``channels()[i]`` go or stay together as unit ``i``. A plain conv's unit i is channel i;
-        a grouped conv's unit j is column j of every conv group; a GroupNorm group's unit is one
-        offset in every norm group. Plan by units with ``fairfx.prune(model, x, {id: units})``.
-        """
-        table = dict(self.unit_channels)
-        name = self.producers[0] if producer is None else producer
-        if name not in table:
-            raise PlanError(
-                f"{name!r} is not a producer of group {self.id}; its producers are "
-                f"{', '.join(self.producers)}"
-            )
-        return [list(c) for c in table[name]]
-
-
-@dataclass(frozen=True)
-class UnitMap:
-    """One producer call's output and the tensor the next layer reads it from, as unit maps.
-
-    Scoring needs, for every prunable producer call, which unit of which group each position of
-    a tensor's channel axis holds. The engine computes these maps once (:meth:`ChannelGraph.
-    unit_maps`) so that scoring never reaches into slots or roots.
-
-    Attributes:
-        producer: qualified name of the producer (module or weight parameter).
-        gid: the group its channels belong to.
-        node, dim, units: the call's output node, its channel axis, and the unit (within
-            ``gid``) at each position along it; -1 where a position belongs to another group.
-        read, read_dim, read_units: the same for the tensor the next layer reads, reached by
-            following per-channel ops (BatchNorm, activation, pooling, scaling) from ``node``.
-    """
-
-    producer: str
-    gid: int
-    node: str
-    dim: int
-    units: np.ndarray
-    read: str
-    read_dim: int
-    read_units: np.ndarray
 
 
 class ChannelGraph:
@@ -207,7 +131,7 @@ class ChannelGraph:
         kept_root = np.ones(len(self.roots), dtype=bool)
         for gid, keep in units.items():
             group = self.groups[gid]
-            idx = _indices(keep, group.size, f"group {gid}")
+            idx = check_keep_list(keep, group.size, f"group {gid}")
             if not group.prunable and len(idx) != group.size:
                 raise PlanError(
                     f"group {gid} ({group.producers[0]}) is not prunable: {group.reason}"
@@ -231,7 +155,7 @@ class ChannelGraph:
             prod = a.producers[a.producer_index[name]]
             gid = self.group_of_producer[name]
             group = self.groups[gid]
-            idx = _indices(channels, len(prod.slots), repr(name))
+            idx = check_keep_list(channels, len(prod.slots), repr(name))
             if not group.prunable and len(idx) != len(prod.slots):
                 raise PlanError(f"channels of {name!r} cannot be pruned: the group {group.reason}")
             mask = np.zeros(len(prod.slots), dtype=bool)
@@ -336,7 +260,7 @@ class ChannelGraph:
                     f"there is no channel group {gid}; ids run from 0 to {len(self.groups) - 1} "
                     "(see fairfx.channel_groups)"
                 )
-            units[int(gid)] = _indices(values, self.groups[gid].size, f"group {gid} (units)")
+            units[int(gid)] = check_keep_list(values, self.groups[gid].size, f"group {gid} (units)")
         return units
 
     def cost(self, units: Mapping[int, Sequence[int]] | None = None) -> Cost:
@@ -423,31 +347,6 @@ def _iter_layouts(lay: Any):
     elif isinstance(lay, tuple):
         for item in lay:
             yield from _iter_layouts(item)
-
-
-def _indices(values: Sequence[int] | Any, size: int, what: str) -> np.ndarray:
-    if isinstance(values, torch.Tensor):
-        values = values.tolist()
-    if isinstance(values, (int, np.integer)):
-        raise PlanError(
-            f"keep list for {what} must be a list of indices, got the number {values}; "
-            f"list(range({values})) keeps the first {values}"
-        )
-    if not isinstance(values, Iterable):
-        raise PlanError(
-            f"keep list for {what} must be a list of indices, got {type(values).__name__}"
-        )
-    arr = np.asarray(list(values))
-    if arr.size == 0:
-        raise PlanError(f"keep list for {what} is empty; at least one channel must stay")
-    if not np.issubdtype(arr.dtype, np.integer):
-        raise PlanError(f"keep list for {what} must hold integer indices, got {arr.dtype}")
-    if arr.min() < 0 or arr.max() >= size:
-        raise PlanError(f"keep list for {what} has indices outside [0, {size}): {arr.tolist()}")
-    uniq = np.unique(arr)
-    if len(uniq) != len(arr):
-        raise PlanError(f"keep list for {what} repeats indices")
-    return uniq
 
 
 def build(model: torch.nn.Module, example_input: Any) -> ChannelGraph:

@@ -17,13 +17,13 @@ from ..engine.groups import ChannelGraph, build
 from ..errors import CalibrationError, FairfxError, PlanError
 from ..files import load_payload, plain, save_payload
 from .checks import check_grad_mode, check_prunable, check_scores, check_weights, finite_batches
-from .codec import check_codec
 from .finalize import finalize
 from .memory import class_hint, estimate_for_graph
-from .planning import Plan, check_choice, ignored_groups, make_plan, plan_for_budget
+from .options import check_analyze_options
+from .planning import Plan, ignored_groups, make_plan, plan_for_budget
 from .recalibrate import STATS_KEY
 from .recalibrate import recalibrate as recalibrate_bn
-from .scoring import OBSERVE, Scores, calibrate, new_state
+from .scoring import Scores, calibrate, new_state
 from .stats import CalibrationState, describe
 
 _FORMAT = "fairfx.analysis/2"  # /1 pickled numpy arrays: a safe load refuses it
@@ -375,42 +375,6 @@ def analyze(
     record["scoring_seconds"] = time.perf_counter() - captured
     record["finalize_seconds"] = finalize_seconds
     return Analysis(scores, graph, record, state)
-
-
-def check_analyze_options(
-    *,
-    samples_per_class: Any = 32,
-    max_classes: Any = 100,
-    projections: Any = 128,
-    observe: Any = "consumer",
-    loss_fn: Any = None,
-    state_dtype: Any = "float16",
-    batch_size: Any = None,
-    **others: Any,
-) -> None:
-    """The options of :func:`analyze`, checked before the model is even traced."""
-    check_codec(state_dtype)
-    if batch_size is not None and (
-        isinstance(batch_size, bool)
-        or not isinstance(batch_size, (int, np.integer))
-        or batch_size < 1
-    ):
-        raise CalibrationError(f"batch_size must be an integer >= 1 or None, got {batch_size!r}")
-    for name, value, least in (
-        ("samples_per_class", samples_per_class, 1),
-        ("max_classes", max_classes, 2),
-        ("projections", projections, 1),
-    ):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
-            raise CalibrationError(f"{name} must be an integer >= {least}, got {value!r}")
-    try:
-        check_choice("observe", observe, OBSERVE)
-    except PlanError as exc:
-        raise CalibrationError(str(exc)) from None
-    if loss_fn is not None and not callable(loss_fn):
-        raise CalibrationError(
-            f"loss_fn must be callable (output, targets) -> loss, got {loss_fn!r}"
-        )
 
 
 def _shard() -> tuple[int, int]:

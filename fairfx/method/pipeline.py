@@ -21,9 +21,10 @@ from ..engine.capture import as_inputs
 from ..engine.oracle import verify
 from ..errors import PlanError
 from .calibration import self_labelled
-from .fair import Analysis, analyze, check_analyze_options
+from .fair import Analysis, analyze
 from .finetune import finetune
-from .planning import Plan, check_alpha, check_plan_options
+from .options import check_alpha, check_analyze_options, check_plan_options
+from .planning import Plan
 from .recalibrate import recalibrate as recalibrate_bn
 
 _PLAN_KEYS = ("importance", "group_rule", "uniform", "allocation", "round_to", "ignored_layers")
