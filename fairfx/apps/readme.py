@@ -18,6 +18,7 @@ import contextlib
 import functools
 import io
 import operator
+import os
 import re
 import shutil
 import sys
@@ -287,7 +288,9 @@ def replace_section(text: str, name: str, body: str) -> str:
     return re.sub(pattern, lambda _: f"{start}\n{body.rstrip()}\n{end}", text, count=1, flags=re.S)
 
 
-def demo_section(result: dict[str, Any], printed: str, seconds: float) -> str:
+def demo_section(
+    result: dict[str, Any], printed: str, seconds: float, load: float | None = None
+) -> str:
     acc = result["accuracy_test"]
     if acc["fine_tuned"] > acc["original"]:
         verdict = (
@@ -302,8 +305,8 @@ def demo_section(result: dict[str, Any], printed: str, seconds: float) -> str:
         )
     return "\n".join(
         [
-            f"A run of `make demo` ({seconds:.0f} s wall on the 2-core development machine, "
-            "shared with other jobs; training is cached after the first run; the test split is "
+            f"A run of `make demo` ({seconds:.0f} s wall on the 2-core development machine"
+            f"{_load_note(load)}; training is cached after the first run; the test split is "
             "held out from training, calibration and fine-tuning), written here by "
             "`python -m fairfx.apps.readme`:",
             "",
@@ -325,9 +328,13 @@ def _latency_note(result: dict[str, Any]) -> str:
     return (
         f"At 32x32 the convolutions dominate the forward pass, so removing MACs removes time: "
         f"the pruned model was faster in {faster} of {len(rows)} latency settings of this run "
-        "(eager and compiled, batch 1 and 8; the two models alternate, so read the ratios: the "
-        "machine is shared with other jobs)."
+        "(eager and compiled, batch 1 and 8; the two models alternate, so read the ratios)."
     )
+
+
+def _load_note(load: float | None) -> str:
+    """The machine's load when the run started, so a reader can judge the latency rows."""
+    return "" if load is None else f", 1-minute load average {load:.1f} when it started"
 
 
 class _Tee(io.StringIO):
@@ -343,6 +350,7 @@ def run_demo(argv: Iterable[str] = ()) -> str:
     from . import demo
 
     args = demo.parser().parse_args(list(argv))
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     start = time.perf_counter()
     tee = _Tee()
     with contextlib.redirect_stdout(tee):
@@ -354,7 +362,7 @@ def run_demo(argv: Iterable[str] = ()) -> str:
     plot = Path(args.out) / "kept_channels.png"
     with atomic_path(ROOT / DEMO_PLOT) as tmp:
         shutil.copyfile(plot, tmp)
-    return demo_section(result, printed, seconds)
+    return demo_section(result, printed, seconds, load)
 
 
 def main(argv: list[str] | None = None) -> int:
