@@ -1,4 +1,5 @@
-"""Shared helpers: build a random plan, prune, and check the result against the oracle."""
+"""Shared helpers: random plans checked against the oracle, digits models trained once per session,
+and the CLI's one-line error check."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import numpy as np
 import pytest
 import torch
 
+from fairfx.apps import digits
+from fairfx.apps.cli import main
 from fairfx.apps.zoo import random_plan
 from fairfx.engine.groups import build
 from fairfx.engine.oracle import verify
@@ -49,3 +52,25 @@ def assert_same_state(model: torch.nn.Module, snap) -> None:
 def _seed():
     torch.manual_seed(0)
     np.random.seed(0)
+
+
+@pytest.fixture(scope="session")
+def split():
+    """The digits train/test split, loaded once for every test file that scores a model."""
+    return digits.load()
+
+
+@pytest.fixture(scope="session")
+def resnet(split):
+    """A ResNet-style digits net trained one epoch; shared read-only (fairfx never mutates it)."""
+    torch.manual_seed(0)
+    return digits.train(digits.ResNetStyle(width=8), split, epochs=1)
+
+
+def cli_error(capsys, argv: list[str]) -> str:
+    """Run the CLI in-process; assert it failed with exit 2 and one ``fairfx: error:`` line."""
+    code = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert len(err.splitlines()) == 1 and err.startswith("fairfx: error: "), err
+    return err

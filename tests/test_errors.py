@@ -16,6 +16,8 @@ from fairfx.apps.cli import main
 from fairfx.apps.cli_inputs import weights_fingerprint
 from fairfx.errors import CalibrationError, CaptureError, FairfxError, PlanError
 
+from .conftest import cli_error
+
 OPTS = {"samples_per_class": 8, "progress": False}
 
 
@@ -174,14 +176,6 @@ def cli(tmp_path, monkeypatch):
     return tmp_path
 
 
-def _cli_error(capsys, argv: list[str]) -> str:
-    code = main(argv)
-    err = capsys.readouterr().err.strip()
-    assert code == 2, err
-    assert len(err.splitlines()) == 1 and err.startswith("fairfx: error: "), err
-    return err
-
-
 def test_plan_checks_the_weights_fingerprint(cli, analysis, capsys) -> None:
     scored = net()
     analysis.record["weights_sha1"] = weights_fingerprint(scored)
@@ -193,7 +187,7 @@ def test_plan_checks_the_weights_fingerprint(cli, analysis, capsys) -> None:
     torch.save(scored.state_dict(), cli / "scored.pth")
     torch.save(other.state_dict(), cli / "other.pth")
     base = ["plan", "--model", f"{MODULE}:net", "--analysis", "s.pt", "--alpha", "0.1"]
-    line = _cli_error(capsys, [*base, "--weights", "other.pth"])
+    line = cli_error(capsys, [*base, "--weights", "other.pth"])
     assert "holds scores of other weights" in line and "--weights other.pth" in line
     assert main([*base, "--weights", "scored.pth", "--quiet"]) == 0
 
@@ -208,9 +202,9 @@ def test_cli_data_and_weights_with_nan_or_bool(cli, capsys) -> None:
         model[0].bias[0] = float("nan")
     torch.save(model.state_dict(), cli / "nan.pth")
     base = ["compress", "--model", f"{MODULE}:net", "--alpha", "0.1", "--out", "m.pt2"]
-    line = _cli_error(capsys, [*base, "--data", "nan.pt"])
+    line = cli_error(capsys, [*base, "--data", "nan.pt"])
     assert "inputs hold 1 NaN/Inf value(s)" in line
-    assert "targets are bool" in _cli_error(capsys, [*base, "--data", "bool.pt"])
-    line = _cli_error(capsys, [*base, "--data", "nan.pt", "--weights", "nan.pth"])
+    assert "targets are bool" in cli_error(capsys, [*base, "--data", "bool.pt"])
+    line = cli_error(capsys, [*base, "--data", "nan.pt", "--weights", "nan.pth"])
     assert "tensor '0.bias' holds NaN/Inf" in line
     assert not (cli / "m.pt2").exists()

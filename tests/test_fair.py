@@ -18,20 +18,9 @@ from .conftest import assert_same_state, state_snapshot
 
 
 @pytest.fixture(scope="module")
-def split():
-    return digits.load()
-
-
-@pytest.fixture(scope="module")
 def trained(split):
     torch.manual_seed(0)
     return digits.train(digits.VGGStyle(width=8), split, epochs=3)
-
-
-@pytest.fixture(scope="module")
-def resnet(split):
-    torch.manual_seed(0)
-    return digits.train(digits.ResNetStyle(width=8), split, epochs=1)
 
 
 def calib(split, n=600, bs=100):

@@ -15,6 +15,8 @@ from fairfx.errors import CalibrationError, FairfxError
 from fairfx.files import atomic_path, check_clashes, check_output, save_payload, write_text
 from fairfx.method.stats import CalibrationState
 
+from .conftest import cli_error
+
 MODULE = "fairfx_files_net"
 MODEL_SOURCE = """
 import torch
@@ -112,14 +114,6 @@ def cli(tmp_path, monkeypatch):
     return tmp_path
 
 
-def _cli_error(capsys, argv: list[str]) -> str:
-    code = main(argv)
-    err = capsys.readouterr().err.strip()
-    assert code == 2, err
-    assert len(err.splitlines()) == 1 and err.startswith("fairfx: error: "), err
-    return err
-
-
 MODEL_ARGS = ["--model", f"{MODULE}:net", "--image-size", "8"]
 COMPRESS = ["compress", *MODEL_ARGS, "--alpha", "0.1", "--quiet"]
 
@@ -138,7 +132,7 @@ COMPRESS = ["compress", *MODEL_ARGS, "--alpha", "0.1", "--quiet"]
 def test_crafted_cli_inputs_never_run(cli, evil, capsys, argv) -> None:
     path, marker = evil
     argv = [str(path) if a == "EVIL" else a for a in argv]
-    line = _cli_error(capsys, argv)
+    line = cli_error(capsys, argv)
     assert "refuses to run" in line and str(path) in line
     assert not marker.exists()
     assert not (cli / "m.pt2").exists()
@@ -303,7 +297,7 @@ def test_outputs_are_checked_before_any_work(cli, inputs, capsys, monkeypatch, a
     monkeypatch.setattr("fairfx.apps.cli_compress.load_model", no_work)
     options = {"--data": "data.pt", "--weights": "w.pth", "--out": "old.pt2"}
     options.update(zip(argv[::2], argv[1::2], strict=True))
-    line = _cli_error(capsys, [*COMPRESS, *(a for kv in options.items() for a in kv)])
+    line = cli_error(capsys, [*COMPRESS, *(a for kv in options.items() for a in kv)])
     assert message in line
     for path, content in inputs.items():
         assert path.read_bytes() == content

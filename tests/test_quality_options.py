@@ -17,17 +17,6 @@ from .conftest import assert_same_state, state_snapshot
 
 
 @pytest.fixture(scope="module")
-def split():
-    return digits.load()
-
-
-@pytest.fixture(scope="module")
-def resnet(split):
-    torch.manual_seed(0)
-    return digits.train(digits.ResNetStyle(width=8), split, epochs=1)
-
-
-@pytest.fixture(scope="module")
 def dense(split):
     torch.manual_seed(0)
     return digits.train(digits.DenseNetStyle(growth=6), split, epochs=1)
