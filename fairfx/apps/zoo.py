@@ -13,8 +13,9 @@ Run ``python -m fairfx.apps.zoo`` for the whole zoo (minutes), or name models:
 from __future__ import annotations
 
 import argparse
+import resource
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -24,6 +25,10 @@ from ..engine.groups import build
 from ..engine.oracle import verify
 from ..engine.rewrite import count_params
 from ..method.fair import analyze
+from .zoo_results import ZooResult, format_table, summary
+from .zoo_sweep import ROW_TAG, sweep
+
+__all__ = ["ZooResult", "check_model", "example_input", "random_plan", "synthetic_batches"]
 
 # Models whose architecture fixes or bounds the input size; the rest run at 64x64.
 INPUT_SIZE = {"inception_v3": 96, "googlenet": 64}
@@ -31,29 +36,6 @@ for _name in ("vit_b_16", "vit_b_32", "vit_l_16", "vit_l_32", "vit_h_14", "maxvi
     INPUT_SIZE[_name] = 224
 for _name in ("swin_t", "swin_s", "swin_b", "swin_v2_t", "swin_v2_s", "swin_v2_b"):
     INPUT_SIZE[_name] = 224
-
-
-@dataclass
-class ZooResult:
-    name: str
-    groups: int = 0
-    prunable: int = 0
-    params_before: int = 0
-    params_after: int = 0
-    handled: bool = False
-    oracle_exact: bool = False
-    oracle_diff: float = float("nan")
-    inexact_groups: int = 0
-    unlisted: tuple[str, ...] = ()  # parameters in no channel group (must be empty)
-    exported: bool = False
-    seconds: float = 0.0
-    error: str = ""
-    fair_done: bool = False
-    fair_params_after: int = 0
-    fair_exact: bool = False
-    fair_exported: bool = False
-    fair_seconds: float = 0.0
-    fair_error: str = ""
 
 
 def example_input(name: str) -> torch.Tensor:
@@ -86,17 +68,21 @@ def _describe_error(exc: Exception) -> str:
     return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
 
 
-def _exports(pruned: torch.nn.Module, x: torch.Tensor) -> bool:
-    """Export the pruned graph and compare the exported program's output with it."""
+def _exports(pruned: torch.nn.Module, x: torch.Tensor) -> str:
+    """Export the pruned graph and compare the exported program's output with it: "" when they
+    agree, else the reason."""
     ep = torch.export.export(pruned.eval(), (x,))
     with torch.no_grad():
         want, got = pruned(x), ep.module()(x)
-    return bool(torch.allclose(want, got, rtol=1e-4, atol=1e-6 * want.abs().max()))
+    if torch.allclose(want, got, rtol=1e-4, atol=1e-6 * want.abs().max()):
+        return ""
+    return f"the exported program's output differs (max |diff| {(want - got).abs().max():.3g})"
 
 
 def check_fair(res: ZooResult, model: torch.nn.Module, x: torch.Tensor) -> None:
     """The FAIR path on synthetic labelled data: analyze, plan for half the parameters, compress,
     verify, export. Fills the ``fair_*`` fields of ``res``."""
+    res.fair_run = True
     start = time.perf_counter()
     try:
         data = synthetic_batches(x)
@@ -107,107 +93,126 @@ def check_fair(res: ZooResult, model: torch.nn.Module, x: torch.Tensor) -> None:
             state_dtype="float32", progress=False,
         )  # fmt: skip
         pruned = analysis.compress(analysis.plan_for(params=0.5))
+        del analysis  # its graph and statistics: memory the export below can use
         res.fair_params_after = count_params(pruned)
-        res.fair_exact = verify(model, pruned, x).passed
+        report = verify(model, pruned, x)
+        res.fair_exact = report.passed
         res.fair_done = True
-        res.fair_exported = _exports(pruned, x)
+        if not report.passed:
+            res.fair_error = f"oracle max |diff| {report.max_abs_diff:.3g}"
+        differs = _exports(pruned, x)
+        res.fair_exported = not differs
+        res.fair_error = res.fair_error or differs
     except Exception as exc:  # the sweep reports every failure by name
         res.fair_error = _describe_error(exc)
     res.fair_seconds = time.perf_counter() - start
 
 
-def check_model(name: str, *, export: bool = True, fair: bool = False, seed: int = 0) -> ZooResult:
-    import torchvision
-
-    res = ZooResult(name)
+def _check_random(
+    res: ZooResult, model: torch.nn.Module, x: torch.Tensor, *, export: bool, seed: int
+) -> None:
+    """Capture, a random half plan, the oracle and the export; fills the random-column fields."""
     start = time.perf_counter()
     try:
-        torch.manual_seed(seed)
-        model = torchvision.models.get_model(name, weights=None).eval()
-        x = example_input(name)
         graph = build(model, x)
         res.groups = len(graph.groups)
         res.prunable = sum(g.prunable for g in graph.groups)
         res.unlisted = tuple(unlisted_parameters(graph.analysis.gm, graph.groups))
         pruned = graph.rewrite(random_plan(graph, seed))
+        del graph
         res.params_before, res.params_after = count_params(model), count_params(pruned)
         report = verify(model, pruned, x)
         res.handled = True
         res.oracle_exact, res.oracle_diff = report.passed, report.max_abs_diff
         res.inexact_groups = len(report.inexact_groups)
         if export:
-            res.exported = _exports(pruned, x)
+            differs = _exports(pruned, x)
+            res.exported, res.error = not differs, differs
     except Exception as exc:  # the sweep reports every failure by name
         res.error = _describe_error(exc)
     res.seconds = time.perf_counter() - start
+
+
+def check_model(
+    name: str,
+    *,
+    export: bool = True,
+    fair: bool = False,
+    seed: int = 0,
+    on_stage: Callable[[ZooResult], None] | None = None,
+) -> ZooResult:
+    """Both columns for one torchvision model (random weights); ``on_stage`` sees the row after
+    the random column (a worker prints it, so a FAIR path that dies still leaves that column)."""
+    import torchvision
+
+    res = ZooResult(name)
+    try:
+        torch.manual_seed(seed)
+        model = torchvision.models.get_model(name, weights=None).eval()
+    except Exception as exc:
+        res.error = _describe_error(exc)
+        return res
+    x = example_input(name)
+    _check_random(res, model, x, export=export, seed=seed)
     if fair and res.handled:
+        if on_stage is not None:
+            on_stage(res)
         check_fair(res, model, x)
     return res
 
 
-def format_table(results: list[ZooResult]) -> str:
-    fair = any(r.fair_done or r.fair_error for r in results)
-    head = "| model | groups (prunable) | random half: params before -> after | oracle | export |"
-    rule = "|---|---|---|---|---|"
-    if fair:
-        head += " FAIR plan_for(params=0.5): params after | oracle | export |"
-        rule += "---|---|---|"
-    lines = [head + " s | note |", rule + "---|---|"]
-    for r in results:
-        oracle = "exact" if r.oracle_exact else ("FAIL" if r.handled else "-")
-        if r.inexact_groups:
-            oracle += f" ({r.inexact_groups} LN groups renormalized)"
-        row = (
-            f"| {r.name} | {r.groups} ({r.prunable}) | {r.params_before / 1e6:.2f}M -> "
-            f"{r.params_after / 1e6:.2f}M | {oracle} | {'yes' if r.exported else 'no'} |"
-        )
-        if fair:
-            kept = r.fair_params_after / r.params_before if r.params_before else 0.0
-            fair_oracle = "exact" if r.fair_exact else ("FAIL" if r.fair_done else "-")
-            row += (
-                f" {r.fair_params_after / 1e6:.2f}M ({kept:.0%}) | {fair_oracle} | "
-                f"{'yes' if r.fair_exported else 'no'} |"
-            )
-        note = "; ".join(e for e in (r.error, r.fair_error and f"FAIR: {r.fair_error}") if e)
-        lines.append(f"{row} {r.seconds + r.fair_seconds:.1f} | {note} |")
-    n = len(results)
-    summary = (
-        f"\nrandom half: handled {sum(r.handled for r in results)}/{n}, exported "
-        f"{sum(r.exported for r in results)}/{n}, oracle-exact "
-        f"{sum(r.oracle_exact for r in results)}/{n}"
-    )
-    if fair:
-        summary += (
-            f"; FAIR: compressed {sum(r.fair_done for r in results)}/{n}, oracle-exact "
-            f"{sum(r.fair_exact for r in results)}/{n}, exported "
-            f"{sum(r.fair_exported for r in results)}/{n}"
-        )
-    lines.append(summary)
-    return "\n".join(lines)
+def _worker(args: argparse.Namespace) -> None:
+    """One model, in a process of its own (see :mod:`fairfx.apps.zoo_sweep`)."""
+    try:  # be the first process the kernel stops when memory runs out, not a neighbour's
+        with open("/proc/self/oom_score_adj", "w") as f:
+            f.write("1000")
+    except OSError:
+        pass
+    if args.cpu_limit:
+        resource.setrlimit(resource.RLIMIT_CPU, (args.cpu_limit, args.cpu_limit + 30))
+
+    def emit(res: ZooResult) -> None:
+        print(ROW_TAG + res.to_json(), flush=True)
+
+    (name,) = args.models
+    emit(check_model(name, export=not args.no_export, fair=not args.no_fair, on_stage=emit))
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("models", nargs="*", help="model names (default: the whole zoo)")
+    p.add_argument("--no-export", action="store_true")
+    p.add_argument("--no-fair", action="store_true", help="random plans only (faster)")
+    p.add_argument("--out", help="append one JSON line per finished model to this file")
+    p.add_argument("--resume", action="store_true", help="skip the models already in --out")
+    p.add_argument("--timeout", type=float, default=3600, help="wall seconds per model")
+    p.add_argument("--cpu-limit", type=int, default=3600, help="CPU seconds per model")
+    p.add_argument(
+        "--min-free-gb", type=float, default=1.5,
+        help="stop a model when the machine's available memory falls below this",
+    )  # fmt: skip
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    return p
 
 
 def main(argv: list[str] | None = None) -> None:
     import torchvision
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("models", nargs="*", help="model names (default: the whole zoo)")
-    parser.add_argument("--no-export", action="store_true")
-    parser.add_argument("--no-fair", action="store_true", help="random plans only (faster)")
-    args = parser.parse_args(argv)
+    args = parser().parse_args(argv)
+    if args.worker:
+        return _worker(args)
+    if args.resume and not args.out:
+        raise SystemExit("--resume needs --out FILE (the rows of the earlier run)")
     names = args.models or torchvision.models.list_models(module=torchvision.models)
-    results = []
-    for name in names:
-        r = check_model(name, export=not args.no_export, fair=not args.no_fair)
-        print(
-            f"{name}: handled={r.handled} exact={r.oracle_exact} export={r.exported} "
-            f"fair={r.fair_done} fair_exact={r.fair_exact} fair_export={r.fair_exported} "
-            f"params={r.params_before} random_after={r.params_after} "
-            f"fair_after={r.fair_params_after} "
-            f"{r.seconds + r.fair_seconds:.1f}s {r.error} {r.fair_error}",
-            flush=True,
-        )
-        results.append(r)
+    worker_args = [
+        flag for flag in ("--no-export", "--no-fair") if getattr(args, flag[2:].replace("-", "_"))
+    ]
+    results = sweep(
+        names, worker_args, out=args.out, resume=args.resume, timeout=args.timeout,
+        cpu_limit=args.cpu_limit, min_free_gb=args.min_free_gb, fair=not args.no_fair,
+    )  # fmt: skip
     print(format_table(results))
+    print("\n" + summary(results))
 
 
 if __name__ == "__main__":
