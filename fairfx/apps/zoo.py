@@ -13,7 +13,9 @@ Run ``python -m fairfx.apps.zoo`` for the whole zoo (minutes), or name models:
 from __future__ import annotations
 
 import argparse
+import ctypes
 import resource
+import signal
 import time
 from collections.abc import Callable
 
@@ -26,7 +28,7 @@ from ..engine.oracle import verify
 from ..engine.rewrite import count_params
 from ..method.fair import analyze
 from .zoo_results import ZooResult, format_table, summary
-from .zoo_sweep import ROW_TAG, sweep
+from .zoo_sweep import ROW_TAG, sweep, worker_command
 
 __all__ = ["ZooResult", "check_model", "example_input", "random_plan", "synthetic_batches"]
 
@@ -166,7 +168,9 @@ def _worker(args: argparse.Namespace) -> None:
     try:  # be the first process the kernel stops when memory runs out, not a neighbour's
         with open("/proc/self/oom_score_adj", "w") as f:
             f.write("1000")
-    except OSError:
+        # and end with the sweep: PR_SET_PDEATHSIG(SIGKILL), Linux only
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)
+    except (OSError, AttributeError):
         pass
     if args.cpu_limit:
         resource.setrlimit(resource.RLIMIT_CPU, (args.cpu_limit, args.cpu_limit + 30))
@@ -204,12 +208,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.resume and not args.out:
         raise SystemExit("--resume needs --out FILE (the rows of the earlier run)")
     names = args.models or torchvision.models.list_models(module=torchvision.models)
-    worker_args = [
-        flag for flag in ("--no-export", "--no-fair") if getattr(args, flag[2:].replace("-", "_"))
-    ]
+    flags = [f for f, on in (("--no-export", args.no_export), ("--no-fair", args.no_fair)) if on]
     results = sweep(
-        names, worker_args, out=args.out, resume=args.resume, timeout=args.timeout,
-        cpu_limit=args.cpu_limit, min_free_gb=args.min_free_gb, fair=not args.no_fair,
+        names, worker_command(args.cpu_limit, flags), out=args.out, resume=args.resume,
+        timeout=args.timeout, cpu_limit=args.cpu_limit, min_free_gb=args.min_free_gb,
+        fair=not args.no_fair,
     )  # fmt: skip
     print(format_table(results))
     print("\n" + summary(results))

@@ -42,6 +42,7 @@ class ZooResult:
     fair_seconds: float = 0.0
     fair_error: str = ""
     # Filled by the sweep's parent process (0 / "" when a model runs in-process):
+    worker_seconds: float = 0.0  # wall time of the model's worker process, start-up included
     cpu_seconds: float = 0.0  # user + system CPU time of the model's worker process
     peak_rss_mb: float = 0.0  # the worker's peak resident memory
     commit: str = ""  # the fairfx commit the row was measured with

@@ -71,39 +71,51 @@ def _stop(proc: subprocess.Popen) -> None:
         os.killpg(proc.pid, signal.SIGKILL)  # the worker leads its own session
 
 
+def worker_command(cpu_limit: int, flags: Iterable[str] = ()) -> list[str]:
+    """The command that runs one model (its name appended) in a worker process."""
+    return [
+        sys.executable, "-m", "fairfx.apps.zoo", "--worker", "--cpu-limit", str(cpu_limit), *flags
+    ]  # fmt: skip
+
+
 def run_one(
     name: str,
-    worker_args: list[str],
+    cmd: list[str],
     *,
     timeout: float,
-    cpu_limit: int,
-    min_free_gb: float,
-    fair: bool,
+    cpu_limit: int = 0,
+    min_free_gb: float = 0.0,
+    fair: bool = True,
 ) -> ZooResult:
-    """One model in a fresh worker process; its row, with the reason it stopped if it did."""
-    cmd = [sys.executable, "-m", "fairfx.apps.zoo", "--worker", "--cpu-limit", str(cpu_limit)]
+    """One model in a fresh worker process (``cmd`` + ``[name]``); its row, with the reason it
+    stopped if it did. ``cpu_limit`` only names the limit the worker set itself."""
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        proc = subprocess.Popen(
-            [*cmd, *worker_args, name], stdout=out, stderr=err, start_new_session=True
-        )
-        start, stopped, status, usage = time.monotonic(), "", 0, None
-        while True:
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-            if pid:
-                break
-            free = available_memory_gb()
-            if not stopped and time.monotonic() - start > timeout:
-                stopped = f"timeout: stopped after {timeout:.0f} s wall"
-            elif not stopped and free is not None and free < min_free_gb:
-                stopped = f"stopped: the machine's available memory fell below {min_free_gb} GiB"
-            if stopped:
+        proc = subprocess.Popen([*cmd, name], stdout=out, stderr=err, start_new_session=True)
+        start, stopped, status, usage, pid = time.monotonic(), "", 0, None, 0
+        try:
+            while True:
+                pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+                if pid:
+                    break
+                free = available_memory_gb()
+                if not stopped and time.monotonic() - start > timeout:
+                    stopped = f"timeout: stopped after {timeout:.0f} s wall"
+                elif not stopped and free is not None and free < min_free_gb:
+                    stopped = (
+                        f"stopped: the machine's available memory fell below {min_free_gb} GiB"
+                    )
+                if stopped:
+                    _stop(proc)
+                time.sleep(0.5)
+        finally:  # Ctrl-C or an error here: the worker must not outlive the sweep
+            if not pid:
                 _stop(proc)
-            time.sleep(0.5)
         proc.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0)
         err.seek(0)
         stdout, stderr = out.read(), err.read()
     result = _last_row(stdout, name) or ZooResult(name)
+    result.worker_seconds = time.monotonic() - start
     result.cpu_seconds = usage.ru_utime + usage.ru_stime
     result.peak_rss_mb = usage.ru_maxrss / 1024  # KiB on Linux
     rc = proc.returncode
@@ -128,14 +140,14 @@ def run_one(
 
 def sweep(
     names: Iterable[str],
-    worker_args: list[str],
+    cmd: list[str],
     *,
     out: str | None,
-    resume: bool,
-    timeout: float,
-    cpu_limit: int,
-    min_free_gb: float,
-    fair: bool,
+    resume: bool = False,
+    timeout: float = 3600,
+    cpu_limit: int = 0,
+    min_free_gb: float = 0.0,
+    fair: bool = True,
     log: Callable[[str], None] = print,
 ) -> list[ZooResult]:
     """Every model in its own worker; rows appended to ``out`` (JSON lines) as they finish."""
@@ -149,7 +161,7 @@ def sweep(
             log(f"[{i}/{len(names)}] {name}: done before, skipped (--resume)")
             continue
         r = run_one(
-            name, worker_args, timeout=timeout, cpu_limit=cpu_limit, min_free_gb=min_free_gb,
+            name, cmd, timeout=timeout, cpu_limit=cpu_limit, min_free_gb=min_free_gb,
             fair=fair,
         )  # fmt: skip
         r.commit = commit
@@ -160,7 +172,7 @@ def sweep(
             f"[{i}/{len(names)}] {name}: random handled={r.handled} exact={r.oracle_exact} "
             f"export={r.exported} | FAIR done={r.fair_done} exact={r.fair_exact} "
             f"export={r.fair_exported} after={r.fair_params_after}/{r.params_before} | "
-            f"{r.seconds + r.fair_seconds:.0f} s wall, {r.cpu_seconds:.0f} s CPU, "
+            f"{r.worker_seconds:.0f} s wall, {r.cpu_seconds:.0f} s CPU, "
             f"{r.peak_rss_mb / 1024:.1f} GiB | {r.error} {r.fair_error}".rstrip()
         )
     return results
