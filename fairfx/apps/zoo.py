@@ -6,8 +6,11 @@ export. The real FAIR path runs too: ``analyze`` on a few synthetic labelled bat
 ``plan_for(params=0.5)``, ``compress``, the oracle and the export again. A model that cannot be
 handled is reported with its reason, never skipped.
 
-Run ``python -m fairfx.apps.zoo`` for the whole zoo (minutes), or name models:
-``python -m fairfx.apps.zoo resnet18 vit_b_16``.
+Run ``python -m fairfx.apps.zoo`` for the whole zoo, or name models:
+``python -m fairfx.apps.zoo resnet18 vit_b_16``. Each model runs in a worker process of its own
+(:mod:`fairfx.apps.zoo_sweep`); ``--out FILE`` appends each finished row to a JSON-lines file and
+``--resume`` skips the models already there, so a long sweep on a busy machine can be stopped and
+continued.
 """
 
 from __future__ import annotations

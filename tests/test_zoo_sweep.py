@@ -1,0 +1,106 @@
+"""The zoo sweep's runner: a model that hangs, crashes or fails leaves a row saying so, rows reach
+the file as models finish, ``--resume`` skips them. Fake workers (a few lines of Python, no torch)
+stand in for the real one so these run in a second."""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+
+import pytest
+
+from fairfx.apps.zoo_results import ZooResult, append_row, format_table, load_rows, summary
+from fairfx.apps.zoo_sweep import ROW_TAG, run_one, sweep
+from fairfx.errors import FairfxError
+
+
+def _worker(body: str) -> list[str]:
+    """A worker command: ``name`` is sys.argv[1]; ``row(**fields)`` prints a row."""
+    head = f"""
+        import json, os, signal, sys, time
+        name = sys.argv[1]
+        def row(**kw):
+            print({ROW_TAG!r} + json.dumps(dict(name=name, **kw)), flush=True)
+    """
+    return [sys.executable, "-c", textwrap.dedent(head) + textwrap.dedent(body)]
+
+
+RANDOM_DONE = "row(handled=True, oracle_exact=True, exported=True, params_before=10, " \
+    "params_after=5, seconds=0.1)\n"  # fmt: skip
+
+
+def test_a_hanging_fair_path_is_a_timeout_row_with_the_random_column_kept() -> None:
+    r = run_one("m", _worker(RANDOM_DONE + "time.sleep(60)"), timeout=1.0)
+    assert r.handled and r.oracle_exact and r.exported  # the random column survived
+    assert r.fair_run and not r.fair_done
+    assert r.fair_error.startswith("timeout: stopped after 1 s wall"), r.fair_error
+    assert r.worker_seconds < 30 and "FAIR: timeout" in format_table([r])
+
+
+def test_a_worker_killed_before_any_row_is_a_failure_row() -> None:
+    r = run_one("m", _worker("os.kill(os.getpid(), signal.SIGKILL)"), timeout=30)
+    assert not r.handled and "killed by SIGKILL" in r.error
+    assert r.peak_rss_mb > 0
+
+
+def test_a_crash_names_the_last_line_of_its_error_output() -> None:
+    r = run_one("m", _worker(RANDOM_DONE + "sys.exit('boom: out of ideas')"), timeout=30)
+    assert r.handled and r.fair_error == "worker exited with status 1: boom: out of ideas"
+
+
+def test_a_finished_worker_row_is_taken_as_it_is() -> None:
+    body = RANDOM_DONE + "row(handled=True, oracle_exact=True, exported=True, params_before=10, " \
+        "params_after=5, fair_run=True, fair_done=True, fair_exact=True, fair_exported=True, " \
+        "fair_params_after=5)"  # fmt: skip
+    r = run_one("m", _worker(body), timeout=30)
+    assert r.fair_done and r.fair_exact and r.fair_exported and not r.fair_error
+    assert summary([r]) == (
+        "random half: handled 1/1, oracle-exact 1/1, exported 1/1; "
+        "FAIR: compressed 1/1, oracle-exact 1/1, exported 1/1"
+    )
+
+
+def test_rows_reach_the_file_and_resume_skips_them(tmp_path) -> None:
+    out = tmp_path / "zoo.jsonl"
+    body = RANDOM_DONE + "row(handled=True, params_before=10, params_after=5, fair_run=True, " \
+        "fair_done=True, fair_exact=True, fair_params_after=4)"  # fmt: skip
+    first = sweep(["a", "b"], _worker(body), out=str(out), log=lambda _: None)
+    assert [r.name for r in first] == ["a", "b"] and len(out.read_text().splitlines()) == 2
+    # A worker that would fail: the models already in the file are not run again.
+    again = sweep(
+        ["a", "b", "c"], _worker("sys.exit('ran again')"), out=str(out), resume=True,
+        log=lambda _: None,
+    )  # fmt: skip
+    assert [r.fair_params_after for r in again[:2]] == [4, 4]
+    assert again[2].error == "worker exited with status 1: ran again"
+    assert set(load_rows(out)) == {"a", "b", "c"}
+
+
+def test_a_half_written_last_line_is_ignored_and_a_later_row_wins(tmp_path) -> None:
+    out = tmp_path / "zoo.jsonl"
+    append_row(out, ZooResult("a", error="first"))
+    append_row(out, ZooResult("a", handled=True))
+    with open(out, "a") as f:
+        f.write('{"name": "b", "hand')
+    rows = load_rows(out)
+    assert set(rows) == {"a"} and rows["a"].handled and not rows["a"].error
+    with pytest.raises(FairfxError, match="does not exist"):
+        load_rows(tmp_path / "missing.jsonl")
+
+
+def test_the_table_gives_every_failure_its_reason() -> None:
+    rows = [
+        ZooResult("ok", groups=3, prunable=2, handled=True, oracle_exact=True, exported=True,
+                  params_before=100, params_after=40, fair_run=True, fair_done=True,
+                  fair_exact=True, fair_exported=True, fair_params_after=50),
+        ZooResult("capture_fails", error="FairfxError: cannot trace | here", fair_run=False),
+        ZooResult("fair_fails", handled=True, oracle_exact=True, exported=True,
+                  params_before=100, params_after=40, fair_run=True,
+                  fair_error="RuntimeError: bad"),
+    ]  # fmt: skip
+    table = format_table(rows)
+    assert "| ok | 3 (2) | 0.00M -> 0.00M | exact | yes | 0.00M (50%) | exact | yes |" in table
+    assert "cannot trace \\| here" in table  # a pipe in a reason does not break the row
+    assert "FAIR: RuntimeError: bad" in table
+    assert "not run" not in table
+    assert summary(rows).endswith("FAIR: compressed 1/3, oracle-exact 1/3, exported 1/3")
