@@ -15,6 +15,12 @@ quality.
   CLASSES x 32 real images is the per-image rate measured here times the image count plus the
   measured pair loop, compared with a forward+backward pass over the same REAL images.
   ``10:10:16:float16`` is issue 12's 320-image case, ``100:1000:16:int4`` issue 14's 3,200.
+- ``--real CLASSES:OUTPUTS``: the whole run, CLASSES x 32 real images (each class exactly 32,
+  so every image is kept), generated batch by batch (never all in memory), through ``analyze``
+  with ``--state-dtype`` (``auto`` by default: the dtype the shipped default picks on this
+  machine), and a forward+backward pass over the same images in a second process started at
+  the same time: on a shared machine both see the same load. ``100:1000`` is issue 14's
+  3,200-image case. Progress goes to stderr.
 - ``--pairs-gloo K``: the pair loop of K classes split across 2 gloo ranks by the same balanced
   split ``analyze`` uses, on synthetic sketches with ResNet-50's points (channels, values); each
   rank times a few channels per point and extrapolates by its channel count (the loop's work is
@@ -22,6 +28,7 @@ quality.
 
     python benchmarks/bench_calibration.py --images 320
     python benchmarks/bench_calibration.py --prefilled 10:10:16:float16 100:1000:16:int4
+    python benchmarks/bench_calibration.py --real 100:1000
     python benchmarks/bench_calibration.py --pairs-gloo 1000 --per-point 1
 """
 
@@ -64,6 +71,25 @@ def _images(n: int, classes: int, batch: int, seed: int = 0, labels=None):
         y = torch.randint(0, classes, (m,), generator=g) if labels is None else labels[i : i + m]
         out.append((x, y))
     return out
+
+
+def _stream(n: int, classes: int, batch: int, what: str):
+    """``n`` seeded images labelled ``i % classes`` (each class equally often), one batch at a
+    time: the same images on every call, never all in memory (3,200 images are 1.9 GB)."""
+    import torch
+
+    start, cpu = time.perf_counter(), _cpu_s()
+    for b, i in enumerate(range(0, n, batch)):
+        m = min(batch, n - i)
+        g = torch.Generator().manual_seed(1000 + b)
+        yield torch.randn(m, 3, 224, 224, generator=g), torch.arange(i, i + m) % classes
+        if (b + 1) % 10 == 0 or i + m == n:
+            print(
+                f"{what}: {i + m}/{n} images, {time.perf_counter() - start:.0f} s wall, "
+                f"{_cpu_s() - cpu:.0f} s CPU, peak RSS {_rss_mb() / 1024:.2f} GB",
+                file=sys.stderr,
+                flush=True,
+            )
 
 
 def _model(classes: int):
@@ -112,6 +138,68 @@ def child_analyze(images: int, classes: int, batch: int, dtype: str) -> dict:
         "kept": rec["samples"],
         "classes": len(rec["classes"]),
         "chunk": rec["memory"]["batch_size"],
+        "estimate_gb": rec["memory"]["estimate_bytes"] / 1e9,
+        "state_gb": rec["memory"]["state_bytes"] / 1e9,
+    }
+
+
+def child_real_fb(classes: int, outputs: int, batch: int) -> dict:
+    import torch.nn.functional as F
+
+    model = _model(outputs)
+    start, cpu = time.perf_counter(), _cpu_s()
+    for x, y in _stream(classes * 32, classes, batch, "forward+backward"):
+        model.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), y, reduction="sum").backward()
+    return {
+        "what": "forward+backward",
+        "images": classes * 32,
+        "wall_s": time.perf_counter() - start,
+        "cpu_s": _cpu_s() - cpu,
+    }
+
+
+def child_real(classes: int, outputs: int, batch: int, dtype: str) -> dict:
+    import torch
+
+    import fairfx
+    import fairfx.method.fair as fair_module
+
+    timed: dict[str, float] = {}
+    real_finalize = fair_module.finalize
+
+    def finalize(*a, **kw):  # the pair loop's own wall and CPU time
+        w, c = time.perf_counter(), _cpu_s()
+        out = real_finalize(*a, **kw)
+        timed["finalize_s"] = time.perf_counter() - w
+        timed["finalize_cpu_s"] = _cpu_s() - c
+        print(f"pair loop: {timed}", file=sys.stderr, flush=True)
+        return out
+
+    fair_module.finalize = finalize
+    model = _model(outputs)
+    data = _stream(classes * 32, classes, batch, "analyze")
+    start, cpu = time.perf_counter(), _cpu_s()
+    an = fairfx.analyze(
+        model,
+        torch.randn(1, 3, 224, 224),
+        data,
+        max_classes=classes,
+        progress=False,
+        **({} if dtype == "default" else {"state_dtype": dtype}),
+    )
+    rec = an.record
+    return {
+        "what": f"analyze {classes}x32",
+        "images": classes * 32,
+        "wall_s": time.perf_counter() - start,
+        "cpu_s": _cpu_s() - cpu,
+        **timed,
+        "kept": rec["samples"],
+        "classes": len(rec["classes"]),
+        "chunk": rec["memory"]["batch_size"],
+        "state_dtype": rec["state_dtype"],
+        "memory_line": rec["memory"]["line"],
         "estimate_gb": rec["memory"]["estimate_bytes"] / 1e9,
         "state_gb": rec["memory"]["state_bytes"] / 1e9,
     }
@@ -262,11 +350,28 @@ def pairs_gloo(classes: int, per_point: int) -> list[dict]:
 
 def _run(args_list: list[str]) -> dict:
     res = subprocess.run(
-        [sys.executable, __file__, *args_list], capture_output=True, text=True, check=True
+        [sys.executable, __file__, *args_list], stdout=subprocess.PIPE, text=True, check=True
     )
     row = json.loads(res.stdout.strip().splitlines()[-1])
     print(json.dumps(row), flush=True)
     return row
+
+
+def _run_side_by_side(*arg_lists: list[str]) -> list[dict]:
+    """Children started together, so on a shared machine they see the same load (each its own
+    process: its peak RSS is its own)."""
+    procs = [
+        subprocess.Popen([sys.executable, __file__, *a], stdout=subprocess.PIPE, text=True)
+        for a in arg_lists
+    ]
+    rows = []
+    for proc in procs:
+        out, _ = proc.communicate()
+        if proc.returncode:
+            raise SystemExit(f"child {proc.args} failed with exit code {proc.returncode}")
+        rows.append(json.loads(out.strip().splitlines()[-1]))
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
 
 
 def main() -> None:
@@ -278,11 +383,12 @@ def main() -> None:
         default=[],
         help="CLASSES:OUTPUTS:REAL:DTYPE, e.g. 100:1000:16:int4 (state filled, REAL real images)",
     )
+    p.add_argument("--real", nargs="*", default=[], help="CLASSES:OUTPUTS, e.g. 100:1000")
     p.add_argument("--pairs-gloo", type=int)
     p.add_argument("--per-point", type=int, default=2, help="channels timed per point (gloo)")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--state-dtype", default="float16")
+    p.add_argument("--state-dtype", default="float16", help='a codec, or "default" (analyze\'s)')
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
@@ -294,6 +400,10 @@ def main() -> None:
             row = child_fb(int(rest[0]), 10, args.batch, None)
         elif kind == "fbp":
             row = child_fb(int(rest[0]), int(rest[1]), args.batch, int(rest[2]))
+        elif kind == "realfb":
+            row = child_real_fb(int(rest[0]), int(rest[1]), args.batch)
+        elif kind == "real":
+            row = child_real(int(rest[0]), int(rest[1]), args.batch, args.state_dtype)
         elif kind == "analyze":
             row = child_analyze(int(rest[0]), 10, args.batch, args.state_dtype)
         else:
@@ -314,6 +424,24 @@ def main() -> None:
             f"{an['wall_s']:.0f} (pair loop {an['finalize_s']:.0f}) | {an['cpu_s']:.0f} |\n"
             f"ratio analyze / forward+backward: wall {an['wall_s'] / fb['wall_s']:.2f}, CPU "
             f"{an['cpu_s'] / fb['cpu_s']:.2f}; estimate {an['estimate_gb']:.2f} GB",
+            flush=True,
+        )
+    for spec in args.real:
+        classes, outputs = spec.split(":")
+        fb, an = _run_side_by_side(
+            ["--child", f"realfb:{spec}", *common],
+            ["--child", f"real:{spec}", *common, "--state-dtype", args.state_dtype],
+        )
+        print(
+            f"\n| ResNet-50 224, {classes} classes x 32 ({an['images']} images) | peak RSS GB | "
+            f"wall s | CPU s |\n|---|---|---|---|\n"
+            f"| forward+backward (batch {args.batch}) | {fb['peak_rss_gb']:.2f} | "
+            f"{fb['wall_s']:.0f} | {fb['cpu_s']:.0f} |\n| analyze ({an['classes']} classes, "
+            f"{an['kept']} kept, {an['state_dtype']}, chunk {an['chunk']}) | "
+            f"{an['peak_rss_gb']:.2f} | {an['wall_s']:.0f} (pair loop {an['finalize_s']:.0f}) | "
+            f"{an['cpu_s']:.0f} (pair loop {an['finalize_cpu_s']:.0f}) |\n"
+            f"ratio analyze / forward+backward: wall {an['wall_s'] / fb['wall_s']:.2f}, CPU "
+            f"{an['cpu_s'] / fb['cpu_s']:.2f}; {an['memory_line']}",
             flush=True,
         )
     for spec in args.prefilled:

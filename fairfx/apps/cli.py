@@ -293,10 +293,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     c.add_argument(
         "--state-dtype",
-        choices=("float16", "bfloat16", "float32", "uint8", "int4"),
-        default="float16",
-        help="storage of the kept projections: float16 (default), bfloat16, float32, or "
-        "quantized uint8/int4 (2x/4x smaller; see the README for the effect on scores)",
+        choices=("auto", "float16", "bfloat16", "float32", "uint8", "int4"),
+        default="auto",
+        help="storage of the kept projections: auto (default: the most precise of float32, "
+        "float16, uint8, int4 whose estimate fits in a third of the memory available), or "
+        "one of them (uint8/int4 are 2x/4x smaller than float16; see the README)",
     )
     c.add_argument(
         "--no-memory-check",

@@ -5,7 +5,7 @@ when it has fewer positions than projections; see :mod:`fairfx.method.stats`). T
 how many bytes one row takes:
 
 - ``float32``: 4 bytes per value, exact.
-- ``float16`` / ``bfloat16``: 2 bytes per value (the default is ``float16``: 11 bits of mantissa;
+- ``float16`` / ``bfloat16``: 2 bytes per value (float16: 11 bits of mantissa;
   bfloat16 keeps float32's range but only 8 bits).
 - ``uint8`` / ``int4``: per (sample, channel) affine quantization: the row's minimum and step in
   float32 (8 bytes), then one code per value in 8 or 4 bits. W1 averages ``|a - b|`` over
@@ -15,7 +15,9 @@ how many bytes one row takes:
 Rows of one value per channel (Linear units, globally pooled maps) are always kept in float32:
 they cost next to nothing, and their U is then the exact 1-D W1.
 
-Decoding always gives float32; every statistic is computed in float32 or wider.
+Which codec ``state_dtype="auto"`` (the default) picks is decided from the memory estimate
+(:mod:`fairfx.method.memory`). Decoding always gives float32; every statistic is computed in
+float32 or wider.
 """
 
 from __future__ import annotations

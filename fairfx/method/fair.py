@@ -3,9 +3,10 @@ save); ``compress`` (all in one call, also in rounds) is in :mod:`fairfx.method.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from ..errors import CalibrationError, FairfxError, PlanError
 from ..files import load_payload, plain, save_payload
 from .checks import check_grad_mode, check_prunable, check_scores, check_weights, finite_batches
 from .finalize import finalize
-from .memory import class_hint, estimate_for_graph
+from .memory import AUTO_ORDER, class_hint, estimate_for_graph
 from .options import check_analyze_options
 from .planning import Plan, ignored_groups, make_plan, plan_for_budget
 from .recalibrate import STATS_KEY
@@ -267,7 +268,7 @@ def analyze(
     seed: int = 0,
     progress: bool = True,
     state: CalibrationState | str | Path | None = None,
-    state_dtype: str = "float16",
+    state_dtype: str = "auto",
     batch_size: int | None = None,
     memory_check: bool = True,
 ) -> Analysis:
@@ -292,8 +293,12 @@ def analyze(
         progress: show a progress bar over calibration batches.
         state: a :class:`~fairfx.method.stats.CalibrationState` (or its file) to continue from, e.g.
             after an interruption; ``Analysis.state`` is the state to save for that.
-        state_dtype: how kept projections are stored: ``"float16"`` (default), ``"bfloat16"``,
-            ``"float32"``, or quantized ``"uint8"`` / ``"int4"`` (see :mod:`fairfx.method.codec`).
+        state_dtype: how kept projections are stored: ``"float32"``, ``"float16"``,
+            ``"bfloat16"``, or quantized ``"uint8"`` / ``"int4"`` (see
+            :mod:`fairfx.method.codec`). ``"auto"`` (default): the most precise of float32,
+            float16, uint8, int4 whose estimate fits in a third of the memory available (see
+            :mod:`fairfx.method.memory`; ``record["memory"]["line"]`` says which and why); a
+            resumed ``state`` keeps its own.
         batch_size: samples per forward/backward while scoring (default: chosen so autograd
             stays near 1 GiB; results do not depend on it).
         memory_check: refuse before reading any data when :func:`fairfx.estimate_memory` says
@@ -327,27 +332,36 @@ def analyze(
         observe=observe,
         seed=seed,
         loss_fn=loss_fn,
-        state_dtype=state_dtype,
+        state_dtype="float16" if state_dtype == "auto" else state_dtype,  # auto: set below
     )
     check_prunable(graph)  # after the output check above: that error is the more specific
-    memory = estimate_for_graph(
+    if isinstance(state, (str, Path)):
+        state = CalibrationState.load(state)
+    shard = _shard()
+    estimate = functools.partial(
+        estimate_for_graph,
         graph,
         classes=class_hint(graph, data, max_classes),
         samples_per_class=samples_per_class,
         projections=projections,
         observe=observe,
-        state_dtype=state_dtype,
         batch_size=batch_size,
     )
+    resumed = state is not None and state_dtype == "auto"  # continues in the state's codec
+    memory = estimate(state_dtype=state.state_dtype if resumed else state_dtype)
+    if shard[1] > 1 and state_dtype == "auto" and state is None:
+        agreed = _agreed_codec(memory.state_dtype)
+        if agreed != memory.state_dtype:
+            memory = replace(
+                estimate(state_dtype=agreed), chosen=" (auto: the least precise rank's pick)"
+            )
+    fresh.state_dtype = memory.state_dtype
     if memory_check and not memory.fits:
         raise CalibrationError(memory.refusal())
-    if isinstance(state, (str, Path)):
-        state = CalibrationState.load(state)
     if state is not None:
         fresh.compatible(state)
     else:
         state = fresh
-    shard = _shard()
     with torch.enable_grad():  # R needs gradients, also when called under torch.no_grad()
         state = calibrate(
             graph,
@@ -366,6 +380,7 @@ def analyze(
     finalize_seconds = time.perf_counter() - pairs_start
     record = describe(state)
     record["memory"] = {
+        "state_dtype": memory.state_dtype,
         "estimate_bytes": memory.total_bytes,
         "state_bytes": memory.state_bytes,
         "batch_size": memory.batch_size,
@@ -382,6 +397,13 @@ def _shard() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
+
+
+def _agreed_codec(mine: str) -> str:
+    """The least precise of the ranks' ``"auto"`` picks, so that every rank's state merges."""
+    pick = torch.tensor([AUTO_ORDER.index(mine)])
+    torch.distributed.all_reduce(pick, op=torch.distributed.ReduceOp.MAX)
+    return AUTO_ORDER[int(pick)]
 
 
 def _gather(state: CalibrationState, world: int) -> CalibrationState:

@@ -8,8 +8,9 @@ direction) into a *quantile sketch* of one common size, the largest class's samp
 class with that many samples is its own sketch (exact); a class with n fewer samples is read off
 its empirical quantile function at the sketch's midpoint levels (exact when n divides the size,
 within one quantile step otherwise). With one size for every class each pair is a plain L1
-distance between sorted vectors: the whole pair loop is ``torch.pdist``, and unequal class counts
-cost no resampling per pair.
+distance between sorted vectors, U is the L1 diameter of the classes' sketch vectors
+(:mod:`fairfx.method.diameter`: exact, with triangle-inequality pruning of the pairs), and
+unequal class counts cost no resampling per pair.
 
 Under ``torch.distributed`` the ranks split the points (balanced by channels x projections) and
 gather the U arrays, so each rank does 1/world of the pair loop and all end with the same scores.
@@ -24,9 +25,10 @@ from torch import Tensor
 from ..engine.groups import ChannelGraph
 from ..errors import CalibrationError
 from .codec import decode
+from .diameter import l1_diameter
 from .scoring import Scores, filter_l1, observation_points, producer_outputs
 from .stats import CalibrationState
-from .wasserstein import max_pairwise_l1, projection_matrix, sort_inplace
+from .wasserstein import projection_matrix, sort_inplace
 
 # Decoded floats of one channel chunk, over every class, stay under this many bytes; the pair
 # loop's whole workspace (decoded and projected floats, the sketch buffer) is a few of those.
@@ -151,6 +153,6 @@ def _utilization(state: CalibrationState, classes: list, node: str) -> np.ndarra
             x = (x @ theta if theta is not None else x).contiguous()
             sort_inplace(x, 1)
             buf[:, j] = x if n == size else x.index_select(1, sketch_index(n, size))
-        u = max_pairwise_l1(buf.view(cc, len(classes), size * width)) / (size * width)
+        u = l1_diameter(buf.view(cc, len(classes), size * width)) / (size * width)
         out[ch] = u.double().numpy()
     return out

@@ -128,12 +128,13 @@ def check_analyze_options(
     projections: Any = 128,
     observe: Any = "consumer",
     loss_fn: Any = None,
-    state_dtype: Any = "float16",
+    state_dtype: Any = "auto",
     batch_size: Any = None,
     **others: Any,
 ) -> None:
     """The options of :func:`analyze`, checked before the model is even traced."""
-    check_codec(state_dtype)
+    if state_dtype != "auto":
+        check_codec(state_dtype)
     if batch_size is not None and (
         isinstance(batch_size, bool)
         or not isinstance(batch_size, (int, np.integer))
