@@ -21,15 +21,18 @@ quality.
   machine), and a forward+backward pass over the same images in a second process started at
   the same time: on a shared machine both see the same load. ``100:1000`` is issue 14's
   3,200-image case. Progress goes to stderr.
-- ``--pairs-gloo K``: the pair loop of K classes split across 2 gloo ranks by the same balanced
-  split ``analyze`` uses, on synthetic sketches with ResNet-50's points (channels, values); each
-  rank times a few channels per point and extrapolates by its channel count (the loop's work is
-  linear in channels).
+- ``--pairs-gloo K``: the pair loop of K classes over every channel of every observation
+  point of ``--model`` at 224x224 (``--per-point N``: only the first N channels of each), on
+  synthetic sorted sketches (32 values x 128 directions, as finalize builds them), split across
+  2 gloo ranks by the split ``finalize`` uses, with a 1-rank group started at the same time (same
+  load) over the same sketches; every rank gathers every U, and the 2-rank U must equal the
+  1-rank U. ``--sigma``: the spread of class gains (0: every class the same distribution, the
+  worst case for pruning, where every pair is visited).
 
     python benchmarks/bench_calibration.py --images 320
     python benchmarks/bench_calibration.py --prefilled 10:10:16:float16 100:1000:16:int4
     python benchmarks/bench_calibration.py --real 100:1000
-    python benchmarks/bench_calibration.py --pairs-gloo 1000 --per-point 1
+    python benchmarks/bench_calibration.py --pairs-gloo 1000 --model resnet50 --sigma 0.1
 """
 
 from __future__ import annotations
@@ -283,69 +286,119 @@ def child_prefilled(classes: int, outputs: int, real: int, dtype: str, batch: in
     }
 
 
-def _pair_rank(rank: int, world: int, port: int, classes: int, per_point: int, q) -> None:
+def _pool(classes: int, width: int, seed: int):
+    """Eight channels of sorted synthetic sketches (32 values per direction) that every channel
+    of a point draws from: a shared per-direction shift plus each class's own noise."""
+    import torch
+
+    from fairfx.method.wasserstein import sort_inplace
+
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(8, 1, 1, width, generator=g) + torch.randn(8, classes, 32, width, generator=g)
+    sort_inplace(x, 2)
+    return x.view(8, classes, 32 * width)
+
+
+def _chunk(pool, start: int, stop: int, sigma: float, seed: int):
+    """Channels ``start:stop``: a pool channel each, every class scaled by its own gain
+    ``exp(sigma z)`` (a positive scale keeps each sketch sorted). ``sigma`` 0: every class the
+    same distribution, as with random labels."""
+    import torch
+
+    idx = torch.arange(start, stop) % pool.shape[0]
+    x = pool[idx]
+    if sigma:
+        g = torch.Generator().manual_seed(seed)
+        x = x * torch.randn(len(idx), pool.shape[1], 1, generator=g).mul_(sigma).exp_()
+    return x
+
+
+def _pair_rank(rank, world, port, model, classes, sigma, per_point, q) -> None:
+    import resource
+
+    import numpy as np
     import torch
     import torch.distributed as dist
 
     from fairfx.engine.groups import build
+    from fairfx.method.diameter import l1_diameter
     from fairfx.method.finalize import balanced_split
     from fairfx.method.memory import point_sizes
-    from fairfx.method.wasserstein import max_pairwise_l1
 
     os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world)
-    sizes = point_sizes(build(_model(1000), torch.randn(1, 3, 224, 224)), "post_act", 128)
+    net = getattr(__import__("torchvision").models, model)(num_classes=1000).eval()
+    sizes = point_sizes(build(net, torch.randn(1, 3, 224, 224)), "consumer", 128)
     names = sorted(sizes)
     widths = {n: 1 if v == 1 else 128 for n, (_, v) in sizes.items()}
     owner = balanced_split([sizes[n][0] * widths[n] for n in names], world)
-    g = torch.Generator().manual_seed(rank)
-    measured, extrapolated, cpu_measured, cpu_extrapolated, channels = 0.0, 0.0, 0.0, 0.0, 0
-    for n, r in zip(names, owner, strict=True):
+    wall = cpu = gen = 0.0
+    stats: dict[str, int] = {}
+    mine: dict[str, np.ndarray] = {}
+    for p, (n, r) in enumerate(zip(names, owner, strict=True)):
         if r != rank:
             continue
         ch, width = sizes[n][0], widths[n]
-        # The finalize path: every class's sorted sketch of 32 values x width directions.
-        rows = torch.randn(per_point, classes, 32, width, generator=g).sort(2).values
-        start, cpu = time.perf_counter(), time.process_time()
-        max_pairwise_l1(rows.view(per_point, classes, 32 * width))
-        took, took_cpu = time.perf_counter() - start, time.process_time() - cpu
-        measured += took
-        cpu_measured += took_cpu
-        extrapolated += took * ch / per_point
-        cpu_extrapolated += took_cpu * ch / per_point
-        channels += ch
-    dist.barrier()
+        ch = min(ch, per_point) if per_point else ch
+        c0 = time.process_time()
+        pool = _pool(classes, width, seed=p)
+        gen += time.process_time() - c0
+        u = np.empty(ch)
+        for s in range(0, ch, 8):
+            c0 = time.process_time()
+            x = _chunk(pool, s, min(s + 8, ch), sigma, seed=p * 100_000 + s)
+            gen += time.process_time() - c0
+            w0, c0 = time.perf_counter(), time.process_time()
+            u[s : s + len(x)] = l1_diameter(x, stats=stats).double().numpy()
+            wall += time.perf_counter() - w0
+            cpu += time.process_time() - c0
+        mine[n] = u
+    w0 = time.perf_counter()
+    parts: list[dict] = [{} for _ in range(world)]
+    dist.all_gather_object(parts, mine)  # as finalize does: every rank ends with every U
+    merged = {k: v for part in parts for k, v in part.items()}
     q.put(
         {
+            "world": world,
             "rank": rank,
-            "channels": channels,
-            "measured_s": measured,
-            "measured_cpu_s": cpu_measured,
-            "extrapolated_s": extrapolated,
-            "extrapolated_cpu_s": cpu_extrapolated,
+            "points": len(mine),
+            "channels": sum(len(v) for v in mine.values()),
+            "pair_wall_s": wall,
+            "pair_cpu_s": cpu,
+            "gen_cpu_s": gen,
+            "gather_s": time.perf_counter() - w0,
+            "checked_share": stats.get("checked", 0) / max(1, stats.get("pairs", 1)),
+            "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+            "u": {k: v.tolist() for k, v in sorted(merged.items())} if rank == 0 else None,
         }
     )
     dist.destroy_process_group()
 
 
-def pairs_gloo(classes: int, per_point: int) -> list[dict]:
+def pairs_gloo(model: str, classes: int, sigma: float, per_point: int) -> list[dict]:
+    """A 2-rank group and a 1-rank group started together (same load), each over every point."""
     import torch.multiprocessing as mp
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
-    procs = [
-        ctx.Process(target=_pair_rank, args=(r, 2, port, classes, per_point, q)) for r in range(2)
-    ]
+    procs = []
+    for world in (2, 1):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        procs += [
+            ctx.Process(
+                target=_pair_rank, args=(r, world, port, model, classes, sigma, per_point, q)
+            )
+            for r in range(world)
+        ]
     for p in procs:
         p.start()
     rows = [q.get() for _ in procs]
     for p in procs:
         p.join()
-    return sorted(rows, key=lambda r: r["rank"])
+    return sorted(rows, key=lambda r: (-r["world"], r["rank"]))
 
 
 def _run(args_list: list[str]) -> dict:
@@ -385,7 +438,9 @@ def main() -> None:
     )
     p.add_argument("--real", nargs="*", default=[], help="CLASSES:OUTPUTS, e.g. 100:1000")
     p.add_argument("--pairs-gloo", type=int)
-    p.add_argument("--per-point", type=int, default=2, help="channels timed per point (gloo)")
+    p.add_argument("--per-point", type=int, default=0, help="channels per point (0: all)")
+    p.add_argument("--model", default="resnet50", help="torchvision model for --pairs-gloo")
+    p.add_argument("--sigma", type=float, default=0.1, help="class gain spread (--pairs-gloo)")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--state-dtype", default="float16", help='a codec, or "default" (analyze\'s)')
@@ -471,20 +526,22 @@ def main() -> None:
             flush=True,
         )
     if args.pairs_gloo:
-        rows = pairs_gloo(args.pairs_gloo, args.per_point)
+        rows = pairs_gloo(args.model, args.pairs_gloo, args.sigma, args.per_point)
+        u = [r.pop("u") for r in rows if r["u"] is not None]
         for r in rows:
             print(json.dumps(r), flush=True)
-        for key in ("extrapolated_s", "extrapolated_cpu_s"):
-            worst = max(r[key] for r in rows)
-            one = sum(r[key] for r in rows)
+        print(
+            f"\n| {args.model} 224, {args.pairs_gloo} classes, sigma {args.sigma} | channels | "
+            "pair loop wall s | CPU s | sketches CPU s | pairs visited | peak RSS GB |\n"
+            "|---|---|---|---|---|---|---|"
+        )
+        for r in rows:
             print(
-                f"\n{args.pairs_gloo} classes, 2 gloo ranks ({key}): channels per rank "
-                f"{[r['channels'] for r in rows]}; timed {args.per_point} channel(s) per point "
-                f"({sum(r['measured_s'] for r in rows):.0f} s wall, "
-                f"{sum(r['measured_cpu_s'] for r in rows):.0f} s CPU measured); extrapolated "
-                f"pair loop {worst / 3600:.2f} h on 2 ranks vs {one / 3600:.2f} h on one",
-                flush=True,
+                f"| {r['world']} rank(s), rank {r['rank']} | {r['channels']} | "
+                f"{r['pair_wall_s']:.0f} | {r['pair_cpu_s']:.0f} | {r['gen_cpu_s']:.0f} | "
+                f"{100 * r['checked_share']:.2f}% | {r['peak_rss_gb']:.2f} |"
             )
+        print(f"2-rank U equal to 1-rank U: {u[0] == u[1]}", flush=True)
 
 
 if __name__ == "__main__":
