@@ -280,11 +280,11 @@ class NPScores:
         return pruned, level, count_params(pruned) / self.n0, t[0]
 
 
-def _finetune(model: nn.Module, split, seed: int, epochs: int, val=None) -> float:
+def _finetune(model: nn.Module, split, seed: int, epochs: int, val=None, lr=1e-3) -> float:
     torch.manual_seed(seed)
     with timed_block() as t:
         fairfx.finetune(
-            model, train_loader(split, seed), epochs=epochs, val_data=val, progress=False
+            model, train_loader(split, seed), epochs=epochs, lr=lr, val_data=val, progress=False
         )
     return t[0]
 

@@ -161,6 +161,18 @@ def best_peer_table(records, methods, peers, ref: str = "default") -> str:
                     f"{mine.get('finetuned_acc', float('nan')) - tuned[bt]:+.1f}" if bt else "-",
                 ]
             )
+    failed = sorted(
+        {
+            (r["arch"], r["method"], r["failed"])
+            for r in records
+            if "failed" in r and r["method"] in peers
+        }
+    )
+    notes = "".join(
+        f"\n- {methods[m][0]} could not prune the {a}-style net (no numbers, not in the best "
+        f"peer): `{why}`"
+        for a, m, why in failed
+    )
     return table(
         [
             "arch",
@@ -173,7 +185,7 @@ def best_peer_table(records, methods, peers, ref: str = "default") -> str:
             "Δ",
         ],
         rows,
-    )
+    ) + (f"\n{notes}" if notes else "")
 
 
 def rounds_table(records, methods) -> str:
@@ -198,7 +210,7 @@ def rounds_table(records, methods) -> str:
             "arch",
             "keep",
             "default one-shot",
-            "fairfx 3 rounds (global R counts, consumer)",
+            "fairfx compress(params=0.3, rounds=3)",
             "TP iterative (3 steps)",
             "TP Taylor global one-shot",
             "rounds - one-shot (paired)",
@@ -236,6 +248,39 @@ def cost_table(records, infos, methods) -> str:
     return table(["arch", "step", "seconds (median)"], rows)
 
 
+def runtime_lines(records, infos, runs) -> list[str]:
+    """Wall and CPU time: per shard as it ran, and the total CPU from the records themselves
+    (every record carries its own getrusage time, so a resumed shard still counts fully)."""
+    lines = []
+    for run in runs:
+        cpu = run.get("cpu_minutes")
+        lines.append(
+            f"- shard `{run['tag']}`: {run['minutes']:.1f} min wall, "
+            + (f"{cpu:.1f} min CPU" if cpu is not None else "CPU not recorded")
+            + (" (resumed: this invocation only)" if run.get("resumed") else "")
+        )
+    rec_cpu = sum(r.get("cpu_seconds", 0.0) for r in records)
+    setup = sum(i.get("setup_cpu_seconds", 0.0) for i in infos)
+    total = (rec_cpu + setup) / 60
+    wall = max((run["minutes"] for run in runs), default=0.0)
+    lines.append(
+        f"- **total CPU {total:.1f} min** (pruning, evaluation and fine-tuning {rec_cpu / 60:.1f}, "
+        f"training + setup {setup / 60:.1f}): **{total / 2:.1f} min on 2 cores** if the shards "
+        f"share them evenly (the issue's bound: 30 min); longest shard {wall:.1f} min wall on "
+        "the shared machine"
+    )
+    by_method: dict[str, float] = {}
+    for r in records:
+        by_method[r["method"]] = by_method.get(r["method"], 0.0) + r.get("cpu_seconds", 0.0)
+    lines.append(
+        "- CPU minutes by method (all archs, seeds, budgets): "
+        + ", ".join(
+            f"{m} {v / 60:.1f}" for m, v in sorted(by_method.items(), key=lambda kv: -kv[1])
+        )
+    )
+    return lines
+
+
 def markdown(records, infos, runs, methods, peers) -> str:
     head = [
         "# Quality benchmark: accuracy at matched parameter budgets (digits)",
@@ -246,15 +291,21 @@ def markdown(records, infos, runs, methods, peers) -> str:
     ]
     for run in runs:
         head.append(
-            f"- `{run['command']}`: {run['date']} UTC, {run['minutes']:.1f} min, fine-tune "
-            f"{run['finetune_epochs']} epochs, seeds {run['seeds']}"
+            f"- `{run['command']}`: {run['date']} UTC, fine-tune {run['finetune_epochs']} epochs "
+            f"at lr {run.get('finetune_lr', 1e-3):g}, seeds {run['seeds']}"
         )
     head += [
         "",
         "Every pruned model, whichever method pruned it, is BatchNorm-recalibrated on the same "
         "calibration images (320 training samples) before the recalibrated and fine-tuned "
-        "numbers; fine-tuning is `fairfx.finetune` (SGD lr 1e-3, momentum 0.9, wd 1e-4, best "
-        "validation epoch). `default` is fairfx as shipped: `analyze` + `plan_for(params=b)`.",
+        "numbers; fine-tuning is `fairfx.finetune` (SGD, momentum 0.9, wd 1e-4, the same epochs "
+        "and lr for every method, the best validation epoch kept, the starting weights "
+        "included). `default` is fairfx as shipped: `analyze` + `plan_for(params=b)`.",
+        "",
+        "Run time (CPU time from `resource.getrusage` per process; wall time is inflated: the "
+        "2-core machine was shared with other jobs):",
+        "",
+        *runtime_lines(records, infos, runs),
         "",
     ]
     return "\n".join(head) + (
@@ -264,9 +315,11 @@ def markdown(records, infos, runs, methods, peers) -> str:
         "Mean over seeds 0-3 (every variant ran these), U ranking unless named.\n\n"
         + allocation_table(records, methods)
         + "\n\n## 30% of parameters in rounds\n\n"
-        "One-shot cells: after BN recalibration / **fine-tuned**. Rounds and TP iterative get "
-        "1 fine-tune epoch between steps (2 extra epochs in total) and the same final "
-        "fine-tuning.\n\n"
+        "One-shot cells: after BN recalibration / **fine-tuned**. The rounds column is exactly "
+        "the shipped `fairfx.compress(model, x, data=calib, params=0.3, rounds=3, "
+        "finetune_data=train)` (its default counts, observation point and 1 fine-tune epoch "
+        "between rounds); TP iterative gets the same recalibration and 1 epoch between its 3 "
+        "steps, and both get the same final fine-tuning as the one-shot methods.\n\n"
         + rounds_table(records, methods)
         + "\n\n## Paired differences\n\n"
         + paired_tables(records, methods)

@@ -142,8 +142,9 @@ def test_finetune_restores_the_best_validation_epoch() -> None:
     fairfx.finetune(model, train, epochs=5, lr=0.2, val_data=val, progress=False)
     h = model.finetune_history
     assert len(h.val_accuracy) == 5 and len(val.states) == 6  # before training + every epoch
-    best = max(range(5), key=lambda i: (h.val_accuracy[i], -i)) + 1
-    assert h.best_epoch == best and h.best_val_accuracy == max(h.val_accuracy)
+    seen = [h.initial_val_accuracy, *h.val_accuracy]  # epoch 0: the starting weights
+    best = max(range(6), key=lambda i: (seen[i], -i))
+    assert h.best_epoch == best and h.best_val_accuracy == max(seen)
     assert best < 5, h.val_accuracy  # the restore path is exercised
     final = model.state_dict()
     for k, v in val.states[best].items():  # states[e] was read right after epoch e
@@ -152,6 +153,24 @@ def test_finetune_restores_the_best_validation_epoch() -> None:
     assert evaluate_accuracy(model, [(x, y)]) == h.best_val_accuracy
     assert h.initial_val_accuracy is not None
     assert not model.training
+
+
+def test_finetune_keeps_the_starting_weights_when_no_epoch_beats_them() -> None:
+    # Validation labels are the training labels flipped: the model starts perfect on
+    # validation (trained on the flipped task first), and every fine-tuning epoch hurts it.
+    torch.manual_seed(0)
+    x = torch.randn(64, 2)
+    y = (x[:, 0] > 0).long()
+    model = nn.Sequential(nn.Linear(2, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 2))
+    fairfx.finetune(model, [(x, y)] * 20, epochs=5, lr=0.2, progress=False)
+    start = copy.deepcopy(model.state_dict())
+    assert evaluate_accuracy(model, [(x, y)]) > 0.9
+    fairfx.finetune(model, [(x, 1 - y)] * 4, epochs=3, lr=0.2, val_data=[(x, y)], progress=False)
+    h = model.finetune_history
+    assert max(h.val_accuracy) < h.initial_val_accuracy, h  # every epoch was worse
+    assert h.best_epoch == 0 and h.best_val_accuracy == h.initial_val_accuracy
+    for k, v in start.items():  # weights and BatchNorm buffers are the starting ones
+        assert torch.equal(model.state_dict()[k], v), k
 
 
 def test_finetune_refuses_bad_arguments() -> None:
