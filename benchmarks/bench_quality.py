@@ -148,6 +148,11 @@ ROUNDS = {"default-rounds", "tp-iterative"}
 # The peers of the headline table: Torch-Pruning, the authors' package, and L1 ranking with the
 # paper's ToD counts (the paper's own baseline).
 PEERS = [m for m, v in METHODS.items() if v[1] in ("tp", "np")] + ["l1-tod"]
+# What a plain run measures (sized to fit 30 minutes on 2 cores, README): the default, the
+# paper's counts, every peer, rounds. The allocation study (the other fairfx variants) runs with
+# ``--methods STUDY`` (one-shot numbers are what it compares: add ``--no-finetune``).
+HEADLINE = ["default", "fair-tod", *PEERS, *ROUNDS]
+STUDY = [m for m, v in METHODS.items() if v[1] == "fairfx" and m not in HEADLINE]
 # Fine-tuned: the default, the paper's counts, the candidates for the default, peers, rounds.
 FINETUNED = {
     "default",
@@ -335,7 +340,11 @@ def parse_args(argv=None):
     p.add_argument("--seeds", default="0,1,2,3,4,5,6,7")
     p.add_argument("--budgets", default="0.7,0.5,0.3", help="kept fractions of parameters")
     p.add_argument("--rounds-budgets", default="0.3", help="budgets that also run in rounds")
-    p.add_argument("--methods", default=",".join(METHODS), help=f"from {','.join(METHODS)}")
+    p.add_argument(
+        "--methods",
+        default=",".join(HEADLINE),
+        help=f"from {','.join(METHODS)}; STUDY: the other fairfx variants",
+    )
     p.add_argument("--skip-methods", default="", help="methods to leave out")
     p.add_argument("--finetune-epochs", type=int, default=5)
     p.add_argument("--finetune-lr", type=float, default=1e-3)
@@ -355,7 +364,9 @@ def parse_args(argv=None):
     args.budgets = [float(b) for b in args.budgets.split(",") if b]
     args.rounds_budgets = [float(b) for b in args.rounds_budgets.split(",") if b]
     skip = set(args.skip_methods.split(","))
-    args.methods = [m for m in args.methods.split(",") if m and m not in skip]
+    names = [m for m in args.methods.split(",") if m]
+    names = [x for m in names for x in (STUDY if m == "STUDY" else [m])]
+    args.methods = [m for m in dict.fromkeys(names) if m not in skip]
     bad = [m for m in args.methods if m not in METHODS]
     if bad:
         p.error(f"unknown methods {bad}; choose from {list(METHODS)}")

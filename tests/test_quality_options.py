@@ -131,6 +131,31 @@ def test_hybrid_is_bounded_by_tod(analysis) -> None:
         assert plan.removed[gid] <= prune_count(s.u, s.r, 0.2)
 
 
+def test_hybrid_cost_thresholds_r_per_parameter_within_tod(analysis) -> None:
+    from fairfx.method.planning import unit_costs
+    from fairfx.method.tod import prune_count
+
+    graph = analysis.graph
+    ids = set(analysis.scores)
+    cost = unit_costs(graph, ids)
+    base = graph.cost().params
+    for gid in ids:  # one unit's cost is what removing it frees, computed independently
+        n = graph.groups[gid].size
+        fewer = graph.cost({gid: np.arange(1, n)}).params
+        assert cost[gid] == base - fewer > 0
+    assert len(set(cost.values())) > 1  # units of different layers cost different amounts
+    plan = analysis.plan(0.5, ratio=0.4, allocation="hybrid_cost")
+    pooled = np.concatenate([s.r / cost[g] for g, s in analysis.scores.items()])
+    thr = np.sort(pooled)[int(0.4 * len(pooled)) - 1]
+    for gid, s in analysis.scores.items():
+        n = len(s.u)
+        want = min(int((s.r / cost[gid] <= thr).sum()), n - 1, prune_count(s.u, s.r, 0.5))
+        assert plan.removed[gid] == want
+    # weighing by cost changes the counts against plain hybrid (same threshold share)
+    plain = analysis.plan(0.5, ratio=0.4, allocation="hybrid")
+    assert plan.removed != plain.removed
+
+
 def test_tod_plan_keeps_the_papers_meaning(analysis) -> None:
     from fairfx.method.tod import prune_count
 

@@ -9,6 +9,7 @@ import time
 from torch import nn
 
 from ..files import write_text
+from ..method.allocation import BOUNDED
 from ..method.recalibrate import recalibrate
 from .cli_inputs import UserError, _json_default, _table, _writable
 from .report import export_and_check
@@ -22,7 +23,7 @@ def _check_planning(args: argparse.Namespace) -> None:
         raise UserError(f"--round-to must be at least 1, got {args.round_to}")
     if args.rounds > 1 and args.analysis:
         raise UserError("--rounds re-scores the model every round; it cannot reuse --analysis")
-    if args.alpha is not None and args.allocation not in (None, "tod", "hybrid"):
+    if args.alpha is not None and args.allocation not in (None, "tod", *BOUNDED):
         raise UserError(
             f"--allocation {args.allocation} spreads a budget: give --params or --flops, not "
             "--alpha (alpha sets the paper's ToD counts)"

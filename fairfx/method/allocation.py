@@ -13,6 +13,10 @@ taylor    the same on R divided by the group's mean R (Torch-Pruning's Taylor im
           its default mean normalisation)
 hybrid    ToD at ``alpha`` bounds what each group may lose; the global R threshold fills the
           budget within those bounds
+hybrid_   the same with the threshold on R per parameter (or MAC) one unit of the group frees:
+cost      a budget is counted in parameters, so a unit whose removal frees 900 of them and one
+          that frees 300 are compared by the loss each parameter saved costs (the greedy rule
+          for a knapsack); plain ``hybrid`` spends the budget on the cheap units of wide layers
 global    one threshold on the ranking score itself, divided by the group mean (Torch-Pruning's
           ``global_pruning``): U for ``importance="fair"``, filter L1 for ``"l1"``
 ========  ======================================================================================
@@ -32,7 +36,9 @@ import numpy as np
 from ..errors import PlanError
 from .tod import prune_count
 
-ALLOCATIONS = ("tod", "uniform", "global_r", "taylor", "hybrid", "global")
+ALLOCATIONS = ("tod", "uniform", "global_r", "taylor", "hybrid", "hybrid_cost", "global")
+# The allocations bounded by ToD per group (they take alpha as well as the ratio).
+BOUNDED = ("hybrid", "hybrid_cost")
 
 # One group never loses more than this share of its units to a global threshold (as ToD's cap).
 _CAP = 0.99
@@ -62,9 +68,11 @@ def tod_count(s: Any, alpha: float, group_rule: str) -> int:
     return prune_count(s.u, s.r, alpha)
 
 
-def _global_score(s: Any, allocation: str, ranking: np.ndarray) -> np.ndarray:
+def _global_score(s: Any, allocation: str, ranking: np.ndarray, unit_cost: float) -> np.ndarray:
     if allocation in ("global_r", "hybrid"):
         return np.asarray(s.r, dtype=np.float64)
+    if allocation == "hybrid_cost":
+        return np.asarray(s.r, dtype=np.float64) / unit_cost
     values = np.asarray(s.r if allocation == "taylor" else ranking, dtype=np.float64)
     mean = values.mean() if len(values) else 0.0
     return values / mean if mean > 0 else values
@@ -79,11 +87,13 @@ def counts(
     alpha: float | None,
     ratio: float | None,
     group_rule: str = "joint",
+    unit_cost: Mapping[int, float] | None = None,
 ) -> dict[int, int]:
     """Units to remove per eligible group (0 for the others).
 
     ``rankings[gid]`` is the importance score the units are removed by (lower goes first);
-    ``global`` thresholds it directly.
+    ``global`` thresholds it directly. ``unit_cost[gid]`` (``hybrid_cost`` only) is what one
+    unit of the group costs: parameters or MACs freed by removing it from the unpruned model.
     """
     out = {gid: 0 for gid in scores}
     if allocation == "tod":
@@ -98,7 +108,12 @@ def counts(
     ids = sorted(eligible)
     if not ids:
         return out
-    values = [_global_score(scores[g], allocation, rankings[g]) for g in ids]
+    if allocation == "hybrid_cost" and unit_cost is None:
+        raise PlanError("allocation='hybrid_cost' needs the cost of one unit of every group")
+    values = [
+        _global_score(scores[g], allocation, rankings[g], (unit_cost or {}).get(g, 1.0))
+        for g in ids
+    ]
     pooled = np.concatenate(values)
     k = math.floor(ratio * len(pooled) + 1e-9)
     if k == 0:
@@ -112,7 +127,7 @@ def counts(
         m = int(below[start : start + len(v)].sum())
         start += len(v)
         m = min(m, _cap(len(v)))
-        if allocation == "hybrid":
+        if allocation in BOUNDED:
             m = min(m, tod_count(scores[gid], alpha, group_rule))
         out[gid] = m
     return out

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import CalibrationError, PlanError
-from .allocation import ALLOCATIONS
+from .allocation import ALLOCATIONS, BOUNDED
 from .codec import check_codec
 from .scoring import OBSERVE
 
@@ -89,7 +89,7 @@ def check_plan_options(
     elif budget:
         if alpha is not None:
             check_alpha(alpha)
-    elif allocation not in (None, "tod", "hybrid"):
+    elif allocation not in (None, "tod", *BOUNDED):
         raise PlanError(
             f"allocation={allocation!r} spreads a budget over the layers and needs one: give "
             "params= or flops= (alpha is for the paper's ToD counts)"

@@ -12,6 +12,7 @@ parameter/MAC budget in seconds.
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,12 +23,34 @@ import torch
 from ..engine.cost import Cost
 from ..engine.groups import ChannelGraph
 from ..errors import PlanError
-from .allocation import check_ratio, counts, round_kept
+from .allocation import BOUNDED, check_ratio, counts, round_kept
 from .options import check_alpha, check_budget, check_plan_options, check_uniform_ratio
 from .tod import removal_order
 
 # plan_for's allocation when none is given; chosen by benchmarks/bench_quality.py (README).
 DEFAULT_BUDGET_ALLOCATION = "hybrid"
+
+
+_UNIT_COSTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def unit_costs(graph: ChannelGraph, groups: set[int], key: str = "params") -> dict[int, float]:
+    """What one unit of each group costs: parameters (``key="params"``) or MACs (``"macs"``)
+    freed by removing one of its units from the unpruned model (its producers' slices and its
+    consumers' input slices). One cost evaluation per group, cached per graph."""
+    cache = _UNIT_COSTS.setdefault(graph, {})
+    base = getattr(graph.cost(), key)
+    out = {}
+    for gid in sorted(groups):
+        size = graph.groups[gid].size
+        if (gid, key) not in cache:
+            if size < 2:  # nothing can be removed from it anyway
+                cache[gid, key] = 1.0
+            else:
+                fewer = getattr(graph.cost({gid: np.arange(size - 1)}), key)
+                cache[gid, key] = float(max(base - fewer, 1))
+        out[gid] = cache[gid, key]
+    return out
 
 
 @dataclass
@@ -142,6 +165,7 @@ def make_plan(
     base: Cost | None = None,
     scale: float = 1.0,
     cost_of: Callable[[dict[int, np.ndarray]], Cost] | None = None,
+    cost_key: str = "params",
 ) -> Plan:
     """One plan: per-group counts by ``allocation``, units by the ``importance`` ranking.
 
@@ -150,7 +174,8 @@ def make_plan(
     all units below their threshold (``hybrid`` also ``alpha``, the ToD bound). ``round_to``
     rounds every kept count to a multiple (:func:`~fairfx.method.allocation.round_kept`);
     ``ignored`` groups stay whole. ``scale`` multiplies every count (rounded down); ``plan_for``
-    uses it for budgets that keep more than ``alpha = 0`` does.
+    uses it for budgets that keep more than ``alpha = 0`` does. ``cost_key`` (``params`` or
+    ``macs``) is what ``hybrid_cost`` weighs a unit by.
     """
     if uniform is not None:
         allocation, ratio = "uniform", check_uniform_ratio(uniform)
@@ -162,8 +187,8 @@ def make_plan(
         round_to=round_to,
         budget=True,
     )
-    if allocation in ("tod", "hybrid"):
-        alpha = check_alpha(0.5 if alpha is None and allocation == "hybrid" else alpha)
+    if allocation in ("tod", *BOUNDED):
+        alpha = check_alpha(0.5 if alpha is None and allocation in BOUNDED else alpha)
     if allocation != "tod":
         ratio = check_ratio(ratio)
     ignored = ignored or set()
@@ -177,6 +202,7 @@ def make_plan(
         alpha=alpha,
         ratio=ratio,
         group_rule=group_rule,
+        unit_cost=unit_costs(graph, eligible, cost_key) if allocation == "hybrid_cost" else None,
     )
     units: dict[int, np.ndarray] = {}
     priority = np.zeros(len(graph.roots))
@@ -260,6 +286,7 @@ def plan_for_budget(
         base=base,
         cost_of=cost_of,
         allocation=allocation,
+        cost_key="params" if params is not None else "macs",
     )
 
     def build(x: float, scale: float = 1.0) -> Plan:
@@ -281,7 +308,7 @@ def plan_for_budget(
         return tried
 
     least = build(0.0)
-    widest = build(0.999) if allocation == "hybrid" and alpha is None else None
+    widest = build(0.999) if allocation in BOUNDED and alpha is None else None
     if widest is not None and getattr(widest, key) > target:
         # Every group at its ToD(0.5) bound still keeps more than asked: widen the bounds by
         # bisecting alpha (the threshold then takes all the bounds allow).
