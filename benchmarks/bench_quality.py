@@ -111,13 +111,17 @@ def _fair(name, allocation, observe="post_act", importance="fair"):
 
 # The configuration the README recommends (and fairfx ships as its budget default): the
 # report checks it against fairfx's own defaults.
-DEFAULT = {"allocation": "hybrid", "observe": "consumer", "importance": "fair"}
+DEFAULT = {"allocation": "hybrid_cost", "observe": "consumer", "importance": "fair"}
 GLOBAL_R_C = {"allocation": "global_r", "observe": "consumer", "importance": "fair"}
+HYBRID_C = {"allocation": "hybrid", "observe": "consumer", "importance": "fair"}
+COST_C = {"allocation": "hybrid_cost", "observe": "consumer", "importance": "fair"}
 
 # slug -> (display name, kind, options)
 METHODS: dict[str, tuple[str, str, dict]] = {
-    "default": ("fairfx default (U at consumer, hybrid counts)", "fairfx", DEFAULT),
+    "default": ("fairfx default (U at consumer, hybrid_cost counts)", "fairfx", DEFAULT),
     "fair-global_r-c": ("U at consumer, global R counts", "fairfx", GLOBAL_R_C),
+    "fair-hybrid-c": ("U at consumer, hybrid counts (the default before)", "fairfx", HYBRID_C),
+    "fair-hybrid_cost-c": ("U at consumer, hybrid_cost counts (R per parameter)", "fairfx", COST_C),
     "fair-tod": _fair("FAIR paper: ToD counts", "tod"),
     "fair-tod-c": _fair("ToD counts, observe=consumer", "tod", "consumer"),
     "fair-uniform": _fair("U, uniform counts", "uniform"),
@@ -142,23 +146,27 @@ METHODS: dict[str, tuple[str, str, dict]] = {
     "network-pruner-flatten": ("network-pruner, torch.flatten fwd", "np", {"variant": "flatten"}),
     "default-rounds": ("fairfx 3 rounds (shipped compress(params=b, rounds=3))", "rounds", {}),
     "tp-iterative": ("TP Taylor global, 3 iterative steps", "tp-iter", {}),
+    "hybrid-rounds": ("fairfx 3 rounds, hybrid counts (the default before)", "rounds", HYBRID_C),
 }
 DENSENET_ONLY = {"network-pruner-flatten"}
-ROUNDS = {"default-rounds", "tp-iterative"}
+ROUNDS = {"default-rounds", "tp-iterative", "hybrid-rounds"}
 # The peers of the headline table: Torch-Pruning, the authors' package, and L1 ranking with the
 # paper's ToD counts (the paper's own baseline).
 PEERS = [m for m, v in METHODS.items() if v[1] in ("tp", "np")] + ["l1-tod"]
 # What a plain run measures (sized to fit 30 minutes on 2 cores, README): the default, the
 # paper's counts, every peer, rounds. The allocation study (the other fairfx variants) runs with
 # ``--methods STUDY`` (one-shot numbers are what it compares: add ``--no-finetune``).
-HEADLINE = ["default", "fair-tod", *PEERS, *ROUNDS]
+HEADLINE = ["default", "fair-tod", *PEERS, "default-rounds", "tp-iterative"]
 STUDY = [m for m, v in METHODS.items() if v[1] == "fairfx" and m not in HEADLINE]
+STUDY.append("hybrid-rounds")
 # Fine-tuned: the default, the paper's counts, the candidates for the default, peers, rounds.
 FINETUNED = {
     "default",
     "fair-tod",
     "l1-tod",
     "fair-global_r-c",
+    "fair-hybrid-c",
+    "fair-hybrid_cost-c",
     "fair-global_r",
     "fair-hybrid",
     *PEERS,

@@ -188,6 +188,56 @@ def best_peer_table(records, methods, peers, ref: str = "default") -> str:
     ) + (f"\n{notes}" if notes else "")
 
 
+def shortfalls(records, methods, peers, ref: str = "default") -> list[str]:
+    """Every cell where the default's mean is below the best peer's, one-shot and fine-tuned."""
+    out = []
+    for arch in ARCHS:
+        for b in _budgets([r for r in records if r["arch"] == arch and r["method"] == ref]):
+            mine = _mean(records, arch=arch, method=ref, budget=b)
+            one = {m: _mean(records, arch=arch, method=m, budget=b) for m in peers}
+            one = {m: v for m, v in one.items() if v}
+            if not mine or not one:
+                continue
+            shot = {m: max(v.get("oneshot_acc", 0), v.get("recal_acc", 0)) for m, v in one.items()}
+            tuned = {m: v["finetuned_acc"] for m, v in one.items() if "finetuned_acc" in v}
+            for what, own, theirs in (
+                ("one-shot", mine.get("recal_acc"), shot),
+                ("fine-tuned", mine.get("finetuned_acc"), tuned),
+            ):
+                if own is None or not theirs:
+                    continue
+                best = max(theirs, key=theirs.get)
+                if own < theirs[best]:
+                    out.append(
+                        f"{arch} {b:.0%} {what}: default {own:.1f} vs {methods[best][0]} "
+                        f"{theirs[best]:.1f} ({own - theirs[best]:+.1f})"
+                    )
+    return out
+
+
+def seeds_table(records, methods) -> str:
+    """How many seeds every method has per architecture (all budgets), and failures."""
+    rows = []
+    for m in methods:
+        cells, seen = [methods[m][0]], False
+        for arch in ARCHS:
+            recs = [r for r in records if r["arch"] == arch and r["method"] == m]
+            seen |= bool(recs)
+            ok = {(r["seed"], r["budget"]) for r in recs if "failed" not in r}
+            seeds = {s for s, _ in ok}
+            full = {s for s in seeds if all((s, b) in ok for b in {r["budget"] for r in recs})}
+            if not recs:
+                cells.append("-")
+            elif not ok:
+                cells.append("failed")
+            else:
+                tuned = sum("finetuned_acc" in r for r in recs)
+                cells.append(f"{len(full)} ({len(ok)} runs, {tuned} fine-tuned)")
+        if seen:
+            rows.append(cells)
+    return table(["method", *(f"{a}: seeds with every budget" for a in ARCHS)], rows)
+
+
 def rounds_table(records, methods) -> str:
     rows = []
     for arch in ARCHS:
@@ -311,6 +361,10 @@ def markdown(records, infos, runs, methods, peers) -> str:
     return "\n".join(head) + (
         "\n## The default against every peer's best variant (means over seeds)\n\n"
         + best_peer_table(records, methods, peers)
+        + "\n\nWhere the default is below the best peer:\n\n"
+        + ("\n".join(f"- {x}" for x in shortfalls(records, methods, peers)) or "- nowhere")
+        + "\n\nSeeds per method:\n\n"
+        + seeds_table(records, methods)
         + "\n\n## Allocations (which layers lose how much), one-shot after BN recalibration\n\n"
         "Mean over seeds 0-3 (every variant ran these), U ranking unless named.\n\n"
         + allocation_table(records, methods)
@@ -333,7 +387,13 @@ def markdown(records, infos, runs, methods, peers) -> str:
 
 
 def summary(records, methods, peers) -> str:
-    return best_peer_table(records, methods, peers) + "\n\n" + rounds_table(records, methods)
+    return "\n\n".join(
+        [
+            best_peer_table(records, methods, peers),
+            "\n".join(shortfalls(records, methods, peers)),
+            rounds_table(records, methods),
+        ]
+    )
 
 
 def plot(records, infos, methods, path: Path) -> None:

@@ -28,7 +28,7 @@ from .options import check_alpha, check_budget, check_plan_options, check_unifor
 from .tod import removal_order
 
 # plan_for's allocation when none is given; chosen by benchmarks/bench_quality.py (README).
-DEFAULT_BUDGET_ALLOCATION = "hybrid"
+DEFAULT_BUDGET_ALLOCATION = "hybrid_cost"
 
 
 _UNIT_COSTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
