@@ -8,6 +8,7 @@ count half).
 
 from __future__ import annotations
 
+import datetime
 import json
 import statistics
 from pathlib import Path
@@ -238,6 +239,36 @@ def seeds_table(records, methods) -> str:
     return table(["method", *(f"{a}: seeds with every budget" for a in ARCHS)], rows)
 
 
+def versus_table(records, methods, a: str, b: str) -> str:
+    """``a`` against ``b`` in every (arch, budget) cell: means and the paired difference."""
+    rows = []
+    for arch in ARCHS:
+        for bud in _budgets([r for r in records if r["arch"] == arch and r["method"] == a]):
+            ma, mb = (
+                _mean(records, arch=arch, method=a, budget=bud),
+                _mean(records, arch=arch, method=b, budget=bud),
+            )
+            if not ma or not mb:
+                continue
+            cells = [arch, f"{bud:.0%}"]
+            for key in ("recal_acc", "finetuned_acc"):
+                p = paired(records, a, b, arch, bud, key)
+                cells.append(f"{ma.get(key, float('nan')):.1f} vs {mb.get(key, float('nan')):.1f}")
+                cells.append(_pcell(p))
+            rows.append(cells)
+    return table(
+        [
+            "arch",
+            "keep",
+            f"one-shot: {methods[a][0]} vs {methods[b][0]}",
+            "paired Δ (wins)",
+            "fine-tuned",
+            "paired Δ (wins)",
+        ],
+        rows,
+    )
+
+
 def rounds_table(records, methods) -> str:
     rows = []
     for arch in ARCHS:
@@ -313,11 +344,17 @@ def runtime_lines(records, infos, runs) -> list[str]:
     setup = sum(i.get("setup_cpu_seconds", 0.0) for i in infos)
     total = (rec_cpu + setup) / 60
     wall = max((run["minutes"] for run in runs), default=0.0)
+    ends = [datetime.datetime.strptime(run["date"], "%Y-%m-%d %H:%M") for run in runs]
+    starts = [
+        e - datetime.timedelta(minutes=run["minutes"]) for e, run in zip(ends, runs, strict=True)
+    ]
+    span = (max(ends) - min(starts)).total_seconds() / 60 if runs else 0.0
     lines.append(
         f"- **total CPU {total:.1f} min** (pruning, evaluation and fine-tuning {rec_cpu / 60:.1f}, "
         f"training + setup {setup / 60:.1f}): **{total / 2:.1f} min on 2 cores** if the shards "
-        f"share them evenly (the issue's bound: 30 min); longest shard {wall:.1f} min wall on "
-        "the shared machine"
+        f"share them evenly (the issue's bound: 30 min); on the shared machine the longest "
+        f"shard took {wall:.1f} min wall and all shards {span:.0f} min from the first start to "
+        "the last end"
     )
     by_method: dict[str, float] = {}
     for r in records:
@@ -365,6 +402,12 @@ def markdown(records, infos, runs, methods, peers) -> str:
         + ("\n".join(f"- {x}" for x in shortfalls(records, methods, peers)) or "- nowhere")
         + "\n\nSeeds per method:\n\n"
         + seeds_table(records, methods)
+        + (
+            "\n\n## The default against the previous default (hybrid counts)\n\n"
+            + versus_table(records, methods, "default", "fair-hybrid-c")
+            if any(r["method"] == "fair-hybrid-c" for r in records)
+            else ""
+        )
         + "\n\n## Allocations (which layers lose how much), one-shot after BN recalibration\n\n"
         "Mean over seeds 0-3 (every variant ran these), U ranking unless named.\n\n"
         + allocation_table(records, methods)
