@@ -21,19 +21,28 @@ Methods, each hitting a *kept fraction of parameters* (``--budgets``, default 0.
 - ``tp-<l1|taylor>-<uniform|global>``: Torch-Pruning 1.6 magnitude (L1) or Taylor importance,
   channel ratio bisected to the budget (``peers.tp_prune_to_budget``), output layer protected.
 - ``network-pruner``: the authors' package 2.16 (``get_metrics`` once, ToD level bisected).
-- Rounds (budget ``--rounds-budgets``, 3 rounds): ``default-rounds`` is ``fairfx.compress(...,
-  params=b, rounds=3)`` (1 fine-tune epoch between rounds); ``tp-iterative`` is Torch-Pruning
-  Taylor global pruned in the same 3 geometric steps with the same recalibration and epochs.
+- Rounds (budget ``--rounds-budgets``, 3 rounds): ``default-rounds`` is exactly the shipped
+  ``fairfx.compress(model, x, data=calib, params=b, rounds=3, finetune_data=train)`` (its
+  default counts and observation point, 1 fine-tune epoch between rounds); ``tp-iterative`` is
+  Torch-Pruning Taylor global pruned in the same 3 geometric steps with the same recalibration
+  and epochs between steps.
 
 For every (architecture, seed, budget, method): one-shot test accuracy without and with BN
 recalibration, then (for the methods in ``FINETUNED``) fine-tuning from the recalibrated model
-(``fairfx.finetune``: SGD lr 1e-3, momentum 0.9, wd 1e-4, ``--finetune-epochs`` over the train
-split, best validation epoch kept) and the fine-tuned test accuracy; parameters, MACs, wall time.
+(``fairfx.finetune``: SGD lr ``--finetune-lr`` 1e-3, momentum 0.9, wd 1e-4,
+``--finetune-epochs`` 5 over the train split, the best validation epoch kept, the starting
+weights included) and the fine-tuned test accuracy; parameters, MACs, wall and CPU time
+(``resource.getrusage``).
+
+The default methods are the headline set (``HEADLINE``: the default, the paper's ToD counts,
+every peer, rounds): about 35 CPU-minutes for 8 seeds x 3 nets x 3 budgets, i.e. under 30
+minutes on 2 cores. ``--methods STUDY --no-finetune`` adds the allocation study.
 
 Run (CPU, 1 thread per process); shards (``--tag``) run in parallel and ``--report`` merges them:
 
-    python benchmarks/bench_quality.py --tag a --archs resnet &
-    python benchmarks/bench_quality.py --tag b --archs vgg,densenet && wait
+    python benchmarks/bench_quality.py --tag a --archs resnet --seeds 0,1,2,3 &
+    python benchmarks/bench_quality.py --tag b --archs resnet --seeds 4,5,6,7 &
+    python benchmarks/bench_quality.py --tag c --archs vgg,densenet && wait
     python benchmarks/bench_quality.py --report
 
 Writes ``benchmarks/RESULTS_quality.md`` (tables), ``artifacts/bench_quality/records_<tag>.jsonl``

@@ -409,7 +409,8 @@ def markdown(records, infos, runs, methods, peers) -> str:
             else ""
         )
         + "\n\n## Allocations (which layers lose how much), one-shot after BN recalibration\n\n"
-        "Mean over seeds 0-3 (every variant ran these), U ranking unless named.\n\n"
+        "Mean over seeds 0-3 (a variant is shown in a cell only where it ran all four), U "
+        "ranking unless named.\n\n"
         + allocation_table(records, methods)
         + "\n\n## 30% of parameters in rounds\n\n"
         "One-shot cells: after BN recalibration / **fine-tuned**. The rounds column is exactly "
@@ -451,7 +452,7 @@ def plot(records, infos, methods, path: Path) -> None:
     shown = [m for m in ("default", "fair-tod", *methods) if m in methods]
     shown = list(
         dict.fromkeys(
-            m for m in shown if methods[m][1] in ("default", "tp", "np") or m == "fair-tod"
+            m for m in shown if methods[m][1] in ("tp", "np") or m in ("default", "fair-tod")
         )
     )
     fig, axes = plt.subplots(2, len(archs), figsize=(5.2 * len(archs), 8), squeeze=False)
@@ -537,10 +538,16 @@ def allocation_table(records, methods, key: str = "recal_acc", seeds=range(4)) -
     for m in fair:
         row = [methods[m][0]]
         for a, b in cols:
-            vals = [r[key] for r in _ok(records, arch=a, method=m, budget=b) if r["seed"] in seeds]
-            row.append(f"{100 * statistics.fmean(vals):.1f}" if vals else "-")
+            got = {
+                r["seed"]: r[key]
+                for r in _ok(records, arch=a, method=m, budget=b)
+                if r["seed"] in seeds and key in r
+            }
+            full = len(got) == len(seeds)  # a variant missing a seed is not comparable
+            row.append(f"{100 * statistics.fmean(got.values()):.1f}" if full else "-")
         ok = [float(c) for c in row[1:] if c != "-"]
         row.append(f"{statistics.fmean(ok):.1f}" if len(ok) == len(cols) else "-")
-        rows.append(row)
+        if ok:
+            rows.append(row)
     header = ["allocation (U ranking unless named)"] + [f"{a} {b:.0%}" for a, b in cols]
     return table([*header, "mean"], rows)
