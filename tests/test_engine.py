@@ -188,8 +188,11 @@ def test_self_attention_prunes_the_residual_stream() -> None:
     assert {"embed", "attn.out_proj", "mlp.2"} <= set(stream.producers)
     assert stream.prunable and not stream.exact  # LayerNorm over the stream
     pruned = fairfx.prune(model, x, {"embed": [0, 2, 3, 7]})
-    attn = pruned.get_submodule("attn")
-    assert attn.in_proj_weight.shape == (24, 4) and attn.out_proj.out_features == 4
+    attn = pruned.get_submodule("attn")  # opened into q/k/v projections (engine/mha.py)
+    assert all(attn.get_submodule(p).weight.shape == (8, 4) for p in ("q_proj", "k_proj", "v_proj"))
+    assert attn.out_proj.out_features == 4
+    heads = group_of(groups, "attn.q_proj")  # the caller reads the head-averaged weights
+    assert heads.unit == "head" and not heads.prunable and "mean" in heads.reason
     assert fairfx.verify(model, pruned, x).passed
 
 

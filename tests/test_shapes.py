@@ -10,7 +10,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fairfx.engine.modules import PrunedMultiheadAttention
 from fairfx.engine.shapes import shape_only
 
 
@@ -33,7 +32,6 @@ def _kernel(op, target, args, kwargs):
 
 MHA = nn.MultiheadAttention(8, 2).to("meta").eval()
 MHA_BF = nn.MultiheadAttention(8, 2, batch_first=True).to("meta").eval()
-PRUNED = PrunedMultiheadAttention(6, 5, 2, 4, batch_first=True).to("meta").eval()
 
 CASES = [
     ("call_module", nn.BatchNorm2d(4).to("meta").eval(), (meta(2, 4, 3, 3),), {}),
@@ -44,8 +42,13 @@ CASES = [
     ("call_module", MHA, (meta(5, 2, 8), meta(7, 2, 8), meta(7, 2, 8)), {}),
     ("call_module", MHA, (meta(5, 2, 8), meta(5, 2, 8), meta(5, 2, 8)), {"need_weights": False}),
     ("call_module", MHA_BF, (meta(2, 5, 8),) * 3, {"average_attn_weights": False}),
-    ("call_module", PRUNED, (meta(2, 5, 6),) * 3, {}),
     ("call_function", torch.cat, ([meta(2, 3, 4), meta(2, 5, 4)],), {"dim": 1}),
+    (
+        "call_function",
+        F.scaled_dot_product_attention,
+        (meta(2, 4, 5, 8), meta(2, 4, 7, 8), meta(2, 4, 7, 6)),
+        {"attn_mask": meta(2, 1, 5, 7)},
+    ),
     ("call_function", torch.cat, ([meta(2, 3), meta(4, 3)],), {}),
     ("call_function", operator.add, (meta(2, 4, 3, 3), meta(1, 4, 1, 1)), {}),
     ("call_function", operator.mul, (2.0, meta(2, 4)), {}),

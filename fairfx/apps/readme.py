@@ -88,8 +88,9 @@ DESCRIPTIONS: dict[str, tuple[int, str, str]] = {
     "attention.multihead_attention": (
         90,
         "attention",
-        "one input width (no `kdim`/`vdim`): the embedding channels, read and written by the "
-        "input and output projections, are pruned (see Known limits)",
+        "opened by capture into q/k/v projections, a head split and attention: whole heads "
+        "and the embedding channels prune (`kdim`/`vdim`, both `batch_first`, masks); "
+        "`add_bias_kv`, `add_zero_attn` and head-averaged weights the caller reads block",
     ),
     "common.no_channels": (95, "no channels", "sizes, shapes and asserts: nothing to track"),
     "functional.aten_batch_norm": (10, "per-channel", "pass through, parameters sliced"),

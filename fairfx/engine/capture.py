@@ -28,6 +28,7 @@ from torch import nn
 from ..errors import CaptureError
 from .bake import bake_weights
 from .export_capture import export_graph
+from .mha import split_attention
 from .shapes import ShapeInterpreter
 
 # torchvision modules whose forward is channel-separable and whose behaviour depends on
@@ -85,7 +86,11 @@ def capture(model: nn.Module, example_input: Any) -> Captured:
     )
     work.eval()
     baked = bake_weights(work)  # weight_norm / spectral_norm: plain weights in the copy
+    opened = [] if isinstance(work, fx.GraphModule) else split_attention(work)  # heads: mha.py
     gm = work if isinstance(work, fx.GraphModule) else _trace(work, inputs)
+    if opened:  # attention weights nobody reads would block the heads
+        gm.graph.eliminate_dead_code()
+        gm.recompile()
     gm.meta["fairfx_baked"] = baked
     record_shapes(gm, inputs)
     if was_training:  # else every module is in eval mode already

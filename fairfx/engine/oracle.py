@@ -137,6 +137,8 @@ def verify(
     for r, g in zip(reference, got, strict=True):
         if r.shape != g.shape:
             return VerifyReport(False, float("inf"), 0.0, len(reference))
+        if not (bool(torch.isfinite(r).all()) and bool(torch.isfinite(g).all())):
+            return VerifyReport(False, float("nan"), 0.0, len(reference))  # NaN proves nothing
         diff = max(diff, float((r.float() - g.float()).abs().max()) if r.numel() else 0.0)
         scale = max(scale, float(r.float().abs().max()) if r.numel() else 0.0)
     tol = rtol * scale

@@ -27,8 +27,6 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
-from .modules import PrunedMultiheadAttention
-
 _SAME_SHAPE_MODULES: tuple[type[nn.Module], ...] = (
     nn.ReLU, nn.ReLU6, nn.SiLU, nn.GELU, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.Tanh,
     nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.Mish, nn.Softplus, nn.Hardtanh, nn.Identity,
@@ -179,8 +177,8 @@ _ATTENTION_KWARGS = {"need_weights", "average_attn_weights", "key", "value"}
 
 
 def _attention(m: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    """Self- or cross-attention with one input width (``nn.MultiheadAttention`` and fairfx's
-    pruned version): the output is the query with the output width, weights are ``[N, L, S]``."""
+    """Self- or cross-attention with one input width (a leaf ``nn.MultiheadAttention``): the
+    output is the query with the output width, weights are ``[N, L, S]``."""
     if set(kwargs) - _ATTENTION_KWARGS or len(args) > 3:
         return NotImplemented
     if isinstance(m, nn.MultiheadAttention) and (
@@ -209,7 +207,28 @@ def _attention(m: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> A
     return out, _empty((*batch, *heads, lq, lk), q.dtype)
 
 
-_ATTENTION_FORWARDS = {nn.MultiheadAttention.forward, PrunedMultiheadAttention.forward}
+_ATTENTION_FORWARDS = {nn.MultiheadAttention.forward}
+_SDPA_KWARGS = {"attn_mask", "dropout_p", "is_causal", "scale"}
+
+
+def _sdpa(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """``scaled_dot_product_attention``'s meta kernel decomposes the whole attention; its
+    output is the query with the value's width (q, k, v sharing batch and head axes)."""
+    if len(args) != 3 or set(kwargs) - _SDPA_KWARGS or not _meta_floats(*args):
+        return NotImplemented
+    q, k, v = args
+    mask = kwargs.get("attn_mask")
+    if not (q.dim() == k.dim() == v.dim() >= 2) or q.shape[:-2] != k.shape[:-2]:
+        return NotImplemented
+    if k.shape[:-1] != v.shape[:-1] or q.shape[-1] != k.shape[-1]:
+        return NotImplemented
+    if mask is not None:
+        if not isinstance(mask, torch.Tensor) or not mask.is_meta:
+            return NotImplemented
+        want = (*q.shape[:-1], k.shape[-2])
+        if _broadcast_shape(tuple(mask.shape), want) != want:
+            return NotImplemented
+    return _empty((*q.shape[:-1], v.shape[-1]), q.dtype)
 
 
 def shape_only(op: str, target: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -220,6 +239,8 @@ def shape_only(op: str, target: Any, args: tuple[Any, ...], kwargs: dict[str, An
     """
     if op == "call_function" and target is torch.cat:
         return _cat(args, kwargs)
+    if op == "call_function" and target is F.scaled_dot_product_attention:
+        return _sdpa(args, kwargs)
     if op == "call_module" and type(target).forward in _ATTENTION_FORWARDS and args:
         return _attention(target, args, kwargs)
     if not args or not _meta_floats(*args[:2]):

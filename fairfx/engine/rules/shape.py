@@ -82,11 +82,14 @@ def _channel_axis(out: torch.Tensor, heads: bool = False) -> tuple[int, list[np.
         lo, hi = rows.min(dim=1).values, rows.max(dim=1).values
         if bool((lo == hi).all()):
             sets = [np.array([v]) for v in lo.tolist()]
-        else:
-            sets = [np.unique(r.numpy()) for r in rows]
-            allpos = np.concatenate(sets)
-            if len(np.unique(allpos)) != len(allpos):
+        elif torch.equal(rows[0], rows[1]):  # a token or batch axis: every row holds them all
+            continue
+        else:  # which positions each row holds, as a [rows, positions] table
+            member = torch.zeros(rows.shape[0], int(hi.max()) + 1, dtype=torch.bool)
+            member.scatter_(1, rows, True)
+            if bool((member.sum(0) > 1).any()):
                 continue
+            sets = [np.flatnonzero(r) for r in member.numpy()]
         valid[u] = sets
     last = out.dim() - 1
     if heads and last in valid and last - 1 in valid:
@@ -126,8 +129,15 @@ def index_shape(a: ChannelAnalysis, node: fx.Node) -> Layout | None:
         return unknown(a, node)
     if node.target in _PERMUTATIONS:
         shp = tuple(n if i == lay.dim else 1 for i, n in enumerate(shp))
-    out = _run_probe(a, node, x, _position_probe(shp, lay.dim))
-    heads = node.target in _HEAD_SPLITS and lay.dim == len(shp) - 1 and out.dim() > len(shp)
+    out_shape = a.shape(node)
+    lead = len(shp) - 1
+    if node.target in _HEAD_SPLITS and lay.dim == lead and out_shape[:lead] == shp[:lead]:
+        # The last axis split into trailing axes, the others kept: the positions land in
+        # order, so a probe one element wide on the kept axes says the same, far cheaper.
+        out = torch.arange(shp[-1]).view((1,) * lead + tuple(out_shape[lead:]))
+    else:
+        out = _run_probe(a, node, x, _position_probe(shp, lay.dim))
+    heads = node.target in _HEAD_SPLITS and lay.dim == lead and out.dim() > len(shp)
     found = _channel_axis(out, heads)
     if found is None:
         a.block(lay.slots, f"{describe(a, node)} reshapes the channel axis away")
