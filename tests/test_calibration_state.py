@@ -185,3 +185,36 @@ def test_scores_do_not_depend_on_the_scoring_chunk() -> None:
     for gid in a.scores:
         np.testing.assert_allclose(a.scores[gid].u, b.scores[gid].u, rtol=1e-5)
         np.testing.assert_allclose(a.scores[gid].r, b.scores[gid].r, rtol=1e-5)
+
+
+def test_auto_dtype_is_the_most_precise_that_fits(monkeypatch) -> None:
+    data = labelled(list(range(6)), 5)
+    x = data[0][0][:2]
+    est = {
+        d: fairfx.estimate_memory(wide(), x, classes=6, samples_per_class=5, state_dtype=d)
+        for d in memory.AUTO_ORDER
+    }
+    for dtype in memory.AUTO_ORDER:
+        # a budget (a third of what is available) just fitting this codec's whole estimate
+        total = est[dtype].total_bytes
+        monkeypatch.setattr(memory, "available_memory", lambda t=total: 3 * t + 3)
+        auto = fairfx.estimate_memory(wide(), x, classes=6, samples_per_class=5)
+        assert auto.state_dtype == dtype
+        assert "(auto: the most precise within 1/3" in auto.line()
+        assert auto.state_bytes == est[dtype].state_bytes
+    monkeypatch.setattr(memory, "available_memory", lambda: 2 * est["int4"].total_bytes)
+    smallest = fairfx.estimate_memory(wide(), x, classes=6, samples_per_class=5)
+    assert smallest.state_dtype == "int4" and "none fits" in smallest.line()
+    monkeypatch.setattr(memory, "available_memory", lambda: None)
+    assert fairfx.estimate_memory(wide(), x, classes=6, samples_per_class=5).state_dtype == (
+        "float16"
+    )
+    # analyze builds the state in the codec auto picked, and a resumed state keeps its own
+    monkeypatch.setattr(memory, "available_memory", lambda: 3 * est["uint8"].total_bytes + 3)
+    an = fairfx.analyze(wide(), x, data, samples_per_class=5, max_classes=6, progress=False)
+    assert an.state.state_dtype == an.record["memory"]["state_dtype"] == "uint8"
+    monkeypatch.setattr(memory, "available_memory", lambda: 10**12)
+    again = fairfx.analyze(
+        wide(), x, data, samples_per_class=5, max_classes=6, progress=False, state=an.state
+    )
+    assert again.state.state_dtype == "uint8"
