@@ -1,58 +1,80 @@
 """The zoo sweep's runner: a model that hangs, crashes or fails leaves a row saying so, rows reach
-the file as models finish, ``--resume`` skips them. Fake workers (a few lines of Python, no torch)
-stand in for the real one so these run in a second."""
+the file as models finish, ``--resume`` skips them. Fake workers (forked like the real one) stand
+in for the model checks so these run in seconds."""
 
 from __future__ import annotations
 
-import sys
-import textwrap
+import os
+import signal
+import time
 
 import pytest
 
 from fairfx.apps.zoo_results import ZooResult, append_row, format_table, load_rows, summary
-from fairfx.apps.zoo_sweep import ROW_TAG, run_one, sweep
+from fairfx.apps.zoo_sweep import emit, run_one, sweep
 from fairfx.errors import FairfxError
 
 
-def _worker(body: str) -> list[str]:
-    """A worker command: ``name`` is sys.argv[1]; ``row(**fields)`` prints a row."""
-    head = f"""
-        import json, os, signal, sys, time
-        name = sys.argv[1]
-        def row(**kw):
-            print({ROW_TAG!r} + json.dumps(dict(name=name, **kw)), flush=True)
-    """
-    return [sys.executable, "-c", textwrap.dedent(head) + textwrap.dedent(body)]
+def _random_done(name: str) -> ZooResult:
+    return ZooResult(name, handled=True, oracle_exact=True, exported=True, params_before=10,
+                     params_after=5, seconds=0.1)  # fmt: skip
 
 
-RANDOM_DONE = "row(handled=True, oracle_exact=True, exported=True, params_before=10, " \
-    "params_after=5, seconds=0.1)\n"  # fmt: skip
+def _fair_done(name: str, kept: int = 5) -> ZooResult:
+    r = _random_done(name)
+    r.fair_run = r.fair_done = r.fair_exact = r.fair_exported = True
+    r.fair_params_after = kept
+    return r
+
+
+def _hangs(name: str) -> None:
+    emit(_random_done(name))
+    time.sleep(60)
+
+
+def _killed(name: str) -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _crashes(name: str) -> None:
+    emit(_random_done(name))
+    raise RuntimeError("boom: out of ideas")
+
+
+def _burns_cpu(name: str) -> None:
+    emit(_random_done(name))
+    while True:
+        pass
 
 
 def test_a_hanging_fair_path_is_a_timeout_row_with_the_random_column_kept() -> None:
-    r = run_one("m", _worker(RANDOM_DONE + "time.sleep(60)"), timeout=1.0)
+    r = run_one("m", _hangs, timeout=1.0)
     assert r.handled and r.oracle_exact and r.exported  # the random column survived
     assert r.fair_run and not r.fair_done
     assert r.fair_error.startswith("timeout: stopped after 1 s wall"), r.fair_error
     assert r.worker_seconds < 30 and "FAIR: timeout" in format_table([r])
 
 
+def test_a_worker_over_its_cpu_limit_is_a_timeout_row() -> None:
+    r = run_one("m", _burns_cpu, timeout=60, cpu_limit=1)
+    assert r.handled and r.fair_error == "timeout: over the 1 CPU-second limit"
+    assert r.cpu_seconds > 0.5  # the kernel counts CPU time in ticks
+
+
 def test_a_worker_killed_before_any_row_is_a_failure_row() -> None:
-    r = run_one("m", _worker("os.kill(os.getpid(), signal.SIGKILL)"), timeout=30)
+    r = run_one("m", _killed, timeout=30)
     assert not r.handled and "killed by SIGKILL" in r.error
     assert r.peak_rss_mb > 0
 
 
 def test_a_crash_names_the_last_line_of_its_error_output() -> None:
-    r = run_one("m", _worker(RANDOM_DONE + "sys.exit('boom: out of ideas')"), timeout=30)
-    assert r.handled and r.fair_error == "worker exited with status 1: boom: out of ideas"
+    r = run_one("m", _crashes, timeout=30)
+    assert r.handled
+    assert r.fair_error == "worker exited with status 1: RuntimeError: boom: out of ideas"
 
 
 def test_a_finished_worker_row_is_taken_as_it_is() -> None:
-    body = RANDOM_DONE + "row(handled=True, oracle_exact=True, exported=True, params_before=10, " \
-        "params_after=5, fair_run=True, fair_done=True, fair_exact=True, fair_exported=True, " \
-        "fair_params_after=5)"  # fmt: skip
-    r = run_one("m", _worker(body), timeout=30)
+    r = run_one("m", lambda name: emit(_fair_done(name)), timeout=30)
     assert r.fair_done and r.fair_exact and r.fair_exported and not r.fair_error
     assert summary([r]) == (
         "random half: handled 1/1, oracle-exact 1/1, exported 1/1; "
@@ -62,17 +84,16 @@ def test_a_finished_worker_row_is_taken_as_it_is() -> None:
 
 def test_rows_reach_the_file_and_resume_skips_them(tmp_path) -> None:
     out = tmp_path / "zoo.jsonl"
-    body = RANDOM_DONE + "row(handled=True, params_before=10, params_after=5, fair_run=True, " \
-        "fair_done=True, fair_exact=True, fair_params_after=4)"  # fmt: skip
-    first = sweep(["a", "b"], _worker(body), out=str(out), log=lambda _: None)
+    first = sweep(["a", "b"], lambda n: emit(_fair_done(n, 4)), out=str(out), log=lambda _: None)
     assert [r.name for r in first] == ["a", "b"] and len(out.read_text().splitlines()) == 2
-    # A worker that would fail: the models already in the file are not run again.
-    again = sweep(
-        ["a", "b", "c"], _worker("sys.exit('ran again')"), out=str(out), resume=True,
-        log=lambda _: None,
-    )  # fmt: skip
+
+    def fails(name: str) -> None:
+        raise SystemExit("ran again")
+
+    # The models already in the file are not run again.
+    again = sweep(["a", "b", "c"], fails, out=str(out), resume=True, log=lambda _: None)
     assert [r.fair_params_after for r in again[:2]] == [4, 4]
-    assert again[2].error == "worker exited with status 1: ran again"
+    assert again[2].error == "worker exited with status 1: SystemExit: ran again"
     assert set(load_rows(out)) == {"a", "b", "c"}
 
 

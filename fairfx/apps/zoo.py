@@ -16,9 +16,7 @@ continued.
 from __future__ import annotations
 
 import argparse
-import ctypes
-import resource
-import signal
+import functools
 import time
 from collections.abc import Callable
 
@@ -31,7 +29,7 @@ from ..engine.oracle import verify
 from ..engine.rewrite import count_params
 from ..method.fair import analyze
 from .zoo_results import ZooResult, format_table, summary
-from .zoo_sweep import ROW_TAG, sweep, worker_command
+from .zoo_sweep import emit, sweep
 
 __all__ = ["ZooResult", "check_model", "example_input", "random_plan", "synthetic_batches"]
 
@@ -166,23 +164,9 @@ def check_model(
     return res
 
 
-def _worker(args: argparse.Namespace) -> None:
-    """One model, in a process of its own (see :mod:`fairfx.apps.zoo_sweep`)."""
-    try:  # be the first process the kernel stops when memory runs out, not a neighbour's
-        with open("/proc/self/oom_score_adj", "w") as f:
-            f.write("1000")
-        # and end with the sweep: PR_SET_PDEATHSIG(SIGKILL), Linux only
-        ctypes.CDLL(None).prctl(1, signal.SIGKILL)
-    except (OSError, AttributeError):
-        pass
-    if args.cpu_limit:
-        resource.setrlimit(resource.RLIMIT_CPU, (args.cpu_limit, args.cpu_limit + 30))
-
-    def emit(res: ZooResult) -> None:
-        print(ROW_TAG + res.to_json(), flush=True)
-
-    (name,) = args.models
-    emit(check_model(name, export=not args.no_export, fair=not args.no_fair, on_stage=emit))
+def _run_model(name: str, *, export: bool, fair: bool) -> None:
+    """One model in a sweep worker: both columns, the row handed over after each."""
+    emit(check_model(name, export=export, fair=fair, on_stage=emit))
 
 
 def parser() -> argparse.ArgumentParser:
@@ -198,7 +182,6 @@ def parser() -> argparse.ArgumentParser:
         "--min-free-gb", type=float, default=1.5,
         help="stop a model when the machine's available memory falls below this",
     )  # fmt: skip
-    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     return p
 
 
@@ -206,14 +189,12 @@ def main(argv: list[str] | None = None) -> None:
     import torchvision
 
     args = parser().parse_args(argv)
-    if args.worker:
-        return _worker(args)
     if args.resume and not args.out:
         raise SystemExit("--resume needs --out FILE (the rows of the earlier run)")
     names = args.models or torchvision.models.list_models(module=torchvision.models)
-    flags = [f for f, on in (("--no-export", args.no_export), ("--no-fair", args.no_fair)) if on]
+    work = functools.partial(_run_model, export=not args.no_export, fair=not args.no_fair)
     results = sweep(
-        names, worker_command(args.cpu_limit, flags), out=args.out, resume=args.resume,
+        names, work, out=args.out, resume=args.resume,
         timeout=args.timeout, cpu_limit=args.cpu_limit, min_free_gb=args.min_free_gb,
         fair=not args.no_fair,
     )  # fmt: skip
