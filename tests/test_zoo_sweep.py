@@ -10,7 +10,14 @@ import time
 
 import pytest
 
-from fairfx.apps.zoo_results import ZooResult, append_row, format_table, load_rows, summary
+from fairfx.apps.zoo_results import (
+    ZooResult,
+    append_row,
+    format_table,
+    load_rows,
+    readme_section,
+    summary,
+)
 from fairfx.apps.zoo_sweep import emit, run_one, sweep
 from fairfx.errors import FairfxError
 
@@ -125,3 +132,53 @@ def test_the_table_gives_every_failure_its_reason() -> None:
     assert "FAIR: RuntimeError: bad" in table
     assert "not run" not in table
     assert summary(rows).endswith("FAIR: compressed 1/3, oracle-exact 1/3, exported 1/3")
+
+
+def test_the_readme_section_counts_every_model_and_names_every_gap() -> None:
+    ok = _fair_done("ok")
+    ok.worker_seconds, ok.cpu_seconds, ok.peak_rss_mb, ok.commit = 60.0, 30.0, 2048.0, "abc1234"
+    bad = _random_done("bad")
+    bad.fair_run, bad.fair_error = True, "timeout: stopped after 9 s wall"
+    text = readme_section({"ok": ok, "bad": bad}, ["ok", "bad", "gone"])
+    assert text.startswith(
+        "**random half: handled 2/3, oracle-exact 2/3, exported 2/3; "
+        "FAIR: compressed 1/3, oracle-exact 1/3, exported 1/3**"
+    )
+    assert "- bad: FAIR: timeout: stopped after 9 s wall" in text
+    assert "for 1 models (the sweep did not reach them): gone" in text
+    assert "kept 50.0%-50.0%" in text and "2.0 GiB (ok)" in text and "`abc1234` 1" in text
+    assert "| ok |" in text and "| 60 (30) |" in text and "not run" not in text
+
+
+def test_jobs_run_models_at_once_and_keep_the_order(tmp_path) -> None:
+    def slow(name: str) -> None:
+        time.sleep(1.0)
+        emit(_fair_done(name))
+
+    start = time.monotonic()
+    rows = sweep(list("abcd"), slow, out=None, jobs=4, start_free_gb=0.0, log=lambda _: None)
+    assert [r.name for r in rows] == list("abcd") and all(r.fair_done for r in rows)
+    assert time.monotonic() - start < 3.5  # four 1-second workers side by side, not in turn
+
+
+def test_retry_reruns_only_the_failed_rows(tmp_path) -> None:
+    out = tmp_path / "zoo.jsonl"
+    append_row(out, _fair_done("good"))
+    append_row(out, ZooResult("bad", error="timeout: stopped after 9 s wall"))
+    ran = []
+
+    def work(name: str) -> None:
+        emit(_fair_done(name))
+
+    rows = sweep(["good", "bad"], work, out=str(out), resume=True, retry=True,
+                 log=ran.append)  # fmt: skip
+    assert "skipped" in ran[0] and ran[0].startswith("[1/2] good")
+    assert rows[1].fair_done and load_rows(out)["bad"].fair_done
+
+
+def test_the_largest_worker_is_stopped_when_memory_runs_low(monkeypatch) -> None:
+    monkeypatch.setattr("fairfx.apps.zoo_sweep.available_memory_gb", lambda: 0.5)
+    r = run_one("m", _hangs, timeout=30, min_free_gb=1.0)
+    assert r.handled and r.fair_error.startswith(
+        "stopped: the machine's available memory fell below 1.0 GiB"
+    )

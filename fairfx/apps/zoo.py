@@ -176,6 +176,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--no-fair", action="store_true", help="random plans only (faster)")
     p.add_argument("--out", help="append one JSON line per finished model to this file")
     p.add_argument("--resume", action="store_true", help="skip the models already in --out")
+    p.add_argument("--retry", action="store_true", help="with --resume: rerun failed rows")
+    p.add_argument("--jobs", type=int, default=1, help="models run at once (default 1)")
     p.add_argument("--timeout", type=float, default=3600, help="wall seconds per model")
     p.add_argument("--cpu-limit", type=int, default=3600, help="CPU seconds per model")
     p.add_argument(
@@ -194,7 +196,7 @@ def main(argv: list[str] | None = None) -> None:
     names = args.models or torchvision.models.list_models(module=torchvision.models)
     work = functools.partial(_run_model, export=not args.no_export, fair=not args.no_fair)
     results = sweep(
-        names, work, out=args.out, resume=args.resume,
+        names, work, out=args.out, resume=args.resume, retry=args.retry, jobs=args.jobs,
         timeout=args.timeout, cpu_limit=args.cpu_limit, min_free_gb=args.min_free_gb,
         fair=not args.no_fair,
     )  # fmt: skip

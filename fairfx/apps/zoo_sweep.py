@@ -25,11 +25,13 @@ import tempfile
 import threading
 import time
 import traceback
+from collections import deque
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
-from .zoo_results import ZooResult, append_row, load_rows
+from .zoo_results import ZooResult, append_row, failures, load_rows
 
 ROW_TAG = "ZOO-ROW "  # a worker's stdout line carrying its row as JSON
 
@@ -112,63 +114,62 @@ def _child(work: Callable[[str], None], name: str, out: int, err: int, cpu_limit
         os._exit(code)
 
 
-def _wait(pid: int, start: float, timeout: float, min_free_gb: float) -> tuple[int, Any, str]:
-    """Wait for the worker; stop it past ``timeout`` or when memory runs low. ``(exit code,
-    resource usage, why it was stopped or "")``."""
-    stopped, done = "", 0
-    try:
-        while True:
-            done, status, usage = os.wait4(pid, os.WNOHANG)
-            if done:
-                return os.waitstatus_to_exitcode(status), usage, stopped
-            free = available_memory_gb()
-            if not stopped and time.monotonic() - start > timeout:
-                stopped = f"timeout: stopped after {timeout:.0f} s wall"
-            elif not stopped and free is not None and free < min_free_gb:
-                stopped = f"stopped: the machine's available memory fell below {min_free_gb} GiB"
-            if stopped:
-                _stop(pid)
-            time.sleep(0.5)
-    finally:  # Ctrl-C or an error here: the worker must not outlive the sweep
-        if not done:
-            _stop(pid)
-            os.waitpid(pid, 0)
+@dataclass
+class _Running:
+    """A worker in flight: its model, process, start time and output files."""
+
+    name: str
+    pid: int
+    start: float
+    out: IO[str]
+    err: IO[str]
+    stopped: str = ""  # why the parent stopped it, if it did
+
+    def rss_gb(self) -> float:
+        try:
+            for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 2**20
+        except OSError:
+            pass
+        return 0.0
+
+    def stop(self, why: str) -> None:
+        if not self.stopped:
+            self.stopped = why
+            _stop(self.pid)
 
 
-def run_one(
-    name: str,
-    work: Callable[[str], None],
-    *,
-    timeout: float,
-    cpu_limit: int = 0,
-    min_free_gb: float = 0.0,
-    fair: bool = True,
-) -> ZooResult:
-    """``work(name)`` in a forked worker process, which reports its row through :func:`emit`;
-    the row, with the reason the worker stopped if it did.
+def _start(work: Callable[[str], None], name: str, cpu_limit: int) -> _Running:
+    """Fork a worker for ``name``. Forked rather than started afresh: the worker inherits the
+    imported torch and torchvision (about 5 CPU-seconds a model saved on the 2-core machine),
+    and the parent runs no model, so it has no model memory to pass on."""
+    # Closed by _finish (or the sweep's cleanup): the worker outlives this call.
+    out, err = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")  # noqa: SIM115
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:
+        _child(work, name, out.fileno(), err.fileno(), cpu_limit)
+    return _Running(name, pid, time.monotonic(), out, err)
 
-    Forked rather than started afresh: the worker inherits the imported torch and torchvision
-    (about 5 CPU-seconds a model on the 2-core machine saved) and the parent runs no model, so
-    it holds no model memory to pass on."""
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        start = time.monotonic()
-        pid = os.fork()
-        if pid == 0:
-            _child(work, name, out.fileno(), err.fileno(), cpu_limit)
-        rc, usage, stopped = _wait(pid, start, timeout, min_free_gb)
-        out.seek(0)
-        err.seek(0)
-        stdout, stderr = out.read(), err.read()
-    result = _last_row(stdout, name) or ZooResult(name)
-    result.worker_seconds = time.monotonic() - start
+
+def _finish(w: _Running, status: int, usage: Any, cpu_limit: int, fair: bool) -> ZooResult:
+    """The row of a worker that ended, with the reason it stopped if it did."""
+    rc = os.waitstatus_to_exitcode(status)
+    w.out.seek(0)
+    w.err.seek(0)
+    stdout, stderr = w.out.read(), w.err.read()
+    w.out.close()
+    w.err.close()
+    result = _last_row(stdout, w.name) or ZooResult(w.name)
+    result.worker_seconds = time.monotonic() - w.start
     result.cpu_seconds = usage.ru_utime + usage.ru_stime
     result.peak_rss_mb = usage.ru_maxrss / 1024  # KiB on Linux
-    if stopped or rc != 0:
+    if w.stopped or rc != 0:
         peak = f"{result.peak_rss_mb / 1024:.1f} GiB peak resident"
-        if stopped:
-            reason = f"{stopped} ({peak})"
+        if w.stopped:
+            reason = f"{w.stopped} ({peak})"
         elif rc == -signal.SIGXCPU:
             reason = f"timeout: over the {cpu_limit} CPU-second limit"
         elif rc == -signal.SIGKILL:
@@ -184,41 +185,82 @@ def run_one(
     return result
 
 
+def run_one(name: str, work: Callable[[str], None], **options: Any) -> ZooResult:
+    """``work(name)`` in a forked worker, which reports its row through :func:`emit`; the row,
+    with the reason the worker stopped if it did. ``options`` as for :func:`sweep`."""
+    return sweep([name], work, out=None, log=lambda _: None, **options)[0]
+
+
 def sweep(
     names: Iterable[str],
     work: Callable[[str], None],
     *,
     out: str | None,
     resume: bool = False,
+    retry: bool = False,
+    jobs: int = 1,
     timeout: float = 3600,
     cpu_limit: int = 0,
     min_free_gb: float = 0.0,
+    start_free_gb: float = 4.0,
     fair: bool = True,
     log: Callable[[str], None] = print,
 ) -> list[ZooResult]:
-    """Every model in its own worker; rows appended to ``out`` (JSON lines) as they finish."""
+    """Every model in its own worker, up to ``jobs`` at once; rows appended to ``out`` (JSON
+    lines) as they finish. ``resume`` skips the models ``out`` already has (``retry``: only
+    those whose row has no failure). A second worker starts only while ``start_free_gb`` of
+    memory is available; below ``min_free_gb`` the largest worker is stopped, with that reason
+    in its row."""
     names = list(names)
-    done = load_rows(out) if resume and out and Path(out).is_file() else {}
+    rows = load_rows(out) if resume and out and Path(out).is_file() else {}
+    done = {n: r for n, r in rows.items() if not (retry and failures(r))}
     commit = _commit()
-    results = []
+    results: dict[str, ZooResult] = {}
+    pending = deque(n for n in names if n not in done)
+    running: list[_Running] = []
     for i, name in enumerate(names, 1):
         if name in done:
-            results.append(done[name])
+            results[name] = done[name]
             log(f"[{i}/{len(names)}] {name}: done before, skipped (--resume)")
-            continue
-        r = run_one(
-            name, work, timeout=timeout, cpu_limit=cpu_limit, min_free_gb=min_free_gb,
-            fair=fair,
-        )  # fmt: skip
-        r.commit = commit
-        if out:
-            append_row(out, r)
-        results.append(r)
-        log(
-            f"[{i}/{len(names)}] {name}: random handled={r.handled} exact={r.oracle_exact} "
-            f"export={r.exported} | FAIR done={r.fair_done} exact={r.fair_exact} "
-            f"export={r.fair_exported} after={r.fair_params_after}/{r.params_before} | "
-            f"{r.worker_seconds:.0f} s wall, {r.cpu_seconds:.0f} s CPU, "
-            f"{r.peak_rss_mb / 1024:.1f} GiB | {r.error} {r.fair_error}".rstrip()
-        )
-    return results
+    try:
+        while pending or running:
+            while pending and len(running) < jobs:
+                free = available_memory_gb()
+                if running and free is not None and free < start_free_gb:
+                    break
+                running.append(_start(work, pending.popleft(), cpu_limit))
+            free = available_memory_gb()
+            if running and free is not None and free < min_free_gb:
+                max(running, key=_Running.rss_gb).stop(
+                    f"stopped: the machine's available memory fell below {min_free_gb} GiB"
+                )
+            for w in list(running):
+                if time.monotonic() - w.start > timeout:
+                    w.stop(f"timeout: stopped after {timeout:.0f} s wall")
+                pid, status, usage = os.wait4(w.pid, os.WNOHANG)
+                if not pid:
+                    continue
+                running.remove(w)
+                r = results[w.name] = _finish(w, status, usage, cpu_limit, fair)
+                r.commit = commit
+                if out:
+                    append_row(out, r)
+                log(_progress(r, len(results), len(names)))
+            time.sleep(0.2)
+    finally:  # Ctrl-C or an error here: no worker outlives the sweep
+        for w in running:
+            _stop(w.pid)
+            os.waitpid(w.pid, 0)
+            w.out.close()
+            w.err.close()
+    return [results[n] for n in names]
+
+
+def _progress(r: ZooResult, count: int, total: int) -> str:
+    return (
+        f"[{count}/{total}] {r.name}: random handled={r.handled} exact={r.oracle_exact} "
+        f"export={r.exported} | FAIR done={r.fair_done} exact={r.fair_exact} "
+        f"export={r.fair_exported} after={r.fair_params_after}/{r.params_before} | "
+        f"{r.worker_seconds:.0f} s wall, {r.cpu_seconds:.0f} s CPU, "
+        f"{r.peak_rss_mb / 1024:.1f} GiB | {r.error} {r.fair_error}"
+    ).rstrip()
