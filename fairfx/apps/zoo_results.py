@@ -123,7 +123,7 @@ def format_table(results: list[ZooResult]) -> str:
     """The per-model table: both columns, seconds, and the one-line reason of any failure."""
     lines = [
         "| model | groups (prunable) | random half: params before -> after | oracle | export | "
-        "FAIR `plan_for(params=0.5)`: params after (kept) | oracle | export | s | note |",
+        "FAIR `plan_for(params=0.5)`: params after (kept) | oracle | export | s (CPU s) | note |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in sorted(results, key=lambda r: r.name):
@@ -134,14 +134,15 @@ def format_table(results: list[ZooResult]) -> str:
             f"| {r.name} | {r.groups} ({r.prunable}) | {before} | "
             f"{_oracle(r.oracle_exact, r.handled, r.inexact_groups)} | "
             f"{'yes' if r.exported else 'no'} |{_fair_cells(r)} "
-            f"{r.seconds + r.fair_seconds:.0f} | {note(r)} |"
+            f"{r.worker_seconds or r.seconds + r.fair_seconds:.0f} ({r.cpu_seconds:.0f}) | "
+            f"{note(r)} |"
         )
     return "\n".join(lines)
 
 
-def summary(results: list[ZooResult]) -> str:
-    """One line of totals for both columns."""
-    n = len(results)
+def summary(results: list[ZooResult], total: int | None = None) -> str:
+    """One line of totals for both columns, out of ``total`` models (default: the rows)."""
+    n = len(results) if total is None else total
     text = (
         f"random half: handled {sum(r.handled for r in results)}/{n}, oracle-exact "
         f"{sum(r.oracle_exact for r in results)}/{n}, exported "
@@ -154,3 +155,76 @@ def summary(results: list[ZooResult]) -> str:
             f"{sum(r.fair_exported for r in results)}/{n}"
         )
     return text
+
+
+# ------------------------------------------------------------------------------- README section
+ROWS_FILE = "benchmarks/results/zoo.jsonl"
+SWEEP_COMMAND = (
+    "OMP_NUM_THREADS=1 nice -n 15 python -m fairfx.apps.zoo --out benchmarks/results/zoo.jsonl "
+    "--resume"
+)
+
+
+def failures(r: ZooResult) -> bool:
+    """The row misses something either column promises."""
+    random_ok = r.handled and r.oracle_exact and r.exported and not r.unlisted
+    return not (random_ok and r.fair_done and r.fair_exact and r.fair_exported)
+
+
+def readme_section(rows: dict[str, ZooResult], names: list[str]) -> str:
+    """The README's zoo section for the models ``names``, from the sweep's rows."""
+    missing = [n for n in names if n not in rows]
+    results = [rows[n] for n in names if n in rows]
+    kept = sorted(r.fair_params_after / r.params_before for r in results if r.fair_done)
+    wall = sum(r.worker_seconds for r in results)
+    cpu = sum(r.cpu_seconds for r in results)
+    peak = max(results, key=lambda r: r.peak_rss_mb, default=None)
+    commits: dict[str, int] = {}
+    for r in results:
+        commits[r.commit or "?"] = commits.get(r.commit or "?", 0) + 1
+    lines = [
+        f"**{summary(results, len(names))}**",
+        "",
+        f"Measured by `{SWEEP_COMMAND}` (one worker process per model; a row is appended to "
+        f"`{ROWS_FILE}` as each model finishes) on the shared 2-core machine; this section is "
+        "generated from that file by `python -m fairfx.apps.readme --zoo`.",
+    ]
+    if kept:
+        lines[-1] += (
+            f" The FAIR plan kept {kept[0]:.1%}-{kept[-1]:.1%} of the parameters (median "
+            f"{kept[len(kept) // 2]:.1%}) where `plan_for(params=0.5)` asked for 50%."
+        )
+    if results:
+        lines[-1] += (
+            f" Worker time summed over the models: {wall / 60:.0f} min wall, {cpu / 60:.0f} min "
+            f"CPU; the largest peak resident memory was {peak.peak_rss_mb / 1024:.1f} GiB "
+            f"({peak.name}). Rows by fairfx commit: "
+            + ", ".join(f"`{c}` {n}" for c, n in sorted(commits.items()))
+            + "."
+        )
+    bad = [r for r in results if failures(r)]
+    if bad or missing:
+        lines += ["", "Failures and gaps (each with its reason):", ""]
+        lines += [f"- {r.name}: {note(r) or 'see the row'}" for r in bad]
+        if missing:
+            lines.append(
+                f"- no row in `{ROWS_FILE}` for {len(missing)} models (the sweep did not reach "
+                f"them): {', '.join(missing)}"
+            )
+    lines += [
+        "",
+        "<details><summary>Per-model table (groups: all (prunable); random half: a random plan "
+        "keeping half of every prunable group; s: the model's worker, wall and CPU)</summary>",
+        "",
+        format_table(results),
+        "</details>",
+    ]
+    return "\n".join(lines)
+
+
+def zoo_section(root: Path) -> str:
+    """The zoo section from ``root``'s sweep file, over every torchvision classification model."""
+    import torchvision
+
+    names = torchvision.models.list_models(module=torchvision.models)
+    return readme_section(load_rows(root / ROWS_FILE), names)
