@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from fairfx.apps import readme
+from fairfx.apps.zoo_results import ROWS_FILE, zoo_section
 from fairfx.engine import rules
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -20,6 +21,14 @@ def test_readme_ops_table_is_the_rule_table() -> None:
     assert written == readme.ops_table(), (
         "README.md's supported-ops table disagrees with fairfx/engine/rules/: run "
         "`python -m fairfx.apps.readme --ops` and commit the README"
+    )
+
+
+def test_readme_zoo_section_is_the_sweep_file() -> None:
+    written = readme.section((ROOT / "README.md").read_text(), "zoo")
+    assert written == zoo_section(ROOT), (
+        f"README.md's zoo section disagrees with {ROWS_FILE}: run "
+        "`python -m fairfx.apps.readme --zoo` and commit the README"
     )
 
 

@@ -2,13 +2,15 @@
 
     python -m fairfx.apps.readme           # rerun the demo; rewrite the demo and ops sections
     python -m fairfx.apps.readme --ops     # only the supported-ops table (no demo; a second)
-    python -m fairfx.apps.readme --check   # exit 1 when the ops table disagrees with the rules
+    python -m fairfx.apps.readme --zoo     # only the zoo section, from the sweep's rows file
+    python -m fairfx.apps.readme --check   # exit 1 when the ops table or zoo section is stale
 
 A generated section sits between ``<!-- fairfx:NAME:start -->`` and ``<!-- fairfx:NAME:end -->``
 lines; everything outside the markers is left as written. The ops table is built from the rule
 tables in :mod:`fairfx.engine.rules` (one row per rule function, listing every op it serves), so
 adding a rule changes the table on the next run and ``tests/test_readme.py`` fails until then.
-The demo section is the text :mod:`fairfx.apps.demo` prints, from a fresh run.
+The demo section is the text :mod:`fairfx.apps.demo` prints, from a fresh run; the zoo section
+is made from the sweep's rows file by :mod:`fairfx.apps.zoo_results`.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import torch.nn.functional as F
 
 from ..engine import rules
 from ..files import atomic_path, write_text
+from .zoo_results import ROWS_FILE, zoo_section
 
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
@@ -369,19 +372,23 @@ def run_demo(argv: Iterable[str] = ()) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Regenerate the README's generated sections")
     p.add_argument("--ops", action="store_true", help="only the supported-ops table (no demo)")
-    p.add_argument("--check", action="store_true", help="exit 1 if the ops table is stale")
+    p.add_argument("--zoo", action="store_true", help=f"only the zoo section (from {ROWS_FILE})")
+    p.add_argument("--check", action="store_true", help="exit 1 if the ops or zoo part is stale")
     args = p.parse_args(argv)
     text = README.read_text()
+    generated = {"ops": ops_table, "zoo": lambda: zoo_section(ROOT)}
     if args.check:
-        if section(text, "ops") != ops_table():
-            print(
-                "README.md's supported-ops table is stale: run python -m fairfx.apps.readme --ops"
-            )
-            return 1
-        print("README.md's supported-ops table matches fairfx/engine/rules")
-        return 0
-    new = replace_section(text, "ops", ops_table())
-    if not args.ops:
+        stale = [name for name, make in generated.items() if section(text, name) != make()]
+        print(
+            "".join(f"README.md's {n} section is stale: run python -m fairfx.apps.readme --{n}\n"
+                    for n in stale) or f"README.md matches fairfx/engine/rules and {ROWS_FILE}"
+        )  # fmt: skip
+        return 1 if stale else 0
+    new = text
+    for name, make in generated.items():
+        if getattr(args, name) or not (args.ops or args.zoo):
+            new = replace_section(new, name, make())
+    if not (args.ops or args.zoo):
         new = replace_section(new, "demo", run_demo())
     if new != text:
         write_text(README, new)
