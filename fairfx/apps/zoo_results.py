@@ -161,7 +161,7 @@ def summary(results: list[ZooResult], total: int | None = None) -> str:
 ROWS_FILE = "benchmarks/results/zoo.jsonl"
 SWEEP_COMMAND = (
     "OMP_NUM_THREADS=1 nice -n 15 python -m fairfx.apps.zoo --out benchmarks/results/zoo.jsonl "
-    "--resume"
+    "--resume --jobs 4 --timeout 2400 --cpu-limit 2400"
 )
 
 
@@ -185,7 +185,7 @@ def readme_section(rows: dict[str, ZooResult], names: list[str]) -> str:
     lines = [
         f"**{summary(results, len(names))}**",
         "",
-        f"Measured by `{SWEEP_COMMAND}` (one worker process per model; a row is appended to "
+        f"Measured by `{SWEEP_COMMAND}` (one forked worker per model; a row is appended to "
         f"`{ROWS_FILE}` as each model finishes) on the shared 2-core machine; this section is "
         "generated from that file by `python -m fairfx.apps.readme --zoo`.",
     ]
