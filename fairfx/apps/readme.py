@@ -96,6 +96,15 @@ DESCRIPTIONS: dict[str, tuple[int, str, str]] = {
         "`add_bias_kv`, `add_zero_attn` and head-averaged weights the caller reads block",
     ),
     "common.no_channels": (95, "no channels", "sizes, shapes and asserts: nothing to track"),
+    "windows._last_axis": (
+        93,
+        "attention",
+        "window partition and merge of opened Swin attention (`engine/windows.py`): tokens move, "
+        "channels stay on the last axis; whole heads prune with their relative position bias "
+        "and `logit_scale`",
+    ),
+    "windows.index_select": (64, "index", "along another axis than the channels: pass through"),
+    "windows.normalize": (82, "along an axis", "`F.normalize` along another axis: pass through"),
     "functional.aten_batch_norm": (10, "per-channel", "pass through, parameters sliced"),
     "functional.embedding": (
         2,

@@ -30,6 +30,7 @@ from .bake import bake_weights
 from .export_capture import export_graph
 from .mha import split_attention
 from .shapes import ShapeInterpreter
+from .windows import open_windows
 
 # torchvision modules whose forward is channel-separable and whose behaviour depends on
 # ``self.training``: tracing into them would freeze the eval branch into the graph.
@@ -86,7 +87,7 @@ def capture(model: nn.Module, example_input: Any) -> Captured:
     )
     work.eval()
     baked = bake_weights(work)  # weight_norm / spectral_norm: plain weights in the copy
-    opened = [] if isinstance(work, fx.GraphModule) else split_attention(work)  # heads: mha.py
+    opened = [] if isinstance(work, fx.GraphModule) else split_attention(work) + open_windows(work)
     gm = work if isinstance(work, fx.GraphModule) else _trace(work, inputs)
     if opened:  # attention weights nobody reads would block the heads
         gm.graph.eliminate_dead_code()

@@ -17,7 +17,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 
 from ..analysis import ChannelAnalysis
-from . import aten, functional, heads, shape
+from . import aten, functional, heads, shape, windows
 from .common import (
     along_dim,
     elementwise,
@@ -75,6 +75,7 @@ FUNCTION_RULES: dict[Any, Rule] = {
     **functional.RULES,
     **heads.RULES,
     **aten.RULES,
+    **windows.RULES,
 }
 
 try:

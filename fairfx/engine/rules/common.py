@@ -41,6 +41,9 @@ def passthrough(a: ChannelAnalysis, node: fx.Node) -> Layout | None:
     """Channel-separable ops that keep the shape (activations, dropout, identity, casts)."""
     x = first_tensor(node)
     lay = a.layout(x)
+    target = a.param(x)
+    if target is not None and a.shape(node) is not None and a.shape(node) == a.shape(x):
+        a.param_src[node.name] = target  # slicing a parameter commutes with an elementwise op
     if lay is None:
         return None
     if a.shape(node) is None or len(a.shape(node)) != len(a.shape(x) or ()):

@@ -1,0 +1,58 @@
+"""Rules for the token-moving leaves of opened Swin attention (:mod:`fairfx.engine.windows`),
+``index_select`` along a non-channel axis (the v2 relative position bias gather) and
+``F.normalize`` along one (v2's cosine attention)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+
+from ..analysis import ChannelAnalysis
+from ..slots import Layout
+from ..windows import shift_mask, window_merge, window_partition
+from .common import no_channels, passthrough, unknown
+
+
+def _last_axis(a: ChannelAnalysis, node: fx.Node) -> Layout | None:
+    """Windows are cut from, or put back into, the token axes: channels stay on the last."""
+    lay, shp, out = a.layout(node.args[0]), a.shape(node.args[0]), a.shape(node)
+    if lay is None:
+        return None
+    if shp is None or out is None or lay.dim != len(shp) - 1 or out[-1] != lay.size:
+        return unknown(a, node)
+    return Layout(len(out) - 1, lay.slots)
+
+
+def index_select(a: ChannelAnalysis, node: fx.Node) -> Layout | None:
+    """``index_select(x, dim, index)`` picks positions along ``dim``: channels elsewhere stay."""
+    lay, shp = a.layout(node.args[0]), a.shape(node.args[0])
+    if lay is None:
+        return None
+    dim = a.value(node.args[1] if len(node.args) > 1 else node.kwargs.get("dim"))
+    if shp is None or not isinstance(dim, int) or dim % len(shp) == lay.dim:
+        return unknown(a, node)
+    return lay
+
+
+def normalize(a: ChannelAnalysis, node: fx.Node) -> Layout | None:
+    """``F.normalize(x, dim=d)`` scales each vector along ``d``: channels on another axis pass
+    (a masked, all-zero vector stays zero)."""
+    lay, shp = a.layout(node.args[0]), a.shape(node.args[0])
+    if lay is None:
+        return None
+    dim = a.value(node.kwargs.get("dim", node.args[2] if len(node.args) > 2 else 1))
+    if shp is None or not isinstance(dim, int) or dim % len(shp) == lay.dim:
+        return unknown(a, node)
+    return passthrough(a, node)
+
+
+RULES: dict[Any, Any] = {
+    window_partition: _last_axis,
+    window_merge: _last_axis,  # its second argument gives sizes only
+    shift_mask: no_channels,  # reads the input's sizes only
+    torch.index_select: index_select,
+    F.normalize: normalize,
+}
