@@ -29,7 +29,7 @@ from .edits import ModuleEdit, ParamEdit
 from .records import ChannelGroup, UnitMap, check_keep_list
 from .rewrite import count_params, rewrite
 from .rules import rule_for
-from .slots import Layout
+from .slots import Layout, unique
 
 
 class ChannelGraph:
@@ -54,7 +54,7 @@ class ChannelGraph:
         for gid, comp in enumerate(comps):
             names = sorted(comp, key=index.__getitem__)
             slots = np.concatenate([analysis.producers[index[n]].slots for n in names])
-            classes = np.unique(roots[slots])
+            classes = unique(roots[slots])
             reasons = [blocked[c] for c in classes.tolist() if c in blocked]
             notes = [inexact[c] for c in classes.tolist() if c in inexact]
             reason = reasons[0] if reasons else None
@@ -90,18 +90,12 @@ class ChannelGraph:
                 g,
                 consumers=tuple(readers.get(g.id, ())),
                 members=tuple(members.get(g.id, ())),
-                unit_channels=tuple((p, self._channels_per_unit(g, p)) for p in g.producers),
+                unit_of_channel=tuple(
+                    (p, tuple(self.producer_units(p).tolist())) for p in g.producers
+                ),
             )
             for g in self.groups
         ]
-
-    def _channels_per_unit(self, g: ChannelGroup, name: str) -> tuple[tuple[int, ...], ...]:
-        a = self.analysis
-        units = self.unit_index(g.id, a.producers[a.producer_index[name]].slots)
-        order = np.argsort(units, kind="stable")
-        counts = np.bincount(units[units >= 0], minlength=g.size)
-        ours = order[len(units) - int(counts.sum()) :]  # channels of other groups sort first
-        return tuple(tuple(c.tolist()) for c in np.split(ours, np.cumsum(counts)[:-1]))
 
     def _members(self, group_of_slot: np.ndarray) -> dict[int, list[str]]:
         """Targets of the edits that slice each group's channels (producers excluded)."""
@@ -115,7 +109,7 @@ class ChannelGraph:
                 continue
             if not parts:
                 continue
-            for gid in np.unique(group_of_slot[np.concatenate(parts)]).tolist():
+            for gid in unique(group_of_slot[np.concatenate(parts)]).tolist():
                 names = out.setdefault(gid, [])
                 if (
                     gid >= 0

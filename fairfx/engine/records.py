@@ -34,7 +34,10 @@ class ChannelGroup:
             (a head's q, k and v dims and the output projection's columns go together).
         members: other modules and parameters sliced when the group's units go (norms, layer
             scales, the readers' input columns), in graph order.
-        unit_channels: per producer, the output channels of each unit (see :meth:`channels`).
+        unit_of_channel: per producer, the unit of each of its output channels (-1 for a
+            channel of another group); :meth:`channels` groups them by unit. Stored flat because
+            a group's record is built for every group at every capture (a residual stream of
+            ResNet-50 has thousands of channels) while ``channels`` is asked for rarely.
     """
 
     id: int
@@ -47,7 +50,7 @@ class ChannelGroup:
     note: str | None = None
     unit: str = "channel"
     members: tuple[str, ...] = ()
-    unit_channels: tuple[tuple[str, tuple[tuple[int, ...], ...]], ...] = ()
+    unit_of_channel: tuple[tuple[str, tuple[int, ...]], ...] = ()
 
     def channels(self, producer: str | None = None) -> list[list[int]]:
         """Output channels of ``producer`` (default: the group's first) that each unit holds:
@@ -55,14 +58,18 @@ class ChannelGroup:
         a grouped conv's unit j is column j of every conv group; a GroupNorm group's unit is one
         offset in every norm group. Plan by units with ``fairfx.prune(model, x, {id: units})``.
         """
-        table = dict(self.unit_channels)
+        table = dict(self.unit_of_channel)
         name = self.producers[0] if producer is None else producer
         if name not in table:
             raise PlanError(
                 f"{name!r} is not a producer of group {self.id}; its producers are "
                 f"{', '.join(self.producers)}"
             )
-        return [list(c) for c in table[name]]
+        out: list[list[int]] = [[] for _ in range(self.size)]
+        for channel, unit in enumerate(table[name]):
+            if unit >= 0:
+                out[unit].append(channel)
+        return out
 
 
 @dataclass(frozen=True)

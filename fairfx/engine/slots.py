@@ -69,3 +69,31 @@ class SlotTable:
             if np.array_equal(grand, parent):
                 return parent
             parent = grand
+
+
+def unique(values: np.ndarray) -> np.ndarray:
+    """Sorted distinct values of an integer array (``np.unique`` without its options).
+
+    By sorting: numpy 2.4's hash-based ``np.unique`` for integers measured 12x slower on this
+    project's machine (5,000 slots: 2.8 ms against 0.23 ms), and the channel graph calls it
+    for every group and consumer.
+    """
+    ordered = np.sort(values)
+    if len(ordered) < 2:
+        return ordered
+    return ordered[np.concatenate(([True], ordered[1:] != ordered[:-1]))]
+
+
+def unique_first(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted distinct values of a non-negative integer array and the index of each one's first
+    occurrence, as ``np.unique(values, return_index=True)`` (whose stable argsort is as slow).
+
+    Sorts ``value * n + index`` once, which orders by value and then by position.
+    """
+    n = len(values)
+    if n == 0:
+        return values.astype(np.int64), np.zeros(0, dtype=np.int64)
+    key = np.sort(values.astype(np.int64) * n + np.arange(n, dtype=np.int64))
+    value, index = np.divmod(key, n)
+    first = np.concatenate(([True], value[1:] != value[:-1]))
+    return value[first], index[first]

@@ -62,7 +62,7 @@ def _varies(out: torch.Tensor, u: int) -> bool:
     return n > 1 and bool((out.narrow(u, 1, n - 1) != out.narrow(u, 0, n - 1)).any())
 
 
-def _channel_axis(out: torch.Tensor, heads: bool = False) -> tuple[int, list[np.ndarray]] | None:
+def _channel_axis(out: torch.Tensor, heads: bool = False) -> tuple[int, Any] | None:
     """The finest output axis along which channel positions form disjoint sets.
 
     Ties go to the innermost axis: in ``x.view(n, g, c // g, h, w)`` both axes split the
@@ -81,7 +81,7 @@ def _channel_axis(out: torch.Tensor, heads: bool = False) -> tuple[int, list[np.
         rows = out.movedim(u, 0).reshape(out.shape[u], -1)
         lo, hi = rows.min(dim=1).values, rows.max(dim=1).values
         if bool((lo == hi).all()):
-            sets = [np.array([v]) for v in lo.tolist()]
+            sets = lo.numpy().reshape(-1, 1)  # one position per entry: rows of one
         elif torch.equal(rows[0], rows[1]):  # a token or batch axis: every row holds them all
             continue
         else:  # which positions each row holds, as a [rows, positions] table
@@ -94,11 +94,21 @@ def _channel_axis(out: torch.Tensor, heads: bool = False) -> tuple[int, list[np.
     last = out.dim() - 1
     if heads and last in valid and last - 1 in valid:
         return last - 1, valid[last - 1]
-    best: tuple[int, list[np.ndarray]] | None = None
+    best: tuple[int, Any] | None = None
     for u, sets in valid.items():
         if best is None or len(sets) >= len(best[1]):
             best = (u, sets)
     return best
+
+
+def _tie(a: ChannelAnalysis, lay: Layout, sets: Any) -> np.ndarray:
+    """Union the channel positions of each set and return the slot of each set's first."""
+    if isinstance(sets, np.ndarray) and sets.shape[1] == 1:  # nothing to tie (most views)
+        return lay.slots[sets[:, 0]]
+    for group in sets:
+        if len(group) > 1:
+            a.union(np.repeat(lay.slots[group[0]], len(group) - 1), lay.slots[group[1:]])
+    return np.array([lay.slots[g[0]] for g in sets], dtype=np.int64)
 
 
 # Ops whose result, taken of a parameter, is still that parameter for slicing (a cls token).
@@ -143,10 +153,7 @@ def index_shape(a: ChannelAnalysis, node: fx.Node) -> Layout | None:
         a.block(lay.slots, f"{describe(a, node)} reshapes the channel axis away")
         return None
     u, sets = found
-    for group in sets:
-        if len(group) > 1:
-            a.union(np.repeat(lay.slots[group[0]], len(group) - 1), lay.slots[group[1:]])
-    slots = np.array([lay.slots[g[0]] for g in sets], dtype=np.int64)
+    slots = _tie(a, lay, sets)
     if heads and u == out.dim() - 2:
         a.heads.append(slots)
     first = _SIZE_ARGS.get(node.target)
@@ -334,10 +341,7 @@ def reshape_as(a: ChannelAnalysis, node: fx.Node) -> Layout | None:
         )
         return None
     u, sets = found
-    for group in sets:
-        if len(group) > 1:
-            a.union(np.repeat(lay.slots[group[0]], len(group) - 1), lay.slots[group[1:]])
-    slots = np.array([lay.slots[g[0]] for g in sets], dtype=np.int64)
+    slots = _tie(a, lay, sets)
     a.union(slots, olay.slots)
     return Layout(u, slots)
 
