@@ -55,7 +55,21 @@ CASES = [
     ("call_function", F.relu, (meta(2, 4),), {"inplace": True}),
     ("call_method", "add_", (meta(2, 4, 3), meta(4, 1)), {}),
     ("call_method", "sigmoid", (meta(2, 4),), {}),
+    ("call_function", F.layer_norm, (meta(2, 5, 5, 6), (6,), meta(6), meta(6), 1e-6), {}),
+    ("call_function", F.layer_norm, (meta(2, 5, 6), [5, 6]), {"weight": meta(5, 6)}),
 ]
+
+# Conv shapes by formula (fairfx.engine.shapes._conv) against the kernels: strides, padding
+# strings, dilation, groups, padding modes, 1-D to 3-D, unbatched inputs.
+CONVS = [
+    (nn.Conv2d(4, 6, 3, stride=2, padding=1), (2, 4, 9, 9)),
+    (nn.Conv2d(4, 6, (3, 1), padding="same", dilation=2, bias=False), (1, 4, 8, 7)),
+    (nn.Conv2d(4, 8, 3, groups=4, padding="valid"), (4, 9, 9)),
+    (nn.Conv2d(4, 6, 5, stride=3, padding=2, padding_mode="reflect"), (2, 4, 11, 10)),
+    (nn.Conv1d(6, 4, 4, stride=2, padding=1, groups=2), (3, 6, 17)),
+    (nn.Conv3d(2, 3, (1, 3, 3), stride=(1, 2, 2), padding=(0, 1, 1)), (1, 2, 3, 8, 8)),
+]
+CASES += [("call_module", m.to("meta"), (meta(*shape),), {}) for m, shape in CONVS]
 
 
 @pytest.mark.parametrize("case", range(len(CASES)))
@@ -79,9 +93,48 @@ def test_shape_rules_refuse_what_the_kernels_refuse() -> None:
         shape_only("call_function", operator.add, (meta(2, 4), meta(3)), {})
     with pytest.raises(RuntimeError):
         shape_only("call_module", MHA, (meta(5, 2, 6),) * 3, {})
+    conv = nn.Conv2d(4, 6, 3).to("meta")
+    with pytest.raises(RuntimeError):  # input channels the conv does not take
+        shape_only("call_module", conv, (meta(1, 5, 8, 8),), {})
+    conv.weight = nn.Parameter(torch.empty(6, 3, 3, 3, device="meta"))  # in_channels left at 4
+    with pytest.raises(RuntimeError):
+        shape_only("call_module", conv, (meta(1, 4, 8, 8),), {})
+    conv = nn.Conv2d(4, 6, 3).to("meta")
+    conv.bias = nn.Parameter(torch.empty(5, device="meta"))
+    with pytest.raises(RuntimeError):
+        shape_only("call_module", conv, (meta(1, 4, 8, 8),), {})
+    with pytest.raises(RuntimeError):
+        shape_only("call_function", F.layer_norm, (meta(2, 5, 6), (6,), meta(5)), {})
+
+
+def test_shape_rules_read_parameter_shapes_of_real_modules() -> None:
+    """The interpreter hands rules the module itself (no meta copy of its weights)."""
+    conv, bn = nn.Conv2d(4, 6, 3, padding=1), nn.BatchNorm2d(6).eval()
+    assert shape_only("call_module", conv, (meta(2, 4, 5, 5),), {}).shape == (2, 6, 5, 5)
+    assert shape_only("call_module", bn, (meta(2, 6, 5, 5),), {}).shape == (2, 6, 5, 5)
+
+
+def test_conv_shapes_the_formula_cannot_give_go_to_the_kernel() -> None:
+    conv = nn.Conv2d(4, 6, 5).to("meta")
+    assert shape_only("call_module", conv, (meta(1, 4, 3, 3),), {}) is NotImplemented
+    half = nn.Conv2d(4, 6, 3).to("meta").half()
+    assert shape_only("call_module", half, (meta(1, 4, 8, 8),), {}) is NotImplemented
 
 
 def test_real_tensors_and_other_ops_use_the_kernels() -> None:
     x = torch.randn(2, 4)
     assert shape_only("call_function", F.relu, (x,), {}) is NotImplemented
     assert shape_only("call_function", torch.cumsum, (meta(2, 4), 1), {}) is NotImplemented
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 7, 300])
+def test_sort_based_unique_matches_numpy(n: int) -> None:
+    import numpy as np
+
+    from fairfx.engine.slots import unique, unique_first
+
+    values = np.random.default_rng(n).integers(0, max(2 * n, 1), size=n).astype(np.int64)
+    assert np.array_equal(unique(values), np.unique(values))
+    got, first = unique_first(values)
+    want, want_first = np.unique(values, return_index=True)
+    assert np.array_equal(got, want) and np.array_equal(first, want_first)
