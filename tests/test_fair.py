@@ -123,6 +123,23 @@ def test_plans_are_deterministic(trained, split) -> None:
     assert ga.code == gb.code
 
 
+def test_analyze_reuses_a_given_channel_graph(analysis, trained, split, monkeypatch) -> None:
+    """One capture for the groups (or the memory estimate) and the scoring: same scores."""
+    import fairfx.engine.groups as groups
+
+    graph = fairfx.channel_graph(trained, split.x_train[:8])
+    monkeypatch.setattr(groups, "capture", None)  # analyze must not capture again
+    again = fairfx.analyze(trained, split.x_train[:8], calib(split), progress=False, graph=graph)
+    assert again.graph is graph
+    for gid in analysis.scores:
+        np.testing.assert_array_equal(again.scores[gid].u, analysis.scores[gid].u)
+        np.testing.assert_array_equal(again.scores[gid].r, analysis.scores[gid].r)
+    monkeypatch.undo()
+    other = digits.VGGStyle(width=8)
+    with pytest.raises(PlanError, match="another model"):
+        fairfx.analyze(other, split.x_train[:8], calib(split), progress=False, graph=graph)
+
+
 def test_higher_alpha_prunes_more_and_respects_the_half_bound(analysis) -> None:
     kept = [analysis.plan(alpha).params_kept for alpha in (0.0, 0.05, 0.2, 0.5)]
     assert kept == sorted(kept, reverse=True) and kept[-1] < kept[0]

@@ -68,12 +68,10 @@ def _classes(ds: torch.utils.data.Dataset) -> int:
     return int(torch.unique(ds.tensors[1]).numel())
 
 
-def _memory_line(model: nn.Module, example: torch.Tensor, loader: Any, args: Any) -> str:
+def _memory_line(graph: Any, loader: Any, args: Any) -> str:
     """The memory estimate, printed before scoring starts (analyze refuses when it won't fit)."""
-    from ..engine.groups import build
     from ..method.memory import class_hint, estimate_for_graph
 
-    graph = build(model, example)
     est = estimate_for_graph(
         graph,
         classes=class_hint(graph, loader, args.max_classes),
@@ -84,6 +82,7 @@ def _memory_line(model: nn.Module, example: torch.Tensor, loader: Any, args: Any
 
 
 def cmd_compress(args: argparse.Namespace) -> int:
+    from ..engine.groups import build
     from ..engine.oracle import verify
     from ..method.fair import analyze
     from ..method.finetune import evaluate_accuracy, finetune
@@ -172,11 +171,13 @@ def cmd_compress(args: argparse.Namespace) -> int:
             f"scoring channels on {args.data} ({len(train_set)} samples, "
             f"{_classes(dataset)} classes{held})"
         )
-        say(_memory_line(model, example, loader, args))
+        graph = build(model, example)  # one capture for the estimate and the scoring
+        say(_memory_line(graph, loader, args))
         analysis = analyze(
             model,
             example,
             loader,
+            graph=graph,
             samples_per_class=args.samples_per_class,
             max_classes=args.max_classes,
             seed=args.seed,

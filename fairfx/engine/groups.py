@@ -12,7 +12,8 @@ of plans, plan costs and rewrites from it (``graph.prune(keep)``, ``graph.rewrit
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+import weakref
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import networkx as nx
@@ -37,6 +38,7 @@ class ChannelGraph:
 
     def __init__(self, analysis: ChannelAnalysis) -> None:
         self.analysis = analysis
+        self._source: Callable[[], Any] = lambda: None  # the user's model, set by build
         self._costs: dict[bytes, Cost] = {}
         self._unit_maps: list[UnitMap] | None = None
         roots = analysis.table.roots()
@@ -118,6 +120,11 @@ class ChannelGraph:
                 ):
                     names.append(edit.target)
         return out
+
+    def built_from(self, model: torch.nn.Module) -> bool:
+        """Whether this graph is the capture of ``model`` (held weakly: the graph shares the
+        model's tensors but does not keep the model alive)."""
+        return self._source() is model
 
     # ------------------------------------------------------------------ plans
     def kept_slots(self, units: Mapping[int, Sequence[int]]) -> np.ndarray:
@@ -348,7 +355,9 @@ def build(model: torch.nn.Module, example_input: Any) -> ChannelGraph:
     plans, costs and rewrites from. Public as ``fairfx.channel_graph``."""
     analysis = ChannelAnalysis(capture(model, example_input), rule_for)
     account_for_parameters(analysis)  # no op with weights may be missing from the groups
-    return ChannelGraph(analysis)
+    graph = ChannelGraph(analysis)
+    graph._source = weakref.ref(model)
+    return graph
 
 
 def channel_groups(model: torch.nn.Module, example_input: Any) -> list[ChannelGroup]:

@@ -271,6 +271,7 @@ def analyze(
     state_dtype: str = "auto",
     batch_size: int | None = None,
     memory_check: bool = True,
+    graph: ChannelGraph | None = None,
 ) -> Analysis:
     """Score every prunable channel group of ``model`` on labelled calibration ``data``.
 
@@ -303,6 +304,9 @@ def analyze(
             stays near 1 GiB; results do not depend on it).
         memory_check: refuse before reading any data when :func:`fairfx.estimate_memory` says
             the state, autograd and pair loop will not fit in the memory available.
+        graph: ``fairfx.channel_graph(model, example_input)`` when it was built already (to
+            look at the groups or the memory estimate first), so the model is captured once;
+            built here when None. A graph of another model is refused.
 
     Memory is bounded by the kept samples (``Analysis.record["memory"]`` holds the estimate; see
     :mod:`fairfx.method.memory` for the formula), never by the dataset or the feature maps. Under
@@ -322,7 +326,13 @@ def analyze(
     check_grad_mode()
     check_weights(model)
     start = time.perf_counter()
-    graph = build(model, example_input)
+    if graph is None:
+        graph = build(model, example_input)
+    elif not graph.built_from(model):
+        raise PlanError(
+            "graph= was built from another model; pass fairfx.channel_graph(model, "
+            "example_input) of the model being analyzed, or leave graph out"
+        )
     captured = time.perf_counter()
     fresh = new_state(
         graph,
