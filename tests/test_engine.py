@@ -141,6 +141,40 @@ def test_one_graph_serves_many_plans_costs_and_rewrites(monkeypatch) -> None:
         assert fairfx.verify(model, p, x).passed
 
 
+class _ConvLinearAttention(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 16, 3, padding=1, groups=1)
+        self.attn = nn.MultiheadAttention(16, 2, batch_first=True)
+        self.head = nn.Linear(16, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = self.conv(x).flatten(2).transpose(1, 2)  # [N, HW, C] tokens
+        t = t + self.attn(t, t, t, need_weights=False)[0]
+        return self.head(t.mean(1))
+
+
+def test_cost_counts_the_macs_of_conv_linear_and_attention() -> None:
+    """The meta pass answers conv, linear and attention shapes without their kernels; the cost
+    model must still count their multiply-accumulates (it once reported 0 for a pruned CNN's
+    linear head and 0.6% of a ViT's MACs)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    torch.manual_seed(0)
+    model, x = _ConvLinearAttention().eval(), torch.randn(2, 3, 6, 6)
+    graph = fairfx.channel_graph(model, x)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model.conv(x)
+        model.head(torch.zeros(2, 16))
+    conv_and_head = counter.get_total_flops() // 2
+    tokens, width = 36, 16
+    projections = 2 * tokens * width * (3 * width) + 2 * tokens * width * width  # in and out
+    assert graph.cost().macs >= conv_and_head + projections
+    gid = graph.group_of_producer["conv"]
+    half = graph.cost({gid: list(range(8))})
+    assert 0 < half.macs < graph.cost().macs
+
+
 def test_pruned_graph_shares_no_storage_with_the_model() -> None:
     model, x = make("residual")
     pruned = fairfx.prune(model, x, {"stem.0": [0, 1, 2]})

@@ -39,7 +39,7 @@ def slot_cost(a: ChannelAnalysis, kept_slot: np.ndarray) -> Cost:
     gm.eval()
     inputs = [t.to("meta") if isinstance(t, torch.Tensor) else t for t in a.captured.inputs]
     with FlopCounterMode(display=False) as counter:
-        ShapeInterpreter(gm, meta=True).run(*inputs)
+        ShapeInterpreter(gm, meta=True, macs=True).run(*inputs)
     return Cost(count_params(gm), counter.get_total_flops() // 2)
 
 

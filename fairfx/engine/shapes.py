@@ -293,11 +293,20 @@ def _sdpa(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     return _empty((*q.shape[:-1], v.shape[-1]), q.dtype)
 
 
-def shape_only(op: str, target: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+# Rules that stand in for kernels doing multiply-accumulates: the cost model must run those
+# kernels, because it counts MACs with torch's FlopCounterMode on what actually runs.
+_MAC_RULES = {_conv, _linear}
+
+
+def shape_only(
+    op: str, target: Any, args: tuple[Any, ...], kwargs: dict[str, Any], *, macs: bool = False
+) -> Any:
     """The meta output of one op from shapes alone, or ``NotImplemented`` to run its kernel.
 
     ``op`` is the fx node kind (``call_module`` with the module as ``target``,
-    ``call_function``, ``call_method`` with the method name).
+    ``call_function``, ``call_method`` with the method name). ``macs=True`` leaves the ops that
+    multiply-accumulate (conv, linear, attention) to their kernels, so a FlopCounterMode
+    around the run sees them.
     """
     if op == "call_function" and target is torch.cat:
         return _cat(args, kwargs)
@@ -306,13 +315,15 @@ def shape_only(op: str, target: Any, args: tuple[Any, ...], kwargs: dict[str, An
     if op == "call_function" and target in _LAYER_NORMS and args:
         return _layer_norm_call(args, kwargs)
     if op == "call_module" and type(target).forward in _ATTENTION_FORWARDS and args:
-        return _attention(target, args, kwargs)
+        return NotImplemented if macs else _attention(target, args, kwargs)
     if not args or not _meta_floats(*args[:2]):
         return NotImplemented
     x = args[0]
     if op == "call_module" and len(args) == 1 and not kwargs:
         rule = _module_rule(target)
-        return NotImplemented if rule is None else rule(target, x)
+        if rule is None or (macs and rule in _MAC_RULES):
+            return NotImplemented
+        return rule(target, x)
     if op == "call_function":
         if target in _UNARY and isinstance(x, torch.Tensor):
             return _empty(x.shape, x.dtype)
@@ -339,10 +350,18 @@ class ShapeInterpreter(fx.Interpreter):
     interpreter (real or fake tensors).
     """
 
-    def __init__(self, gm: fx.GraphModule, *, meta: bool = False, shape_rules: bool = True) -> None:
+    def __init__(
+        self,
+        gm: fx.GraphModule,
+        *,
+        meta: bool = False,
+        shape_rules: bool = True,
+        macs: bool = False,
+    ) -> None:
         super().__init__(gm)
         self.meta = meta
         self.rules = meta and shape_rules  # False: every op runs its meta kernel (benchmarks)
+        self.macs = macs  # True: conv, linear and attention run their kernels (cost model)
         self._twins: dict[int, Any] = {}
 
     def fetch_attr(self, target: str) -> Any:
@@ -355,7 +374,7 @@ class ShapeInterpreter(fx.Interpreter):
             # (a copy of every tensor to the meta device) is made only for a kernel run.
             module = self.submodules.get(target)
             module = super().fetch_attr(target) if module is None else module
-            out = shape_only("call_module", module, args, kwargs)
+            out = shape_only("call_module", module, args, kwargs, macs=self.macs)
             if out is not NotImplemented:
                 return out
         return super().call_module(target, args, kwargs)
