@@ -311,7 +311,7 @@ def shape_only(
     if op == "call_function" and target is torch.cat:
         return _cat(args, kwargs)
     if op == "call_function" and target is F.scaled_dot_product_attention:
-        return _sdpa(args, kwargs)
+        return NotImplemented if macs else _sdpa(args, kwargs)
     if op == "call_function" and target in _LAYER_NORMS and args:
         return _layer_norm_call(args, kwargs)
     if op == "call_module" and type(target).forward in _ATTENTION_FORWARDS and args:
@@ -381,7 +381,7 @@ class ShapeInterpreter(fx.Interpreter):
 
     def call_function(self, target: Any, args: Any, kwargs: Any) -> Any:
         if self.rules:
-            out = shape_only("call_function", target, args, kwargs)
+            out = shape_only("call_function", target, args, kwargs, macs=self.macs)
             if out is not NotImplemented:
                 return out
         return super().call_function(target, args, kwargs)
