@@ -176,9 +176,21 @@ def test_retry_reruns_only_the_failed_rows(tmp_path) -> None:
     assert rows[1].fair_done and load_rows(out)["bad"].fair_done
 
 
-def test_the_largest_worker_is_stopped_when_memory_runs_low(monkeypatch) -> None:
-    monkeypatch.setattr("fairfx.apps.zoo_sweep.available_memory_gb", lambda: 0.5)
-    r = run_one("m", _hangs, timeout=30, min_free_gb=1.0)
+def test_the_largest_worker_is_stopped_when_memory_runs_low(monkeypatch, tmp_path) -> None:
+    # Memory runs low only once the worker has handed over its random column: on a loaded
+    # machine the sweep's first check can come before the forked worker has run at all.
+    handed_over = tmp_path / "random-column-sent"
+
+    def hangs_after_the_random_column(name: str) -> None:
+        emit(_random_done(name))
+        handed_over.touch()
+        time.sleep(60)
+
+    monkeypatch.setattr(
+        "fairfx.apps.zoo_sweep.available_memory_gb",
+        lambda: 0.5 if handed_over.exists() else 64.0,
+    )
+    r = run_one("m", hangs_after_the_random_column, timeout=30, min_free_gb=1.0)
     assert r.handled and r.fair_error.startswith(
         "stopped: the machine's available memory fell below 1.0 GiB"
     )
