@@ -117,8 +117,13 @@ def _load_fairfx():
 def _half_plan(groups) -> dict[str, list[int]]:
     keep = {}
     for g in groups:
-        if g.prunable:
+        if not g.prunable:
+            continue
+        if g.unit == "channel":
             keep[g.producers[0]] = list(range(max(1, _group_width(g) // 2)))
+        else:  # attention heads: the channels of the first half of the heads
+            units = g.channels()
+            keep[g.producers[0]] = [c for u in units[: max(1, len(units) // 2)] for c in u]
     return keep
 
 
