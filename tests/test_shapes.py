@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fairfx.engine.shapes import shape_only
+from fairfx.engine.op_shapes import shape_only
 
 
 def meta(*shape: int) -> torch.Tensor:
@@ -59,7 +59,7 @@ CASES = [
     ("call_function", F.layer_norm, (meta(2, 5, 6), [5, 6]), {"weight": meta(5, 6)}),
 ]
 
-# Conv shapes by formula (fairfx.engine.shapes._conv) against the kernels: strides, padding
+# Conv shapes by formula (fairfx.engine.op_shapes._conv) against the kernels: strides, padding
 # strings, dilation, groups, padding modes, 1-D to 3-D, unbatched inputs.
 CONVS = [
     (nn.Conv2d(4, 6, 3, stride=2, padding=1), (2, 4, 9, 9)),

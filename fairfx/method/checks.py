@@ -10,11 +10,13 @@ Decisions); ``torch.inference_mode()`` cannot be undone from inside and is refus
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from ..engine.groups import ChannelGraph
 from ..errors import CalibrationError, FairfxError
 
 
@@ -105,3 +107,30 @@ def check_scores(graph: Any, scores: dict[int, Any]) -> None:
                     "calibration data (float16? an exploding model?); score in float32 on data "
                     "the model handles"
                 )
+
+
+def check_saved_groups(
+    path: str | Path, saved: Any, graph: ChannelGraph, scores: dict[int, Any]
+) -> None:
+    """Refuse scores computed for other channel groups: names AND sizes must agree."""
+    now = [(tuple(g.producers), g.size) for g in graph.groups]
+    if saved is not None:
+        then = [(tuple(p), int(n)) for p, n in saved]
+        if [p for p, _ in then] != [p for p, _ in now]:
+            raise FairfxError(
+                f"{path} was computed for a model with different channel groups; re-run "
+                "fairfx.analyze on this model"
+            )
+        for (producers, n_then), (_, n_now) in zip(then, now, strict=True):
+            if n_then != n_now:
+                raise FairfxError(
+                    f"{path} was computed for a model whose group {producers[0]} has {n_then} "
+                    f"units; this model's has {n_now} (same names, other widths); re-run "
+                    "fairfx.analyze on this model"
+                )
+    for gid, s in scores.items():
+        if gid >= len(now) or len(s.u) != now[gid][1]:
+            raise FairfxError(
+                f"{path} holds scores that do not fit this model's channel group {gid}; re-run "
+                "fairfx.analyze on this model"
+            )

@@ -17,9 +17,17 @@ import torch.fx as fx
 from ..engine.groups import ChannelGraph, build
 from ..errors import CalibrationError, FairfxError, PlanError
 from ..files import load_payload, plain, save_payload
-from .checks import check_grad_mode, check_prunable, check_scores, check_weights, finite_batches
+from . import ranks
+from .checks import (
+    check_grad_mode,
+    check_prunable,
+    check_saved_groups,
+    check_scores,
+    check_weights,
+    finite_batches,
+)
 from .finalize import finalize
-from .memory import AUTO_ORDER, class_hint, estimate_for_graph
+from .memory import class_hint, estimate_for_graph
 from .options import check_analyze_options
 from .planning import Plan, ignored_groups, make_plan, plan_for_budget
 from .recalibrate import STATS_KEY
@@ -224,35 +232,8 @@ def load_analysis(
     graph = None
     if model is not None:
         graph = build(model, example_input)
-        _check_groups(path, saved, graph, scores)
+        check_saved_groups(path, saved, graph, scores)
     return Analysis(scores, graph, record, saved_groups=saved)
-
-
-def _check_groups(
-    path: str | Path, saved: Any, graph: ChannelGraph, scores: dict[int, Scores]
-) -> None:
-    """Refuse scores computed for other channel groups: names AND sizes must agree."""
-    now = [(tuple(g.producers), g.size) for g in graph.groups]
-    if saved is not None:
-        then = [(tuple(p), int(n)) for p, n in saved]
-        if [p for p, _ in then] != [p for p, _ in now]:
-            raise FairfxError(
-                f"{path} was computed for a model with different channel groups; re-run "
-                "fairfx.analyze on this model"
-            )
-        for (producers, n_then), (_, n_now) in zip(then, now, strict=True):
-            if n_then != n_now:
-                raise FairfxError(
-                    f"{path} was computed for a model whose group {producers[0]} has {n_then} "
-                    f"units; this model's has {n_now} (same names, other widths); re-run "
-                    "fairfx.analyze on this model"
-                )
-    for gid, s in scores.items():
-        if gid >= len(now) or len(s.u) != now[gid][1]:
-            raise FairfxError(
-                f"{path} holds scores that do not fit this model's channel group {gid}; re-run "
-                "fairfx.analyze on this model"
-            )
 
 
 def analyze(
@@ -347,7 +328,7 @@ def analyze(
     check_prunable(graph)  # after the output check above: that error is the more specific
     if isinstance(state, (str, Path)):
         state = CalibrationState.load(state)
-    shard = _shard()
+    shard = ranks.shard()
     estimate = functools.partial(
         estimate_for_graph,
         graph,
@@ -360,7 +341,7 @@ def analyze(
     resumed = state is not None and state_dtype == "auto"  # continues in the state's codec
     memory = estimate(state_dtype=state.state_dtype if resumed else state_dtype)
     if shard[1] > 1 and state_dtype == "auto" and state is None:
-        agreed = _agreed_codec(memory.state_dtype)
+        agreed = ranks.agreed_codec(memory.state_dtype)
         if agreed != memory.state_dtype:
             memory = replace(
                 estimate(state_dtype=agreed), chosen=" (auto: the least precise rank's pick)"
@@ -383,7 +364,7 @@ def analyze(
             batch_size=memory.batch_size,
         )
     if shard[1] > 1:
-        state = _gather(state, shard[1])
+        state = ranks.gather_states(state, shard[1])
     pairs_start = time.perf_counter()
     scores = finalize(graph, state, shard)
     check_scores(graph, scores)
@@ -400,27 +381,3 @@ def analyze(
     record["scoring_seconds"] = time.perf_counter() - captured
     record["finalize_seconds"] = finalize_seconds
     return Analysis(scores, graph, record, state)
-
-
-def _shard() -> tuple[int, int]:
-    dist = torch.distributed
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def _agreed_codec(mine: str) -> str:
-    """The least precise of the ranks' ``"auto"`` picks, so that every rank's state merges."""
-    pick = torch.tensor([AUTO_ORDER.index(mine)])
-    torch.distributed.all_reduce(pick, op=torch.distributed.ReduceOp.MAX)
-    return AUTO_ORDER[int(pick)]
-
-
-def _gather(state: CalibrationState, world: int) -> CalibrationState:
-    """Every rank's state, gathered with torch.distributed and merged in rank order."""
-    states: list[Any] = [None] * world
-    torch.distributed.all_gather_object(states, state)
-    merged = states[0]
-    for other in states[1:]:
-        merged = merged.merge(other)
-    return merged

@@ -17,7 +17,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 
 from ..analysis import ChannelAnalysis
-from . import aten, functional, heads, shape, windows
+from . import aten, functional, heads, joins, shape, windows
 from .common import (
     along_dim,
     elementwise,
@@ -72,6 +72,7 @@ FUNCTION_RULES: dict[Any, Rule] = {
     **{f: reduce_dims for f in _REDUCE},
     **{f: along_dim for f in _ALONG_DIM},
     **shape.RULES,
+    **joins.RULES,
     **functional.RULES,
     **heads.RULES,
     **aten.RULES,
@@ -113,6 +114,7 @@ METHOD_RULES: dict[str, Rule] = {
     **{m: reduce_dims for m in ("mean", "sum", "amax", "amin")},
     **{m: along_dim for m in ("softmax", "log_softmax", "cumsum")},
     **shape.METHOD_RULES,
+    **joins.METHOD_RULES,
     **heads.METHOD_RULES,
 }
 

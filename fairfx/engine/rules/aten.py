@@ -14,7 +14,7 @@ import torch
 import torch.fx as fx
 
 from ..analysis import ChannelAnalysis
-from . import functional, heads, shape
+from . import functional, heads, joins, shape
 from .common import along_dim, elementwise, no_channels, passthrough, reduce_dims, spatial, unknown
 
 aten = torch.ops.aten
@@ -77,9 +77,9 @@ RULES: dict[Any, Any] = {
     **{op: reduce_dims for op in _ops("mean.dim", "sum.dim_IntList", "amax", "amin")},
     **{op: along_dim for op in _ops("softmax.int", "_softmax", "log_softmax.int", "cumsum")},
     **{op: _on_other_axis for op in _ops("slice.Tensor", "select.int")},
-    **{op: shape.cat for op in _ops("cat", "concat")},
-    **{op: shape.split for op in _ops("split.Tensor", "split_with_sizes", "chunk")},
-    **{op: shape.unbind for op in _ops("unbind.int")},
+    **{op: joins.cat for op in _ops("cat", "concat")},
+    **{op: joins.split for op in _ops("split.Tensor", "split_with_sizes", "chunk")},
+    **{op: joins.unbind for op in _ops("unbind.int")},
     **{op: heads.matmul for op in _ops("matmul", "bmm")},
     **{op: heads.sdpa for op in _ops("scaled_dot_product_attention")},
     **{op: functional.linear for op in _ops("linear")},
