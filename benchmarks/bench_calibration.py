@@ -44,6 +44,7 @@ import socket
 import subprocess
 import sys
 import time
+import types
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
@@ -146,6 +147,25 @@ def child_analyze(images: int, classes: int, batch: int, dtype: str) -> dict:
     }
 
 
+def _time_pair_loop(fair_module: types.ModuleType, log: bool = False) -> dict[str, float]:
+    """Wrap ``analyze``'s finalize (the class-pair loop) so its own wall and CPU time land in the
+    returned dict (``finalize_s``, ``finalize_cpu_s``) once it has run."""
+    timed: dict[str, float] = {}
+    real_finalize = fair_module.finalize
+
+    def finalize(*a, **kw):
+        w, c = time.perf_counter(), _cpu_s()
+        out = real_finalize(*a, **kw)
+        timed["finalize_s"] = time.perf_counter() - w
+        timed["finalize_cpu_s"] = _cpu_s() - c
+        if log:
+            print(f"pair loop: {timed}", file=sys.stderr, flush=True)
+        return out
+
+    fair_module.finalize = finalize
+    return timed
+
+
 def child_real_fb(classes: int, outputs: int, batch: int) -> dict:
     import torch.nn.functional as F
 
@@ -168,18 +188,7 @@ def child_real(classes: int, outputs: int, batch: int, dtype: str) -> dict:
     import fairfx
     import fairfx.method.fair as fair_module
 
-    timed: dict[str, float] = {}
-    real_finalize = fair_module.finalize
-
-    def finalize(*a, **kw):  # the pair loop's own wall and CPU time
-        w, c = time.perf_counter(), _cpu_s()
-        out = real_finalize(*a, **kw)
-        timed["finalize_s"] = time.perf_counter() - w
-        timed["finalize_cpu_s"] = _cpu_s() - c
-        print(f"pair loop: {timed}", file=sys.stderr, flush=True)
-        return out
-
-    fair_module.finalize = finalize
+    timed = _time_pair_loop(fair_module, log=True)
     model = _model(outputs)
     data = _stream(classes * 32, classes, batch, "analyze")
     start, cpu = time.perf_counter(), _cpu_s()
@@ -254,17 +263,7 @@ def child_prefilled(classes: int, outputs: int, real: int, dtype: str, batch: in
     fill = time.perf_counter() - start
     data = _images(real, outputs, batch, seed=2, labels=labels)
 
-    timed: dict[str, float] = {}
-    real_finalize = fair_module.finalize
-
-    def finalize(*a, **kw):  # the pair loop's own wall and CPU time
-        w, c = time.perf_counter(), _cpu_s()
-        out = real_finalize(*a, **kw)
-        timed["finalize_s"] = time.perf_counter() - w
-        timed["finalize_cpu_s"] = _cpu_s() - c
-        return out
-
-    fair_module.finalize = finalize
+    timed = _time_pair_loop(fair_module)
     start, cpu = time.perf_counter(), _cpu_s()
     an = fairfx.analyze(
         model, example, data, max_classes=classes, state=state, state_dtype=dtype, progress=False

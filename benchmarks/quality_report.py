@@ -137,9 +137,9 @@ def _mean(records, **match) -> dict[str, float]:
     }
 
 
-def best_peer_table(records, methods, peers, ref: str = "default") -> str:
-    """The default (recalibrated) against every peer's best variant, raw or recalibrated."""
-    rows = []
+def _cells(records, peers, ref: str):
+    """Per (arch, budget) with numbers on both sides: the default's means, every peer's best
+    one-shot (raw or recalibrated) and fine-tuned accuracy."""
     for arch in ARCHS:
         for b in _budgets([r for r in records if r["arch"] == arch and r["method"] == ref]):
             mine = _mean(records, arch=arch, method=ref, budget=b)
@@ -149,19 +149,26 @@ def best_peer_table(records, methods, peers, ref: str = "default") -> str:
                 continue
             shot = {m: max(v.get("oneshot_acc", 0), v.get("recal_acc", 0)) for m, v in one.items()}
             tuned = {m: v["finetuned_acc"] for m, v in one.items() if "finetuned_acc" in v}
-            bs, bt = max(shot, key=shot.get), max(tuned, key=tuned.get) if tuned else None
-            rows.append(
-                [
-                    arch,
-                    f"{b:.0%}",
-                    f"{mine['recal_acc']:.1f}",
-                    f"{shot[bs]:.1f} ({methods[bs][0]})",
-                    f"{mine['recal_acc'] - shot[bs]:+.1f}",
-                    f"{mine.get('finetuned_acc', float('nan')):.1f}",
-                    f"{tuned[bt]:.1f} ({methods[bt][0]})" if bt else "-",
-                    f"{mine.get('finetuned_acc', float('nan')) - tuned[bt]:+.1f}" if bt else "-",
-                ]
-            )
+            yield arch, b, mine, shot, tuned
+
+
+def best_peer_table(records, methods, peers, ref: str = "default") -> str:
+    """The default (recalibrated) against every peer's best variant, raw or recalibrated."""
+    rows = []
+    for arch, b, mine, shot, tuned in _cells(records, peers, ref):
+        bs, bt = max(shot, key=shot.get), max(tuned, key=tuned.get) if tuned else None
+        rows.append(
+            [
+                arch,
+                f"{b:.0%}",
+                f"{mine['recal_acc']:.1f}",
+                f"{shot[bs]:.1f} ({methods[bs][0]})",
+                f"{mine['recal_acc'] - shot[bs]:+.1f}",
+                f"{mine.get('finetuned_acc', float('nan')):.1f}",
+                f"{tuned[bt]:.1f} ({methods[bt][0]})" if bt else "-",
+                f"{mine.get('finetuned_acc', float('nan')) - tuned[bt]:+.1f}" if bt else "-",
+            ]
+        )
     failed = sorted(
         {
             (r["arch"], r["method"], r["failed"])
@@ -192,27 +199,19 @@ def best_peer_table(records, methods, peers, ref: str = "default") -> str:
 def shortfalls(records, methods, peers, ref: str = "default") -> list[str]:
     """Every cell where the default's mean is below the best peer's, one-shot and fine-tuned."""
     out = []
-    for arch in ARCHS:
-        for b in _budgets([r for r in records if r["arch"] == arch and r["method"] == ref]):
-            mine = _mean(records, arch=arch, method=ref, budget=b)
-            one = {m: _mean(records, arch=arch, method=m, budget=b) for m in peers}
-            one = {m: v for m, v in one.items() if v}
-            if not mine or not one:
+    for arch, b, mine, shot, tuned in _cells(records, peers, ref):
+        for what, own, theirs in (
+            ("one-shot", mine.get("recal_acc"), shot),
+            ("fine-tuned", mine.get("finetuned_acc"), tuned),
+        ):
+            if own is None or not theirs:
                 continue
-            shot = {m: max(v.get("oneshot_acc", 0), v.get("recal_acc", 0)) for m, v in one.items()}
-            tuned = {m: v["finetuned_acc"] for m, v in one.items() if "finetuned_acc" in v}
-            for what, own, theirs in (
-                ("one-shot", mine.get("recal_acc"), shot),
-                ("fine-tuned", mine.get("finetuned_acc"), tuned),
-            ):
-                if own is None or not theirs:
-                    continue
-                best = max(theirs, key=theirs.get)
-                if own < theirs[best]:
-                    out.append(
-                        f"{arch} {b:.0%} {what}: default {own:.1f} vs {methods[best][0]} "
-                        f"{theirs[best]:.1f} ({own - theirs[best]:+.1f})"
-                    )
+            best = max(theirs, key=theirs.get)
+            if own < theirs[best]:
+                out.append(
+                    f"{arch} {b:.0%} {what}: default {own:.1f} vs {methods[best][0]} "
+                    f"{theirs[best]:.1f} ({own - theirs[best]:+.1f})"
+                )
     return out
 
 
