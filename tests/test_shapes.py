@@ -131,10 +131,61 @@ def test_real_tensors_and_other_ops_use_the_kernels() -> None:
 def test_sort_based_unique_matches_numpy(n: int) -> None:
     import numpy as np
 
-    from fairfx.engine.slots import unique, unique_first
+    from fairfx.engine.slots import common, unique, unique_first
 
     values = np.random.default_rng(n).integers(0, max(2 * n, 1), size=n).astype(np.int64)
     assert np.array_equal(unique(values), np.unique(values))
     got, first = unique_first(values)
     want, want_first = np.unique(values, return_index=True)
     assert np.array_equal(got, want) and np.array_equal(first, want_first)
+    other = np.random.default_rng(n + 1).integers(0, max(2 * n, 1), size=n).astype(np.int64)
+    assert np.array_equal(common(values, other), np.intersect1d(values, other))
+
+
+def _union_find_roots(n: int, pairs: list[tuple[int, int]]) -> list[int]:
+    """The reference: a per-element union-find where the smaller root wins."""
+    parent = list(range(n))
+
+    def find(x: int) -> int:
+        while parent[x] != x:
+            x = parent[x]
+        return x
+
+    for x, y in pairs:
+        rx, ry = find(x), find(y)
+        if rx != ry:
+            parent[max(rx, ry)] = min(rx, ry)
+    return [find(i) for i in range(n)]
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_slot_classes_match_a_union_find(seed: int) -> None:
+    """The vectorised classes equal a sequential union-find's, each named by its smallest slot,
+    on chains (the longest hook-and-jump case), stars and random unions."""
+    import numpy as np
+
+    from fairfx.engine.slots import SlotTable
+
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 400))
+    table = SlotTable()
+    table.new(n, 0)
+    pairs: list[tuple[int, int]] = []
+    shapes = ("chain", "reversed chain", "star", "random")
+    for _ in range(int(rng.integers(0, 12))):
+        kind = shapes[int(rng.integers(len(shapes)))]
+        if kind == "chain":
+            a = np.arange(n - 1)
+            b = a + 1
+        elif kind == "reversed chain":
+            b = np.arange(n - 1)[::-1].copy()
+            a = b + 1
+        elif kind == "star":
+            b = rng.integers(0, n, size=n)
+            a = np.full(n, int(rng.integers(n)))
+        else:
+            k = int(rng.integers(1, n + 1))
+            a, b = rng.integers(0, n, size=k), rng.integers(0, n, size=k)
+        table.union(a, b)
+        pairs.extend(zip(a.tolist(), b.tolist(), strict=True))
+    assert table.roots().tolist() == _union_find_roots(n, pairs)

@@ -30,7 +30,7 @@ from .edits import ModuleEdit, ParamEdit
 from .records import ChannelGroup, UnitMap, check_keep_list
 from .rewrite import count_params, rewrite
 from .rules import rule_for
-from .slots import Layout, unique
+from .slots import Layout, common, unique
 
 
 class ChannelGraph:
@@ -162,7 +162,7 @@ class ChannelGraph:
             mask = np.zeros(len(prod.slots), dtype=bool)
             mask[idx] = True
             roots = self.roots[prod.slots]
-            split = np.intersect1d(roots[mask], roots[~mask])
+            split = common(roots[mask], roots[~mask])
             if len(split):
                 pair = np.flatnonzero(roots == split[0])[:2].tolist()
                 raise PlanError(

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from ..errors import PlanError
+from .slots import unique
 
 
 @dataclass(frozen=True)
@@ -119,7 +120,7 @@ def check_keep_list(values: Sequence[int] | Any, size: int, what: str) -> np.nda
         raise PlanError(f"keep list for {what} must hold integer indices, got {arr.dtype}")
     if arr.min() < 0 or arr.max() >= size:
         raise PlanError(f"keep list for {what} has indices outside [0, {size}): {arr.tolist()}")
-    uniq = np.unique(arr)
+    uniq = unique(arr)
     if len(uniq) != len(arr):
         raise PlanError(f"keep list for {what} repeats indices")
     return uniq

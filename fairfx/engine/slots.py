@@ -29,46 +29,61 @@ class Layout:
 
 
 class SlotTable:
-    """Allocates slots, remembers who made them and keeps the union-find over them."""
+    """Allocates slots, remembers who made them and collects the unions between them.
+
+    Rules only add unions during the channel pass and nobody asks for a class before it ends,
+    so a union is recorded as an edge list and the classes are computed once, vectorised, in
+    :meth:`roots` (a per-element union-find in Python cost a third of ViT-B/16's channel pass:
+    its head splits tie 64 channels per head).
+    """
 
     def __init__(self) -> None:
-        self._parent: list[int] = []
+        self._size = 0
         self.owner: list[int] = []  # producer index of each slot, -1 for untracked channels
+        self._edges: list[tuple[np.ndarray, np.ndarray]] = []
 
     def __len__(self) -> int:
-        return len(self._parent)
+        return self._size
 
     def new(self, n: int, owner: int) -> np.ndarray:
-        start = len(self._parent)
-        self._parent.extend(range(start, start + n))
+        start = self._size
+        self._size += n
         self.owner.extend([owner] * n)
         return np.arange(start, start + n, dtype=np.int64)
 
-    def find(self, s: int) -> int:
-        parent = self._parent
-        root = s
-        while parent[root] != root:
-            root = parent[root]
-        while parent[s] != root:  # path compression
-            parent[s], s = root, parent[s]
-        return root
-
     def union(self, a: np.ndarray, b: np.ndarray) -> None:
-        """Union slot a[i] with b[i] for every i; the smaller root wins (determinism)."""
-        for x, y in zip(a.tolist(), b.tolist(), strict=True):
-            rx, ry = self.find(x), self.find(y)
-            if rx != ry:
-                lo, hi = (rx, ry) if rx < ry else (ry, rx)
-                self._parent[hi] = lo
+        """Put slot a[i] and b[i] in one class for every i."""
+        a, b = np.asarray(a, dtype=np.int64), np.asarray(b, dtype=np.int64)
+        if a.shape != b.shape:
+            raise ValueError(f"union of {a.shape} and {b.shape} slots: the shapes must match")
+        if a.size:
+            self._edges.append((a.reshape(-1), b.reshape(-1)))
 
     def roots(self) -> np.ndarray:
-        """The class (root slot) of every slot (pointer jumping over the whole table at once)."""
-        parent = np.asarray(self._parent, dtype=np.int64)
+        """The class of every slot, named by its smallest slot (so the result is deterministic).
+
+        Hook-and-jump connected components: every root of an edge whose ends disagree points to
+        the smaller of the two roots, then pointer jumping flattens the trees; repeated until
+        every edge's ends share a root. Parents only ever decrease, so no cycle can form, and a
+        class ends at its smallest member.
+        """
+        parent = np.arange(self._size, dtype=np.int64)
+        if not self._edges:
+            return parent
+        u = np.concatenate([e[0] for e in self._edges])
+        v = np.concatenate([e[1] for e in self._edges])
         while True:
-            grand = parent[parent]
-            if np.array_equal(grand, parent):
+            ru, rv = parent[u], parent[v]
+            differ = ru != rv
+            if not differ.any():
                 return parent
-            parent = grand
+            u, v, ru, rv = u[differ], v[differ], ru[differ], rv[differ]
+            np.minimum.at(parent, np.maximum(ru, rv), np.minimum(ru, rv))
+            while True:
+                grand = parent[parent]
+                if np.array_equal(grand, parent):
+                    break
+                parent = grand
 
 
 def unique(values: np.ndarray) -> np.ndarray:
@@ -82,6 +97,16 @@ def unique(values: np.ndarray) -> np.ndarray:
     if len(ordered) < 2:
         return ordered
     return ordered[np.concatenate(([True], ordered[1:] != ordered[:-1]))]
+
+
+def common(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Sorted values present in both integer arrays (``np.intersect1d``, by sorting: see
+    :func:`unique`)."""
+    ua, ub = unique(a), unique(b)
+    if not len(ua) or not len(ub):
+        return ua[:0]
+    pos = np.clip(np.searchsorted(ub, ua), 0, len(ub) - 1)
+    return ua[ub[pos] == ua]
 
 
 def unique_first(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -88,7 +88,8 @@ def _channel_axis(out: torch.Tensor, heads: bool = False) -> tuple[int, Any] | N
             member.scatter_(1, rows, True)
             if bool((member.sum(0) > 1).any()):
                 continue
-            sets = [np.flatnonzero(r) for r in member.numpy()]
+            row, pos = np.nonzero(member.numpy())  # row-major: each row's positions in order
+            sets = np.split(pos, np.flatnonzero(np.diff(row)) + 1)
         valid[u] = sets
     last = out.dim() - 1
     if heads and last in valid and last - 1 in valid:
@@ -104,10 +105,12 @@ def _tie(a: ChannelAnalysis, lay: Layout, sets: Any) -> np.ndarray:
     """Union the channel positions of each set and return the slot of each set's first."""
     if isinstance(sets, np.ndarray) and sets.shape[1] == 1:  # nothing to tie (most views)
         return lay.slots[sets[:, 0]]
-    for group in sets:
-        if len(group) > 1:
-            a.union(np.repeat(lay.slots[group[0]], len(group) - 1), lay.slots[group[1:]])
-    return np.array([lay.slots[g[0]] for g in sets], dtype=np.int64)
+    firsts = lay.slots[np.array([g[0] for g in sets], dtype=np.int64)]
+    extra = np.array([len(g) - 1 for g in sets], dtype=np.int64)
+    if extra.any():  # one union for all sets: every later position with its set's first
+        rest = np.concatenate([g[1:] for g in sets])
+        a.union(np.repeat(firsts, extra), lay.slots[rest])
+    return firsts
 
 
 # Ops whose result, taken of a parameter, is still that parameter for slicing (a cls token).
