@@ -24,7 +24,7 @@ import torch.fx as fx
 from ..errors import FairfxError
 from .analysis import ChannelAnalysis
 from .capture import copy_structure, tensors_of
-from .edits import ArgEdit, ModuleEdit
+from .edits import ArgEdit, ModuleEdit, scratch_buffers
 from .shapes import ShapeInterpreter, meta_twin
 from .slots import Layout
 
@@ -63,12 +63,13 @@ def rebuild(
     if tensors == "meta":
         _replace_tensors(gm, originals, lambda t: meta_twin(t, {}))
     done: set[tuple[str, str]] = set()
-    for edit in a.edits:
-        if isinstance(edit, ArgEdit) or edit.key() in done:
-            continue
-        done.add(edit.key())
-        if edit.apply(gm, kept_slot) and isinstance(edit, ModuleEdit):
-            changed.add(edit.target)
+    with scratch_buffers():
+        for edit in a.edits:
+            if isinstance(edit, ArgEdit) or edit.key() in done:
+                continue
+            done.add(edit.key())
+            if edit.apply(gm, kept_slot) and isinstance(edit, ModuleEdit):
+                changed.add(edit.target)
     if tensors == "own":
         _replace_tensors(gm, originals, copy.deepcopy)  # a Parameter stays one, flags included
     return gm, changed

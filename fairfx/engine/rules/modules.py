@@ -14,7 +14,7 @@ from torch import nn
 
 from ..analysis import ChannelAnalysis
 from ..capture import copy_structure
-from ..edits import ModuleEdit, replace_tensor, select
+from ..edits import ModuleEdit, replace_tensor, select_axes
 from ..masking import masked_layer_norm
 from ..slots import Layout
 from .common import passthrough, spatial, unknown
@@ -27,18 +27,15 @@ def _copy(m: nn.Module) -> nn.Module:
 
 
 def _set(m: nn.Module, name: str, dim: int, keep: np.ndarray | None) -> None:
-    t = getattr(m, name, None)
-    kept = None if t is None else select(t, dim, keep)
-    if kept is not None:
-        replace_tensor(m, name, kept)
+    _set2(m, name, {dim: keep})
 
 
 def _set2(m: nn.Module, name: str, cuts: dict[int, np.ndarray | None]) -> None:
-    """Slice ``name`` along several axes, the outermost first: a gather along axis 0 copies
-    whole contiguous rows and leaves less to gather along the inner axis (measured on a
-    [512, 256, 3, 3] conv weight halved both ways: 0.32 ms this way, 0.80 ms inner first)."""
-    for dim in sorted(cuts):
-        _set(m, name, dim, cuts[dim])
+    """Slice ``name`` along the axes of ``cuts`` (:func:`~fairfx.engine.edits.select_axes`)."""
+    t = getattr(m, name, None)
+    kept = None if t is None else select_axes(t, cuts)
+    if kept is not None:
+        replace_tensor(m, name, kept)
 
 
 def _count(keep: np.ndarray | None, default: int) -> int:
