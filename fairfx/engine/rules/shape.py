@@ -88,8 +88,7 @@ def _channel_axis(out: torch.Tensor, heads: bool = False) -> tuple[int, Any] | N
             member.scatter_(1, rows, True)
             if bool((member.sum(0) > 1).any()):
                 continue
-            row, pos = np.nonzero(member.numpy())  # row-major: each row's positions in order
-            sets = np.split(pos, np.flatnonzero(np.diff(row)) + 1)
+            sets = _member_sets(member.numpy())
         valid[u] = sets
     last = out.dim() - 1
     if heads and last in valid and last - 1 in valid:
@@ -101,13 +100,26 @@ def _channel_axis(out: torch.Tensor, heads: bool = False) -> tuple[int, Any] | N
     return best
 
 
+def _member_sets(member: np.ndarray) -> np.ndarray | list[np.ndarray]:
+    """The positions of each row of a [rows, positions] membership table, in order: one
+    [rows, k] array when every row holds k (a head split: no per-row Python), else a list."""
+    row, pos = np.nonzero(member)  # row-major: each row's positions in order
+    counts = np.bincount(row, minlength=member.shape[0])
+    if len(counts) and (counts == counts[0]).all():
+        return pos.reshape(member.shape[0], -1)
+    return np.split(pos, np.cumsum(counts)[:-1])
+
+
 def _tie(a: ChannelAnalysis, lay: Layout, sets: Any) -> np.ndarray:
     """Union the channel positions of each set and return the slot of each set's first."""
-    if isinstance(sets, np.ndarray) and sets.shape[1] == 1:  # nothing to tie (most views)
-        return lay.slots[sets[:, 0]]
+    if isinstance(sets, np.ndarray):  # [sets, k]: k positions each
+        firsts = lay.slots[sets[:, 0]]
+        if sets.shape[1] > 1:  # every later position with its set's first, in one union
+            a.union(np.repeat(firsts, sets.shape[1] - 1), lay.slots[sets[:, 1:]].reshape(-1))
+        return firsts
     firsts = lay.slots[np.array([g[0] for g in sets], dtype=np.int64)]
     extra = np.array([len(g) - 1 for g in sets], dtype=np.int64)
-    if extra.any():  # one union for all sets: every later position with its set's first
+    if extra.any():
         rest = np.concatenate([g[1:] for g in sets])
         a.union(np.repeat(firsts, extra), lay.slots[rest])
     return firsts
