@@ -43,6 +43,15 @@ except ImportError:  # pragma: no cover
     pass
 
 
+try:  # generates the Python code at the first call, not at construction
+    from torch.fx._lazy_graph_module import _LazyGraphModule as _CapturedModule
+except ImportError:  # pragma: no cover - a torch without it: the code is made at once
+    _CapturedModule = fx.GraphModule
+# The captured graph is read (shapes, rules, rewrite) far more often than it is run: channel
+# graph + prune never call it, and making its code was a tenth of ViT-B/16's whole build + prune.
+# torch's inductor uses the same class for the same reason; any call or ``.code`` makes the code.
+
+
 class _Tracer(fx.Tracer):
     """Default torch.nn leaves plus channel-agnostic modules with train-only behaviour."""
 
@@ -170,7 +179,7 @@ def _trace(model: nn.Module, inputs: tuple[Any, ...], *, prune_dead: bool) -> fx
     if prune_dead:
         graph.owning_module = tracer.root  # call_module purity is looked up there
         graph.eliminate_dead_code()
-    return fx.GraphModule(tracer.root, graph, type(model).__name__)
+    return _CapturedModule(tracer.root, graph, type(model).__name__)
 
 
 def _explain_trace_failure(model: nn.Module, exc: Exception) -> str:
