@@ -56,11 +56,6 @@ def _position_probe(shape: tuple[int, ...], dim: int) -> torch.Tensor:
     return torch.arange(shape[dim], dtype=torch.long).view(view).expand(shape).contiguous()
 
 
-def _varies(out: torch.Tensor, u: int) -> bool:
-    n = out.shape[u]
-    return n > 1 and bool((out.narrow(u, 1, n - 1) != out.narrow(u, 0, n - 1)).any())
-
-
 def _channel_axis(out: torch.Tensor, heads: bool = False) -> tuple[int, Any] | None:
     """The finest output axis along which channel positions form disjoint sets.
 
@@ -72,25 +67,31 @@ def _channel_axis(out: torch.Tensor, heads: bool = False) -> tuple[int, Any] | N
     (``[B, N, C] -> [B, N, heads, head_dim]``, or ``[B, N, 3, heads, head_dim]``): attention then
     contracts over the last axis, so the unit is the axis before it, a whole head (its dims in
     q, k and v and the output projection's columns), not one dim of every head.
+
+    In numpy: the probes are small and a torch call costs several times a numpy one here.
     """
+    arr = out.numpy()
     valid = {}
-    for u in range(out.dim()):
-        if not _varies(out, u):
+    for u in range(arr.ndim):
+        n = arr.shape[u]
+        if n < 2:
             continue
-        rows = out.movedim(u, 0).reshape(out.shape[u], -1)
-        lo, hi = rows.min(dim=1).values, rows.max(dim=1).values
-        if bool((lo == hi).all()):
-            sets = lo.numpy().reshape(-1, 1)  # one position per entry: rows of one
-        elif torch.equal(rows[0], rows[1]):  # a token or batch axis: every row holds them all
+        rows = np.moveaxis(arr, u, 0).reshape(n, -1)
+        if (rows[1:] == rows[:-1]).all():  # the positions do not change along this axis
+            continue
+        lo, hi = rows.min(axis=1), rows.max(axis=1)
+        if (lo == hi).all():
+            sets = lo.reshape(-1, 1)  # one position per entry: rows of one
+        elif np.array_equal(rows[0], rows[1]):  # a token or batch axis: every row holds them all
             continue
         else:  # which positions each row holds, as a [rows, positions] table
-            member = torch.zeros(rows.shape[0], int(hi.max()) + 1, dtype=torch.bool)
-            member.scatter_(1, rows, True)
-            if bool((member.sum(0) > 1).any()):
+            member = np.zeros((n, int(hi.max()) + 1), dtype=bool)
+            member[np.arange(n)[:, None], rows] = True
+            if (member.sum(axis=0) > 1).any():
                 continue
-            sets = _member_sets(member.numpy())
+            sets = _member_sets(member)
         valid[u] = sets
-    last = out.dim() - 1
+    last = arr.ndim - 1
     if heads and last in valid and last - 1 in valid:
         return last - 1, valid[last - 1]
     best: tuple[int, Any] | None = None
