@@ -84,12 +84,10 @@ def _channel_axis(out: torch.Tensor, heads: bool = False) -> tuple[int, Any] | N
             sets = lo.reshape(-1, 1)  # one position per entry: rows of one
         elif np.array_equal(rows[0], rows[1]):  # a token or batch axis: every row holds them all
             continue
-        else:  # which positions each row holds, as a [rows, positions] table
-            member = np.zeros((n, int(hi.max()) + 1), dtype=bool)
-            member[np.arange(n)[:, None], rows] = True
-            if (member.sum(axis=0) > 1).any():
+        else:
+            sets = _row_sets(rows, int(hi.max()) + 1)
+            if sets is None:  # a position in two rows: not a channel axis
                 continue
-            sets = _member_sets(member)
         valid[u] = sets
     last = arr.ndim - 1
     if heads and last in valid and last - 1 in valid:
@@ -101,13 +99,22 @@ def _channel_axis(out: torch.Tensor, heads: bool = False) -> tuple[int, Any] | N
     return best
 
 
-def _member_sets(member: np.ndarray) -> np.ndarray | list[np.ndarray]:
-    """The positions of each row of a [rows, positions] membership table, in order: one
-    [rows, k] array when every row holds k (a head split: no per-row Python), else a list."""
+def _row_sets(rows: np.ndarray, width: int) -> np.ndarray | list[np.ndarray] | None:
+    """The distinct positions of each row of ``rows`` in order, or None when a position sits
+    in two rows. One [rows, k] array when no row repeats a position (a head split: sorting
+    does it, no table), else a list from a [rows, positions] membership table."""
+    ordered = np.sort(rows, axis=1)
+    if (ordered[:, 1:] != ordered[:, :-1]).all():
+        flat = np.sort(ordered, axis=None)
+        return None if (flat[1:] == flat[:-1]).any() else ordered
+    member = np.zeros((rows.shape[0], width), dtype=bool)
+    member[np.arange(rows.shape[0])[:, None], rows] = True
+    if (member.sum(axis=0) > 1).any():
+        return None
     row, pos = np.nonzero(member)  # row-major: each row's positions in order
-    counts = np.bincount(row, minlength=member.shape[0])
-    if len(counts) and (counts == counts[0]).all():
-        return pos.reshape(member.shape[0], -1)
+    counts = np.bincount(row, minlength=rows.shape[0])
+    if (counts == counts[0]).all():
+        return pos.reshape(rows.shape[0], -1)
     return np.split(pos, np.cumsum(counts)[:-1])
 
 
@@ -156,10 +163,13 @@ def index_shape(a: ChannelAnalysis, node: fx.Node) -> Layout | None:
         shp = tuple(n if i == lay.dim else 1 for i, n in enumerate(shp))
     out_shape = a.shape(node)
     lead = len(shp) - 1
-    if node.target in _HEAD_SPLITS and lay.dim == lead and out_shape[:lead] == shp[:lead]:
-        # The last axis split into trailing axes, the others kept: the positions land in
-        # order, so a probe one element wide on the kept axes says the same, far cheaper.
-        out = torch.arange(shp[-1]).view((1,) * lead + tuple(out_shape[lead:]))
+    kept = _common_prefix(shp, out_shape, lay.dim) if node.target in _HEAD_SPLITS else 0
+    if kept:
+        # A row-major reshape that keeps the leading axes (a head split [B, N, C] -> [B, N, h,
+        # d], or the merge back): every leading index is reshaped alike, so a probe one
+        # element wide there, reshaped by the shapes alone, says the same far cheaper.
+        thin = (1,) * kept + tuple(shp[kept:])
+        out = _position_probe(thin, lay.dim).reshape((1,) * kept + tuple(out_shape[kept:]))
     else:
         out = _run_probe(a, node, x, _position_probe(shp, lay.dim))
     heads = node.target in _HEAD_SPLITS and lay.dim == lead and out.dim() > len(shp)
@@ -175,6 +185,14 @@ def index_shape(a: ChannelAnalysis, node: fx.Node) -> Layout | None:
     if first is not None:
         a.edit(ArgEdit(node.name, _size_rewriter(first, u, slots)))
     return Layout(u, slots)
+
+
+def _common_prefix(shp: tuple[int, ...], out_shape: tuple[int, ...], dim: int) -> int:
+    """How many leading axes, all before the channel axis ``dim``, a reshape leaves as they are."""
+    k = 0
+    while k < dim and k < len(out_shape) and shp[k] == out_shape[k]:
+        k += 1
+    return k
 
 
 def _size_rewriter(first: int, u: int, slots: np.ndarray):
