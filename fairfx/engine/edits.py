@@ -87,7 +87,9 @@ def _buffer(shape: list[int], like: torch.Tensor, slot: int) -> torch.Tensor:
 def replace_tensor(owner: nn.Module, name: str, value: torch.Tensor) -> None:
     """Swap a parameter or buffer of ``owner`` keeping its kind and ``requires_grad`` flag."""
     old = getattr(owner, name)
-    if isinstance(old, nn.Parameter):
+    if isinstance(old, nn.Parameter) and name in owner._parameters:  # the dict: no checks to pay
+        owner._parameters[name] = nn.Parameter(value, requires_grad=old.requires_grad)
+    elif isinstance(old, nn.Parameter):
         setattr(owner, name, nn.Parameter(value, requires_grad=old.requires_grad))
     else:
         owner._buffers[name] = value

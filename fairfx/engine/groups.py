@@ -41,6 +41,7 @@ class ChannelGraph:
         self._source: Callable[[], Any] = lambda: None  # the user's model, set by build
         self._costs: dict[bytes, Cost] = {}
         self._unit_maps: list[UnitMap] | None = None
+        self._params_before: int | None = None  # counted at the first rewrite
         roots = analysis.table.roots()
         self.roots = roots
         blocked = analysis.blocked_reasons(roots)
@@ -227,10 +228,12 @@ class ChannelGraph:
         kept_slot = self.kept_slots(units)
         self.check_nonempty(kept_slot)
         gm = rewrite(self.analysis, kept_slot)
+        if self._params_before is None:
+            self._params_before = count_params(self.analysis.gm)
         gm.meta["fairfx"] = {
             "keep": self.keep_from_units(units),
             "units": {int(g): np.asarray(u).tolist() for g, u in units.items()},
-            "params_before": count_params(self.analysis.gm),
+            "params_before": self._params_before,
             "params_after": count_params(gm),
         }
         return gm
