@@ -131,7 +131,8 @@ def child_analyze(images: int, classes: int, batch: int, dtype: str) -> dict:
     model = _model(classes)
     data = _images(images, classes, batch)
     start, cpu = time.perf_counter(), _cpu_s()
-    an = fairfx.analyze(model, torch.randn(1, 3, 224, 224), data, progress=False, state_dtype=dtype)
+    options = {} if dtype == "default" else {"state_dtype": dtype}  # "default": analyze's own
+    an = fairfx.analyze(model, torch.randn(1, 3, 224, 224), data, progress=False, **options)
     rec = an.record
     return {
         "what": "analyze",
