@@ -43,8 +43,9 @@ def test_timm_prune_verify_export(timm, name: str) -> None:
     if heads or name != "levit_128s":
         assert [g.reason for g in blocked] == ["reaches the model output"]
     head_groups = [g for g in graph.groups if g.unit == "head"]
-    assert bool(head_groups) == (name != "tf_mobilenetv3_small_100")
-    assert all(g.prunable for g in head_groups) == heads
+    assert bool(head_groups) == (name != "tf_mobilenetv3_small_100")  # a CNN has no heads
+    if head_groups:  # all() of none is True: the flag is about models that have heads
+        assert all(g.prunable for g in head_groups) == heads
     pruned = graph.rewrite(random_plan(graph))
     assert count_params(pruned) <= kept * count_params(model)
     report = fairfx.verify(model, pruned, x)
