@@ -74,7 +74,7 @@ def run_fairfx(model: nn.Module, x: torch.Tensor) -> dict:
     start = time.perf_counter()
     graph = build(model, x)
     units = random_plan(graph)
-    pruned = graph.rewrite(units)
+    pruned = graph.prune(units)
     report = fairfx.verify(model, pruned, x)
     heads = [g for g in graph.groups if g.unit == "head"]
     removed = sum(g.size - len(units[g.id]) for g in heads if g.id in units)

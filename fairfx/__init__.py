@@ -5,8 +5,10 @@ Public entry points:
 - :func:`channel_groups` — which channels are coupled, who produces and reads them, what
   blocks them.
 - :func:`channel_graph` — the analysed model (one capture, one channel pass) to plan, cost and
-  prune from as often as needed (``graph.groups``, ``graph.prune(keep)``, ``graph.cost(units)``).
-- :func:`prune` — physically remove channels for a given plan; returns a smaller GraphModule.
+  prune from as often as needed (``graph.plan(PlanOptions(...), scores)``, ``graph.cost(plan)``,
+  ``graph.prune(plan)``); :class:`PlanOptions` holds every planning choice.
+- :func:`prune` — physically remove named channels (``channel_graph(...).prune`` in one call).
+- :func:`count` — parameters and MACs of a model, by the counter budgets use.
 - :func:`verify` — the masked-execution oracle: prove a pruned graph against the original.
 - :func:`analyze` / :func:`compress` — FAIR-Pruner scoring, ToD planning and the rewrite.
 - :func:`estimate_memory` — what scoring will need, before any data is read.
@@ -16,14 +18,18 @@ Public entry points:
 """
 
 from .engine.artifact import load_pruned, save_pruned
-from .engine.groups import ChannelGraph, ChannelGroup, channel_groups, prune
-from .engine.groups import build as channel_graph
+from .engine.cost import Cost
+from .engine.groups import channel_groups, prune
 from .engine.oracle import VerifyReport, verify
+from .engine.records import ChannelGroup
 from .errors import CalibrationError, CaptureError, FairfxError, PlanError
 from .method.fair import Analysis, analyze, load_analysis
 from .method.finetune import finetune
+from .method.graph import ChannelGraph, channel_graph, count
 from .method.memory import MemoryEstimate, estimate_memory
-from .method.pipeline import compress
+from .method.pipeline import CompressResult, compress
+from .method.plan_options import PlanOptions
+from .method.planning import Plan
 from .method.recalibrate import recalibrate
 from .version import __version__
 
@@ -33,15 +39,20 @@ __all__ = [
     "CaptureError",
     "ChannelGraph",
     "ChannelGroup",
+    "CompressResult",
+    "Cost",
     "FairfxError",
     "MemoryEstimate",
+    "Plan",
     "PlanError",
+    "PlanOptions",
     "VerifyReport",
     "__version__",
     "analyze",
     "channel_graph",
     "channel_groups",
     "compress",
+    "count",
     "estimate_memory",
     "finetune",
     "load_analysis",

@@ -19,7 +19,7 @@ def prune_and_verify(model: torch.nn.Module, x, *, seed: int = 0, fraction: floa
     """Random plan on every prunable group; returns (graph, pruned, report)."""
     model.eval()
     graph = build(model, x)
-    pruned = graph.rewrite(random_plan(graph, seed, fraction))
+    pruned = graph.prune(random_plan(graph, seed, fraction))
     report = verify(model, pruned, x)
     assert report.passed, str(report)
     with torch.no_grad():

@@ -188,6 +188,12 @@ def second(work, first):
                 "rounds.pt2",
                 "--report",
                 "report3.json",
+                "--plot",
+                "rounds.png",
+                "--finetune-epochs",
+                "1",
+                "--val-fraction",
+                "0.2",
                 "--quiet",
             ],
         },
@@ -207,6 +213,17 @@ def test_compress_in_rounds_with_rounding_and_ignored_layers(work, second) -> No
     first_conv = program.get_parameter("features.0.weight")
     assert first_conv.shape[0] == 8  # ignored: kept exactly
     assert report["export"]["equal"]
+    # The rounds path runs through the same pipeline as one round: plot, accuracy, fine-tuning,
+    # the budget asked for against what was reached, every group's kept count.
+    assert (work / "rounds.png").stat().st_size > 0
+    acc = report["accuracy"]
+    assert acc["samples"] == 3 and acc["one_shot"] is not None and acc["fine_tuned"] is not None
+    assert report["finetune"]["epochs"] == 1
+    assert report["reached"]["budget"] == "params" and report["reached"]["target"] == 0.5
+    assert report["reached"]["reached"] == pytest.approx(kept, abs=1e-6)
+    assert report["plan"]["params_kept"] == pytest.approx(kept, abs=1e-6)
+    assert any(g["kept"] < g["size"] for g in report["groups"])
+    assert "rounds         2" in res.stdout and "validation" in res.stdout
 
 
 def test_compress_writes_a_checked_program_report_plot_and_scores(work, first) -> None:
@@ -325,7 +342,7 @@ def test_unknown_model_in_a_real_process(first) -> None:
         (["--model", "resnet18"], "--model must be torchvision:NAME or package.module:factory"),
         (["--alpha", "1.5"], "alpha must be a number in [0, 1), got 1.5"),
         (["--data", "nolabels.pt"], "holds one tensor and no labels"),
-        (["--params", "0"], "--params is the fraction to keep, in (0, 1]; got 0"),
+        (["--params", "0"], "--params is the fraction to keep, a number in (0, 1]; got 0"),
         (["--flops", "1.5"], "--flops is the fraction to keep"),
         (["--out", "nodir/m.pt2"], "directory nodir does not exist"),
         (["--weights", "missing.pth"], "--weights missing.pth does not exist"),

@@ -21,7 +21,7 @@ def hf():
 
 
 def _half(graph):
-    return graph.rewrite({g.id: list(range(g.size // 2)) for g in graph.groups if g.prunable})
+    return graph.prune({g.id: list(range(g.size // 2)) for g in graph.groups if g.prunable})
 
 
 def test_pruned_bert_finetunes_with_dropout(hf) -> None:

@@ -73,7 +73,7 @@ def test_hf_prune_verify_export(hf, name: str) -> None:
     heads = [g for g in graph.groups if g.unit == "head"]
     if attention:
         assert len(heads) == 2 and all(g.prunable for g in heads)
-    pruned = graph.rewrite(random_plan(graph))
+    pruned = graph.prune(random_plan(graph))
     assert count_params(pruned) <= 0.7 * count_params(model)
     report = fairfx.verify(model, pruned, x)
     assert report.passed and report.tolerance > 0, str(report)

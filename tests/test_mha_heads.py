@@ -36,7 +36,7 @@ def test_vision_transformer_heads_go_whole(vit) -> None:
     prefix = "encoder.layers.encoder_layer_0.self_attention"
     assert heads[0].producers == tuple(f"{prefix}.{p}_proj" for p in "qkv")
     assert list(heads[0].channels(f"{prefix}.q_proj")[1]) == list(range(8, 16))  # head 1: rows 8-15
-    pruned = graph.rewrite({g.id: [1, 3] for g in heads})
+    pruned = graph.prune({g.id: [1, 3] for g in heads})
     for p in "qkv":
         assert pruned.get_submodule(f"{prefix}.{p}_proj").out_features == 16
     assert pruned.get_submodule(f"{prefix}.out_proj").in_features == 16
@@ -96,7 +96,7 @@ def test_multihead_attention_configurations(batch_first: bool, cross: bool) -> N
     graph = build(model, x)
     (heads,) = _heads(graph)
     assert heads.prunable and heads.size == 4
-    pruned = graph.rewrite({heads.id: [0, 3]})
+    pruned = graph.prune({heads.id: [0, 3]})
     report = fairfx.verify(model, pruned, x)
     assert report.passed and report.tolerance > 0, str(report)
     assert pruned.get_submodule("attn.k_proj").weight.shape == (8, 10 if cross else 16)
@@ -127,7 +127,7 @@ def test_returned_attention_weights_block_the_heads(average: bool) -> None:
     assert not heads.prunable
     stream = next(g for g in graph.groups if "embed" in g.producers)
     assert stream.prunable
-    pruned = graph.rewrite({stream.id: list(range(0, 16, 2))})
+    pruned = graph.prune({stream.id: list(range(0, 16, 2))})
     assert fairfx.verify(model, pruned, x).passed
 
 
@@ -139,7 +139,7 @@ def test_attention_dropout_still_trains() -> None:
     x = (torch.randn(2, 5, 6), torch.randn(2, 7, 5), torch.zeros(2, 7, dtype=torch.bool))
     graph = build(model, x)
     (heads,) = _heads(graph)
-    pruned = graph.rewrite({heads.id: [0, 1]})
+    pruned = graph.prune({heads.id: [0, 1]})
     assert fairfx.verify(model, pruned, x).passed
     pruned.train()
     assert not torch.equal(pruned(*x), pruned(*x))

@@ -34,7 +34,7 @@ def test_swin_heads_go_whole(v2: bool) -> None:
     assert [g.size for g in heads] == [2, 2, 4, 4] and all(g.prunable for g in heads)
     bias = "cpb_mlp.2" if v2 else "relative_position_bias_table"
     assert heads[2].producers == ("features.3.0.attn.qkv", f"features.3.0.attn.{bias}")
-    pruned = graph.rewrite({g.id: [0, 3] if g.size == 4 else [1] for g in heads})
+    pruned = graph.prune({g.id: [0, 3] if g.size == 4 else [1] for g in heads})
     attn = pruned.get_submodule("features.3.0.attn")
     assert attn.qkv.out_features == 3 * 2 * 8 and attn.proj.in_features == 2 * 8
     if v2:

@@ -46,7 +46,7 @@ def test_timm_prune_verify_export(timm, name: str) -> None:
     assert bool(head_groups) == (name != "tf_mobilenetv3_small_100")  # a CNN has no heads
     if head_groups:  # all() of none is True: the flag is about models that have heads
         assert all(g.prunable for g in head_groups) == heads
-    pruned = graph.rewrite(random_plan(graph))
+    pruned = graph.prune(random_plan(graph))
     assert count_params(pruned) <= kept * count_params(model)
     report = fairfx.verify(model, pruned, x)
     assert report.passed, str(report)

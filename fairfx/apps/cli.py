@@ -20,6 +20,7 @@ import torch
 
 from ..errors import FairfxError
 from ..method.allocation import ALLOCATIONS
+from ..method.plan_options import PlanOptions
 from ..method.scoring import OBSERVE
 from ..version import __version__
 from .cli_compress import _load_scores, cmd_compress
@@ -27,9 +28,7 @@ from .cli_inputs import (
     PROG,
     UserError,
     _Chatter,
-    _check_alpha,
     _example_from_size,
-    _fraction,
     _human,
     _one_line,
     _table,
@@ -37,20 +36,21 @@ from .cli_inputs import (
     weights_fingerprint,
 )
 from .cli_options import parse_model_args
+from .cli_planning import check_ignored, plan_options
 
 DEFAULT_ALPHAS = (0.001, 0.005, 0.01, 0.05)
 
 
 # ------------------------------------------------------------------------------------- commands
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from ..engine.groups import build
+    from ..method.graph import channel_graph
     from ..method.memory import estimate_for_graph
     from ..method.scoring import logit_count
 
     model = load_model(
         args.model, args.weights, args.num_classes, parse_model_args(args.model_args)
     )
-    graph = build(model, _example_from_size(args, args.image_size))
+    graph = channel_graph(model, _example_from_size(args, args.image_size))
     groups = list(graph.groups)
     rows = [("id", "size", "producers", "status")]
     for g in groups:
@@ -76,14 +76,14 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
-def _plan_targets(args: argparse.Namespace) -> list[tuple[str, dict[str, float]]]:
-    """``(label, keywords)`` per row: ``alpha=...`` or a ``plan_for`` budget."""
+def _plan_targets(args: argparse.Namespace) -> list[tuple[str, PlanOptions]]:
+    """``(label, options)`` per row: an alpha or a budget, all checked before any loading."""
     if args.params is not None:
-        return [(f"params {_fraction(v, '--params'):g}", {"params": v}) for v in args.params]
+        return [(f"params {v:g}", plan_options(args, params=v)) for v in args.params]
     if args.flops is not None:
-        return [(f"MACs {_fraction(v, '--flops'):g}", {"flops": v}) for v in args.flops]
+        return [(f"MACs {v:g}", plan_options(args, flops=v)) for v in args.flops]
     alphas = args.alpha if args.alpha is not None else DEFAULT_ALPHAS
-    return [(f"alpha {_check_alpha(a):g}", {"alpha": a}) for a in alphas]
+    return [(f"alpha {a:g}", plan_options(args, alpha=a, allocation=None)) for a in alphas]
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
@@ -130,15 +130,11 @@ def cmd_plan(args: argparse.Namespace) -> int:
             "units removed",
         )
     ]
-    if args.round_to is not None and args.round_to < 1:
-        raise UserError(f"--round-to must be at least 1, got {args.round_to}")
-    options = {"round_to": args.round_to, "ignored_layers": args.ignore or None}
+    check_ignored(model, args.ignore)
     notes = []
-    for label, keywords in targets:
-        if "alpha" in keywords:
-            plan = analysis.plan(keywords["alpha"], **options)
-        else:
-            plan = analysis.plan_for(**keywords, allocation=args.allocation, **options)
+    for label, options in targets:
+        plan = analysis.plan(options)
+        if options.budget is not None:
             notes.append(f"{label}: {plan.note}")
         s = plan.summary()
         rows.append(

@@ -13,14 +13,12 @@ import torch
 from torch import nn
 
 from ..engine.artifact import META_FILE, metadata_json
-from ..errors import FairfxError
+from ..errors import FairfxError, PlanError
 from ..files import write_text
 from .cli_inputs import (
     UserError,
     _Chatter,
-    _check_alpha,
     _first_line,
-    _fraction,
     _human,
     _json_default,
     _no_clashes,
@@ -38,13 +36,7 @@ from .cli_options import (
     parse_normalize,
     split_indices,
 )
-from .cli_rounds import (
-    _check_planning,
-    _compress_in_rounds,
-    planning_options,
-    recal_line,
-    recalibrate_step,
-)
+from .cli_planning import check_ignored, flag_error, plan_options, recal_line
 from .report import export_and_check, plot_formats, plot_kept
 
 
@@ -81,20 +73,36 @@ def _memory_line(graph: Any, loader: Any, args: Any) -> str:
     return est.line()
 
 
+def _target(options: Any) -> str:
+    if options.alpha is not None and options.budget is None:
+        return f"alpha {options.alpha:g}"
+    name, value = options.budget
+    return f"keep {value:g} of {'parameters' if name == 'params' else 'MACs'}"
+
+
+def _reached(result: Any, options: Any) -> dict[str, Any] | None:
+    """The budget asked for against what the final model keeps of the original (all rounds)."""
+    if options.budget is None:
+        return None
+    name, value = options.budget
+    cost = "params" if name == "params" else "macs"
+    first, last = result.rounds[0], result.rounds[-1]
+    reached = last[f"{cost}_after"] / max(first[f"{cost}_before"], 1)
+    return {
+        "budget": name,
+        "target": value,
+        "reached": round(reached, 6),
+        "met": abs(reached - value) <= 0.1 * value,
+    }
+
+
 def cmd_compress(args: argparse.Namespace) -> int:
-    from ..engine.groups import build
-    from ..engine.oracle import verify
-    from ..method.fair import analyze
-    from ..method.finetune import evaluate_accuracy, finetune
+    from ..method.graph import channel_graph
+    from ..method.pipeline import run
 
     say = _Chatter(args.quiet)
     # Cheap checks first: a typo must not cost an analysis.
-    if args.alpha is not None:
-        _check_alpha(args.alpha)
-    if args.params is not None:
-        _fraction(args.params, "--params")
-    if args.flops is not None:
-        _fraction(args.flops, "--flops")
+    options = plan_options(args)
     for flag, value in (
         ("--image-size", args.image_size),
         ("--batch-size", args.batch_size),
@@ -117,7 +125,6 @@ def cmd_compress(args: argparse.Namespace) -> int:
         },
         {"--weights": args.weights, "--data": args.data},
     )
-    _check_planning(args)
     out = _writable(args.out, "--out")
     report_path = _writable(args.report, "--report")
     plot_path = _writable(args.plot, "--plot")
@@ -125,18 +132,9 @@ def cmd_compress(args: argparse.Namespace) -> int:
     if scores_path is not None and not scores_path.is_file():  # to be written, not read
         _writable(args.analysis, "--analysis")
     if plot_path is not None:
-        if importlib.util.find_spec("matplotlib") is None:
-            raise UserError("--plot needs matplotlib: pip install matplotlib (or fairfx[demo])")
-        formats = plot_formats()
-        if plot_path.suffix.lower().lstrip(".") not in formats:
-            ext = plot_path.suffix or "(no extension)"
-            raise UserError(
-                f"--plot {plot_path}: matplotlib cannot write {ext} files; use one of "
-                + ", ".join("." + f for f in sorted(formats))
-            )
+        _check_plot(plot_path)
     assert out is not None
 
-    times: dict[str, float] = {}
     t = time.perf_counter()
     model = load_model(args.model, args.weights, args.num_classes, model_args)
     dataset = load_data(args.data, args.image_size, args.channels, normalize)
@@ -148,130 +146,99 @@ def cmd_compress(args: argparse.Namespace) -> int:
         val_loader = torch.utils.data.DataLoader(val_set, batch_size=args.batch_size)
     example = example_batch(train_set)
     loader = torch.utils.data.DataLoader(train_set, batch_size=args.batch_size, shuffle=False)
+    shuffled = torch.utils.data.DataLoader(
+        train_set,
+        batch_size=args.batch_size,
+        shuffle=True,
+        generator=torch.Generator().manual_seed(args.seed),
+    )
     fingerprint = weights_fingerprint(model)
-    times["load"] = time.perf_counter() - t
-    planning = planning_options(args, model)
-    if args.rounds > 1:
-        return _compress_in_rounds(args, model, example, loader, planning, say, times)
+    check_ignored(model, args.ignore)
+    load_seconds = time.perf_counter() - t
 
-    t = time.perf_counter()
+    analyze_options: dict[str, Any] = {
+        "samples_per_class": args.samples_per_class,
+        "max_classes": args.max_classes,
+        "seed": args.seed,
+        "observe": args.observe,
+        "progress": not args.quiet,
+        "state_dtype": args.state_dtype,
+        "memory_check": not args.no_memory_check,
+    }
+    reused = None
     if scores_path is not None and scores_path.exists():
-        analysis = _load_scores(scores_path, model, example)
-        saved = analysis.record.get("weights_sha1")
+        reused = _load_scores(scores_path, model, example)
+        saved = reused.record.get("weights_sha1")
         if saved is not None and saved != fingerprint:
             raise UserError(
                 f"--analysis {scores_path} holds scores of other weights of this model; delete "
                 "it or give another path to score these weights"
             )
         say(f"reusing scores from {scores_path} (delete it to score again)")
-        reused = True
     else:
         held = f", {len(val_idx)} held out for validation" if val_idx else ""
+        rounds = f" in {args.rounds} rounds" if args.rounds > 1 else ""
         say(
             f"scoring channels on {args.data} ({len(train_set)} samples, "
-            f"{_classes(dataset)} classes{held})"
+            f"{_classes(dataset)} classes{held}){rounds}"
         )
-        graph = build(model, example)  # one capture for the estimate and the scoring
-        say(_memory_line(graph, loader, args))
-        analysis = analyze(
-            model,
-            example,
-            loader,
-            graph=graph,
-            samples_per_class=args.samples_per_class,
-            max_classes=args.max_classes,
-            seed=args.seed,
-            observe=args.observe,
-            progress=not args.quiet,
-            state_dtype=args.state_dtype,
-            memory_check=not args.no_memory_check,
-        )
+        if args.rounds == 1:
+            graph = channel_graph(model, example)  # one capture for the estimate and the scoring
+            say(_memory_line(graph, loader, args))
+            analyze_options["graph"] = graph
+
+    def on_scored(analysis: Any) -> None:
         rec = analysis.record
         say(
             f"scored {rec['samples']} of {rec['samples_seen']} samples, "
             f"{len(rec['classes'])} of {rec['classes_seen']} classes seen"
         )
         analysis.record.update(
-            model=args.model,
-            weights_sha1=fingerprint,
-            input_shape=list(example.shape[1:]),
+            model=args.model, weights_sha1=fingerprint, input_shape=list(example.shape[1:])
         )
-        reused = False
-        if scores_path is not None:
+        if scores_path is not None and args.rounds == 1:
             analysis.save(scores_path)
             say(f"saved scores to {scores_path}")
-    times["analyze"] = time.perf_counter() - t
 
-    t = time.perf_counter()
-    if args.alpha is not None:
-        plan = analysis.plan(args.alpha, **planning)
-        target = f"alpha {args.alpha:g}"
-    elif args.params is not None:
-        plan = analysis.plan_for(params=args.params, **planning)
-        target = f"keep {args.params:g} of parameters"
-    else:
-        plan = analysis.plan_for(flops=args.flops, **planning)
-        target = f"keep {args.flops:g} of MACs"
-    times["plan"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    pruned = analysis.compress(plan)
-    times["compress"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    check = verify(model, pruned, example)
-    times["verify"] = time.perf_counter() - t
-    if not check.passed:
-        raise UserError(
-            f"the pruned model does not match the masked original ({check}); nothing was written. "
-            "This is a fairfx bug: please report the model",
-            code=1,
-        )
-
-    recal = recalibrate_step(args, pruned, loader, say, times)
-
-    accuracy = None
-    if val_loader is not None:
-        t = time.perf_counter()
-        accuracy = {
-            "split": "validation",
-            "samples": len(val_idx),
-            "val_fraction": args.val_fraction,
-            "seed": args.seed,
-            "original": evaluate_accuracy(model, val_loader),
-            "one_shot": evaluate_accuracy(pruned, val_loader),
-            "fine_tuned": None,
-        }
-        times["accuracy"] = time.perf_counter() - t
-
-    history = None
     if args.finetune_epochs:
-        t = time.perf_counter()
         where = "the training split" if val_idx else "the calibration data (no validation split)"
-        say(f"fine-tuning {args.finetune_epochs} epoch(s) on {where}")
-        train = torch.utils.data.DataLoader(
-            train_set,
-            batch_size=args.batch_size,
-            shuffle=True,
-            generator=torch.Generator().manual_seed(args.seed),
-        )
-        finetune(
-            pruned,
-            train,
-            epochs=args.finetune_epochs,
+        say(f"fine-tuning {args.finetune_epochs} epoch(s) on {where} after pruning")
+    try:
+        result = run(
+            model,
+            example,
+            options,
+            loader,
+            rounds=args.rounds,
+            recalibrate=not args.no_recalibrate,
+            finetune_data=shuffled,
+            finetune_epochs=1,
+            final_finetune_epochs=args.finetune_epochs,
             lr=args.lr,
             val_data=val_loader,
-            progress=not args.quiet,
+            analysis=reused,
+            analyze_options=analyze_options,
+            on_scored=on_scored,
         )
-        history = pruned.meta["fairfx"]["finetune"]
-        if accuracy is not None:
-            # The best epoch's weights were restored: its validation accuracy is the result.
-            accuracy["fine_tuned"] = history["best_val_accuracy"]
-            accuracy["best_epoch"] = history["best_epoch"]
-        times["finetune"] = time.perf_counter() - t
+    except PlanError as exc:
+        raise flag_error(exc) from None
+    times = {"load": load_seconds, **result.timings}
+    if reused is not None:
+        times["analyze"] = 0.0
+    if not all(r["verify"] for r in result.rounds):
+        raise UserError(
+            f"the pruned model does not match the masked original ({result.verify}); nothing "
+            "was written. This is a fairfx bug: please report the model",
+            code=1,
+        )
+    if result.recalibration is not None:
+        say(
+            f"recalibrated {result.recalibration['modules']} BatchNorm layer(s) on "
+            f"{result.recalibration['samples']} samples"
+        )
+    pruned = result.pruned
 
     t = time.perf_counter()
-    summary = plan.summary()
     say(f"exporting to {out}")
     try:
         export = export_and_check(
@@ -286,27 +253,74 @@ def cmd_compress(args: argparse.Namespace) -> int:
         raise UserError(f"torch.export failed: {_first_line(exc)}", code=1) from exc
     times["export"] = time.perf_counter() - t
 
-    groups = analysis.graph.groups if analysis.graph is not None else []
-    per_group = [
-        {
-            "id": g.id,
-            "producers": list(g.producers),
-            "size": g.size,
-            "kept": len(plan.units[g.id]) if g.id in plan.units else g.size,
-            "prunable": g.prunable,
-            "reason": g.reason,
-        }
-        for g in groups
-    ]
+    split = {"train": len(train_idx), "validation": len(val_idx), "seed": args.seed}
+    report = _report(args, options, result, export, times, reused is not None, normalize, split)
+    report["model_args"] = model_args
+    if report_path is not None:
+        write_text(report_path, json.dumps(report, indent=2, default=_json_default) + "\n")
+        say(f"wrote {report_path}")
+    if plot_path is not None:
+        plot_kept(report["groups"], plot_path, f"{args.model}: {report['target']}")
+        say(f"wrote {plot_path}")
+    print(_compress_table(args, report))
+    return 0 if export["equal"] else 1
+
+
+def _check_plot(plot_path: Path) -> None:
+    if importlib.util.find_spec("matplotlib") is None:
+        raise UserError("--plot needs matplotlib: pip install matplotlib (or fairfx[demo])")
+    formats = plot_formats()
+    if plot_path.suffix.lower().lstrip(".") not in formats:
+        ext = plot_path.suffix or "(no extension)"
+        raise UserError(
+            f"--plot {plot_path}: matplotlib cannot write {ext} files; use one of "
+            + ", ".join("." + f for f in sorted(formats))
+        )
+
+
+def _report(args, options, result, export, times, reused, normalize, split) -> dict[str, Any]:
+    """The JSON report of a compress run (one round or several): what was asked, what came
+    out, the accuracy and fine-tuning, the export, the timings and every group's kept count."""
+    analysis = result.analysis
+    per_group = []
+    for g in result.groups:
+        # Units kept of the ORIGINAL model's group, composed over rounds.
+        width = sum(len(c) for c in g.channels(g.producers[0]))
+        kept = len(result.keep.get(g.producers[0], range(width)))
+        per_group.append(
+            {
+                "id": g.id,
+                "producers": list(g.producers),
+                "size": g.size,
+                "kept": round(kept / max(width, 1) * g.size),
+                "prunable": g.prunable,
+                "reason": g.reason,
+            }
+        )
+    first, last = result.rounds[0], result.rounds[-1]
+    summary = dict(last)
+    for cost in ("params", "macs"):
+        summary[f"{cost}_before"] = first[f"{cost}_before"]
+        summary[f"{cost}_kept"] = round(last[f"{cost}_after"] / max(first[f"{cost}_before"], 1), 6)
     record = analysis.record
-    report = {
+    accuracy = result.accuracy
+    if accuracy is not None:
+        accuracy = {
+            "split": "validation",
+            "samples": split["validation"],
+            "val_fraction": args.val_fraction,
+            "seed": args.seed,
+            **accuracy,
+        }
+    return {
         "model": args.model,
         "weights": args.weights,
         "data": args.data,
-        "split": {"train": len(train_idx), "validation": len(val_idx), "seed": args.seed},
+        "split": split,
         "normalize": None if normalize is None else {"mean": normalize[0], "std": normalize[1]},
-        "model_args": model_args,
-        "target": target,
+        "target": _target(options),
+        "reached": _reached(result, options),
+        "rounds": result.rounds if args.rounds > 1 else None,
         "accuracy": accuracy,
         "plan": summary,
         "scores": {
@@ -319,28 +333,20 @@ def cmd_compress(args: argparse.Namespace) -> int:
             "memory": record.get("memory"),
         },
         "verify": {
-            "passed": check.passed,
-            "max_abs_diff": check.max_abs_diff,
-            "tolerance": check.tolerance,
+            "passed": result.verify.passed,
+            "max_abs_diff": result.verify.max_abs_diff,
+            "tolerance": result.verify.tolerance,
         },
-        "recalibration": recal,
-        "finetune": history,
+        "recalibration": result.recalibration,
+        "finetune": result.finetune,
         "export": export,
         "timings_seconds": {k: round(v, 4) for k, v in times.items()},
         "groups": per_group,
     }
-    if report_path is not None:
-        write_text(report_path, json.dumps(report, indent=2, default=_json_default) + "\n")
-        say(f"wrote {report_path}")
-    if plot_path is not None:
-        plot_kept(per_group, plot_path, f"{args.model}: {target}")
-        say(f"wrote {plot_path}")
-    table = _compress_table(args, target, summary, check, history, export, times, reused, accuracy)
-    print(table.replace("\nverify", f"\n{recal_line(recal)}\nverify") if recal else table)
-    return 0 if export["equal"] else 1
 
 
-def _compress_table(args, target, s, check, history, export, times, reused, accuracy) -> str:
+def _compress_table(args: argparse.Namespace, report: dict[str, Any]) -> str:
+    s, accuracy, check = report["plan"], report["accuracy"], report["verify"]
     final = None
     if accuracy is not None:
         final = (
@@ -358,28 +364,53 @@ def _compress_table(args, target, s, check, history, export, times, reused, accu
     ]
     if accuracy is not None:
         rows.append(("accuracy", f"{accuracy['original']:.1%}", f"{final:.1%}", ""))
-    lines = [f"fairfx compress {args.model} ({target})", _table(rows, (False, True, True, True))]
+    lines = [
+        f"fairfx compress {args.model} ({report['target']})",
+        _table(rows, (False, True, True, True)),
+    ]
+    if report["rounds"]:
+        first = report["rounds"][0]
+        table = [("round", "params kept", "MACs kept", "verified")]
+        for i, r in enumerate(report["rounds"], 1):
+            params = r["params_after"] / max(first["params_before"], 1)
+            macs = r["macs_after"] / max(first["macs_before"], 1)
+            table.append((str(i), f"{params:.1%}", f"{macs:.1%}", str(r["verify"])))
+        lines.append(f"rounds         {len(report['rounds'])} (fine-tuned 1 epoch between)")
+        lines.append(_table(table, (False, True, True, False)))
     lines.append(
         f"groups pruned  {s['groups_pruned']} ({s['units_removed']} channel units removed)"
-        + (f"; {s['note']}" if s["note"] else "")
+        + (f"; {s['note']}" if s["note"] and not report["rounds"] else "")
     )
+    reached = report["reached"]
+    if reached is not None and not reached["met"]:
+        what = "parameters" if reached["budget"] == "params" else "MACs"
+        lines.append(
+            f"target missed  kept {reached['reached']:.1%} of {what} for a target of "
+            f"{reached['target']:.1%} (one round prunes at most about half of each group; "
+            "more rounds or no --round-to get closer)"
+        )
+    recal = report["recalibration"]
+    if recal:
+        lines.append(recal_line(recal))
     lines.append(
-        f"verify         {'PASS' if check.passed else 'FAIL'} (max |pruned - masked original| "
-        f"{check.max_abs_diff:.2g}, tolerance {check.tolerance:.2g})"
+        f"verify         {'PASS' if check['passed'] else 'FAIL'} (max |pruned - masked original| "
+        f"{check['max_abs_diff']:.2g}, tolerance {check['tolerance']:.2g})"
     )
     if accuracy is not None:
         tuned = accuracy["fine_tuned"]
         lines.append(
-            f"validation     {accuracy['samples']} held-out samples: accuracy original "
+            f"validation     {report['split']['validation']} held-out samples: accuracy original "
             f"{accuracy['original']:.1%}, one-shot {accuracy['one_shot']:.1%}"
             + ("" if tuned is None else f", fine-tuned {tuned:.1%} (best epoch kept)")
         )
+    history = report["finetune"]
     if history is not None:
         where = "the training split" if accuracy is not None else "the calibration data"
         lines.append(
             f"fine-tune      {history['epochs']} epoch(s) on {where}, train loss "
             + " -> ".join(f"{v:.4f}" for v in history["train_loss"])
         )
+    export = report["export"]
     batch = "dynamic batch >= 1" if export["dynamic_batch"] else export["note"]
     lines.append(
         f"export         {'OK' if export['equal'] else 'MISMATCH (not written)'} "
@@ -387,8 +418,9 @@ def _compress_table(args, target, s, check, history, export, times, reused, accu
         f"reloaded and compared at batch {', '.join(map(str, export['batches']))}: max |diff| "
         f"{export['max_abs_diff']:.2g})"
     )
-    names = {"analyze": "load scores" if reused else "analyze", "finetune": "fine-tune"}
+    names = {"analyze": "load scores" if report["scores"]["reused"] else "analyze"}
     lines.append(
-        "time           " + ", ".join(f"{names.get(k, k)} {v:.2f}s" for k, v in times.items())
+        "time           "
+        + ", ".join(f"{names.get(k, k)} {v:.2f}s" for k, v in report["timings_seconds"].items())
     )
     return "\n".join(lines)

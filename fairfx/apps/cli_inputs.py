@@ -288,21 +288,6 @@ class _Chatter:
 
 
 # -------------------------------------------------------------------------------------- helpers
-def _fraction(value: float, flag: str) -> float:
-    if not 0 < value <= 1:
-        raise UserError(f"{flag} is the fraction to keep, in (0, 1]; got {value:g}")
-    return value
-
-
-def _check_alpha(value: float) -> float:
-    from ..method.options import check_alpha
-
-    try:
-        return check_alpha(value)
-    except FairfxError as exc:
-        raise UserError(_one_line(exc)) from exc
-
-
 def _writable(path: str | None, flag: str) -> Path | None:
     """Refuse an output that cannot be written (see :func:`fairfx.files.check_output`)."""
     if path is None:

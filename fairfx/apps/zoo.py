@@ -120,8 +120,8 @@ def _check_random(
         graph = build(model, x)
         res.groups = len(graph.groups)
         res.prunable = sum(g.prunable for g in graph.groups)
-        res.unlisted = tuple(unlisted_parameters(graph.analysis.gm, graph.groups))
-        pruned = graph.rewrite(random_plan(graph, seed))
+        res.unlisted = tuple(unlisted_parameters(graph.captured, graph.groups))
+        pruned = graph.prune(random_plan(graph, seed))
         del graph
         res.params_before, res.params_after = count_params(model), count_params(pruned)
         report = verify(model, pruned, x)

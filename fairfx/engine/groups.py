@@ -4,9 +4,12 @@ A *group* is a connected set of producers whose channels are tied by coupling op
 stream, a conv and its depthwise followers). Its *units* are the equivalence classes of slots it
 holds, ordered by their first slot, so unit ``i`` of a plain conv is its output channel ``i``.
 
-A :class:`ChannelGraph` is the analysed model: one capture and one channel pass, then any number
-of plans, plan costs and rewrites from it (``graph.prune(keep)``, ``graph.rewrite(units)``,
-``graph.cost(units)``). ``channel_groups`` and ``prune`` are one-call wrappers around it.
+A :class:`GroupGraph` is the analysed model: one capture and one channel pass, then any number
+of plan costs and rewrites from it (``graph.prune(keep)``, ``graph.cost(units)``), and a narrow
+query API for the method layer (``captured``, ``node``, ``node_shapes``, ``read_points``,
+``producer_weight``, ``unit_maps``), so scoring and planning never touch slots, roots or edits.
+``fairfx.ChannelGraph`` (:mod:`fairfx.method.graph`) adds planning on top.
+``channel_groups`` and ``prune`` are one-call wrappers around it.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import weakref
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import networkx as nx
 import numpy as np
@@ -27,13 +30,16 @@ from .capture import capture
 from .cost import Cost, slot_cost
 from .coverage import account_for_parameters
 from .edits import ModuleEdit, ParamEdit
+from .graph_queries import GraphQueries
 from .records import ChannelGroup, UnitMap, check_keep_list
 from .rewrite import count_params, rewrite
 from .rules import rule_for
 from .slots import Layout, common, unique
 
+G = TypeVar("G", bound="GroupGraph")
 
-class ChannelGraph:
+
+class GroupGraph(GraphQueries):
     """Groups of one captured model, with the conversions between channels, units and slots."""
 
     def __init__(self, analysis: ChannelAnalysis) -> None:
@@ -42,6 +48,7 @@ class ChannelGraph:
         self._costs: dict[bytes, Cost] = {}
         self._unit_maps: list[UnitMap] | None = None
         self._params_before: int | None = None  # counted at the first rewrite
+        self._nodes: dict[str, fx.Node] | None = None
         roots = analysis.table.roots()
         self.roots = roots
         blocked = analysis.blocked_reasons(roots)
@@ -194,10 +201,19 @@ class ChannelGraph:
         return out
 
     def restore_empty(
-        self, units: Mapping[int, Sequence[int]], score: np.ndarray | None = None
+        self,
+        units: Mapping[int, Sequence[int]],
+        priority: Mapping[int, np.ndarray] | None = None,
     ) -> dict[int, np.ndarray]:
-        """Add back, for every tensor a plan would empty, its best unit (highest ``score`` over
-        slots, else its first). Planners call this so a plan never needs a by-hand fix."""
+        """Add back, for every tensor a plan would empty, its best unit (highest
+        ``priority[group][unit]``, else its first). Planners call this so a plan never needs a
+        by-hand fix."""
+        score = None
+        if priority:
+            score = np.zeros(len(self.roots))
+            for gid, values in priority.items():
+                score[self.group_classes[gid]] = values
+            score = score[self.roots]
         plan = {g: np.asarray(u) for g, u in units.items()}
         while True:
             empty = self.empty_tensors(self.kept_slots(plan))
@@ -223,7 +239,7 @@ class ChannelGraph:
         return out
 
     # ------------------------------------------------------------------ rewrites and costs
-    def rewrite(self, units: Mapping[int, Sequence[int]]) -> fx.GraphModule:
+    def _rewrite(self, units: Mapping[int, Sequence[int]]) -> fx.GraphModule:
         """The smaller GraphModule for ``{group id: kept unit indices}``; plan in ``.meta``."""
         kept_slot = self.kept_slots(units)
         self.check_nonempty(kept_slot)
@@ -247,13 +263,13 @@ class ChannelGraph:
             raise PlanError("keep is empty: name at least one producer (see fairfx.channel_groups)")
         ids = [isinstance(k, (int, np.integer)) and not isinstance(k, bool) for k in keep]
         if all(ids):
-            return self.rewrite(self.units_from_ids(keep))  # type: ignore[arg-type]
+            return self._rewrite(self.units_from_ids(keep))  # type: ignore[arg-type]
         if any(ids):
             raise PlanError(
                 "keep mixes group ids and producer names; give {group id: units} or "
                 "{producer: channels}, not both"
             )
-        return self.rewrite(self.units_from_keep(keep))  # type: ignore[arg-type]
+        return self._rewrite(self.units_from_keep(keep))  # type: ignore[arg-type]
 
     def units_from_ids(self, keep: Mapping[int, Sequence[int]]) -> dict[int, np.ndarray]:
         """Validate a plan ``{group id: units to keep}``: known ids, valid unit indices."""
@@ -291,51 +307,6 @@ class ChannelGraph:
             self.group_of_producer[name], a.producers[a.producer_index[name]].slots
         )
 
-    def unit_maps(self) -> list[UnitMap]:
-        """Every call of every prunable group's producers, with its unit maps (computed once)."""
-        if self._unit_maps is None:
-            a = self.analysis
-            nodes = {n.name: n for n in a.gm.graph.nodes}
-            maps = []
-            for group in self.groups:
-                if not group.prunable:
-                    continue
-                for name in group.producers:
-                    for node_name in a.producers[a.producer_index[name]].nodes:
-                        lay = a.layouts[node_name]
-                        read = self._read_point(nodes[node_name])
-                        rlay = a.layouts[read.name]
-                        maps.append(
-                            UnitMap(
-                                name,
-                                group.id,
-                                node_name,
-                                lay.dim,
-                                self.unit_index(group.id, lay.slots),
-                                read.name,
-                                rlay.dim,
-                                self.unit_index(group.id, rlay.slots),
-                            )
-                        )
-            self._unit_maps = maps
-        return self._unit_maps
-
-    def _read_point(self, node: Any) -> Any:
-        """From a producer call, walk through per-channel ops (BN, activation, pooling, scale) to
-        the tensor the next layer reads; stop at anything that joins tensors or moves channels."""
-        layouts = self.analysis.layouts
-        cur, lay = node, layouts[node.name]
-        while len(cur.users) == 1:
-            user = next(iter(cur.users))
-            ulay = layouts.get(user.name)
-            if not isinstance(ulay, Layout) or ulay.slots is not lay.slots or ulay.dim != lay.dim:
-                break
-            laid = [a for a in user.all_input_nodes if isinstance(layouts.get(a.name), Layout)]
-            if len(laid) != 1:
-                break
-            cur, lay = user, ulay
-        return cur
-
     def unit_index(self, gid: int, slots: np.ndarray) -> np.ndarray:
         """Unit index (within group ``gid``) of each slot; -1 for slots of other groups."""
         classes = self.group_classes[gid]
@@ -353,12 +324,13 @@ def _iter_layouts(lay: Any):
             yield from _iter_layouts(item)
 
 
-def build(model: torch.nn.Module, example_input: Any) -> ChannelGraph:
+def build(model: torch.nn.Module, example_input: Any, kind: type[G] = GroupGraph) -> G:  # type: ignore[assignment]
     """Capture ``model`` and run the channel pass once: the analysed graph every entry point
-    plans, costs and rewrites from. Public as ``fairfx.channel_graph``."""
+    costs and rewrites from (``kind`` a subclass, e.g. the planning facade
+    ``fairfx.ChannelGraph``)."""
     analysis = ChannelAnalysis(capture(model, example_input), rule_for)
     account_for_parameters(analysis)  # no op with weights may be missing from the groups
-    graph = ChannelGraph(analysis)
+    graph = kind(analysis)
     graph._source = weakref.ref(model)
     return graph
 

@@ -18,7 +18,7 @@ import torch
 import torch.fx as fx
 
 from ..errors import FairfxError
-from .groups import ChannelGraph, build
+from .groups import GroupGraph, build
 from .slots import Layout
 
 
@@ -36,7 +36,7 @@ def _mask(value: Any, lay: Any, kept_slot: np.ndarray) -> Any:
 class MaskedInterpreter(fx.Interpreter):
     """Runs the original graph with pruned channels zeroed at every tensor that carries them."""
 
-    def __init__(self, graph: ChannelGraph, kept_slot: np.ndarray) -> None:
+    def __init__(self, graph: GroupGraph, kept_slot: np.ndarray) -> None:
         super().__init__(graph.analysis.gm)
         self.layouts = graph.analysis.layouts
         self.masked = graph.analysis.masked
@@ -89,7 +89,7 @@ def flat_tensors(value: Any) -> list[torch.Tensor]:
 
 
 @torch.no_grad()
-def masked_output(graph: ChannelGraph, kept_slot: np.ndarray, inputs: tuple[Any, ...]) -> Any:
+def masked_output(graph: GroupGraph, kept_slot: np.ndarray, inputs: tuple[Any, ...]) -> Any:
     gm = graph.analysis.gm
     was = gm.training
     gm.eval()

@@ -78,7 +78,7 @@ class UnitMap:
     """One producer call's output and the tensor the next layer reads it from, as unit maps.
 
     Scoring needs, for every prunable producer call, which unit of which group each position of
-    a tensor's channel axis holds. The engine computes these maps once (:meth:`ChannelGraph.
+    a tensor's channel axis holds. The engine computes these maps once (:meth:`GroupGraph.
     unit_maps`) so that scoring never reaches into slots or roots.
 
     Attributes:

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..engine.groups import ChannelGraph
+from ..engine.groups import GroupGraph
 from ..errors import CalibrationError, FairfxError
 
 
@@ -110,7 +110,7 @@ def check_scores(graph: Any, scores: dict[int, Any]) -> None:
 
 
 def check_saved_groups(
-    path: str | Path, saved: Any, graph: ChannelGraph, scores: dict[int, Any]
+    path: str | Path, saved: Any, graph: GroupGraph, scores: dict[int, Any]
 ) -> None:
     """Refuse scores computed for other channel groups: names AND sizes must agree."""
     now = [(tuple(g.producers), g.size) for g in graph.groups]

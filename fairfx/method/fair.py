@@ -14,7 +14,6 @@ import numpy as np
 import torch
 import torch.fx as fx
 
-from ..engine.groups import ChannelGraph, build
 from ..errors import CalibrationError, FairfxError, PlanError
 from ..files import load_payload, plain, save_payload
 from . import ranks
@@ -27,9 +26,11 @@ from .checks import (
     finite_batches,
 )
 from .finalize import finalize
+from .graph import ChannelGraph, channel_graph
 from .memory import class_hint, estimate_for_graph
 from .options import check_analyze_options
-from .planning import Plan, ignored_groups, make_plan, plan_for_budget
+from .plan_options import PlanOptions
+from .planning import Plan
 from .recalibrate import STATS_KEY
 from .recalibrate import recalibrate as recalibrate_bn
 from .scoring import Scores, calibrate, new_state
@@ -73,92 +74,50 @@ class Analysis:
 
     # ------------------------------------------------------------------ planning
     def plan(
-        self,
-        alpha: float | None = None,
-        *,
-        importance: str = "fair",
-        uniform: float | None = None,
-        allocation: str | None = None,
-        ratio: float | None = None,
-        group_rule: str = "joint",
-        round_to: int | None = None,
-        ignored_layers: Any = None,
-        seed: int = 0,
+        self, alpha: float | PlanOptions | None = None, *, uniform: Any = None, **options: Any
     ) -> Plan:
-        """Per-group kept units by Tolerance of Difference at ``alpha`` (the paper), a
-        ``uniform`` ratio, or another ``allocation`` with a global ``ratio`` of units (see
-        :mod:`fairfx.method.allocation`). ``round_to`` rounds kept counts to a multiple;
-        ``ignored_layers`` (names or modules) stay exactly as they are."""
-        if alpha is None and uniform is None and ratio is None:
-            raise PlanError("give alpha (Tolerance of Difference), uniform=ratio or ratio=")
-        graph = self._need_graph()
-        return make_plan(
-            graph,
-            self.scores,
-            alpha=alpha,
-            importance=importance,
-            uniform=uniform,
-            allocation=allocation,
-            ratio=ratio,
-            group_rule=group_rule,
-            round_to=round_to,
-            ignored=ignored_groups(graph, ignored_layers),
-            seed=seed,
-        )
+        """Per-group kept units for a :class:`PlanOptions` (or its fields as keywords):
+        Tolerance of Difference at ``alpha`` (the paper), ``uniform=ratio`` (the fraction
+        removed from every group), another ``allocation`` with a global ``ratio``, or a budget
+        (``params=``/``flops=``, as :meth:`plan_for`)."""
+        if isinstance(alpha, PlanOptions):
+            if uniform is not None or options:
+                raise PlanError("give a PlanOptions or keywords, not both")
+            return self._need_graph().plan(alpha, self.scores)
+        if alpha is not None:
+            options["alpha"] = alpha
+        budget = options.get("params") is not None or options.get("flops") is not None
+        plan_options = PlanOptions.from_keywords(budget=budget, uniform=uniform, **options)
+        return self._need_graph().plan(plan_options, self.scores)
 
-    def plan_for(
-        self,
-        *,
-        params: float | None = None,
-        flops: float | None = None,
-        importance: str = "fair",
-        uniform: bool = False,
-        allocation: str | None = None,
-        alpha: float | None = None,
-        group_rule: str = "joint",
-        round_to: int | None = None,
-        ignored_layers: Any = None,
-        seed: int = 0,
-    ) -> Plan:
-        """The plan whose kept fraction of parameters (or FLOPs, counted as MACs) is closest
-        to the target, by bisecting the allocation's knob over the cached scores (alpha for
-        ``tod``); ``plan.note`` says how close. ``allocation`` defaults to the benchmark's
-        winner (README, Decisions)."""
-        graph = self._need_graph()
-        return plan_for_budget(
-            graph,
-            self.scores,
-            params=params,
-            macs=flops,
-            importance=importance,
-            uniform=uniform,
-            allocation=allocation,
-            alpha=alpha,
-            group_rule=group_rule,
-            round_to=round_to,
-            ignored=ignored_groups(graph, ignored_layers),
-            seed=seed,
-        )
+    def plan_for(self, *, uniform: bool = False, **options: Any) -> Plan:
+        """The plan whose kept fraction of parameters (``params=``) or FLOPs (``flops=``,
+        counted as MACs) is closest to the target, by bisecting the allocation's knob over the
+        cached scores (alpha for ``tod``); ``plan.note`` says how close. ``uniform=True``
+        bisects one ratio for every group; ``allocation`` defaults to the benchmark's winner
+        (docs/decisions.md). Other keywords: the fields of :class:`PlanOptions`."""
+        plan_options = PlanOptions.from_keywords(budget=True, uniform=uniform, **options)
+        return self._need_graph().plan(plan_options, self.scores)
 
     def compress(
         self,
-        alpha: float | Plan = 0.005,
+        alpha: float | Plan | PlanOptions | None = None,
         *,
         data: Iterable[Any] | None = None,
         recalibrate: bool = True,
         **plan_options: Any,
     ) -> fx.GraphModule:
-        """The pruned GraphModule for ``alpha`` (or a ready ``Plan``); plan and summary in
-        ``.meta["fairfx"]``. With ``data``, BatchNorm statistics are re-estimated on it
-        afterwards (:func:`fairfx.recalibrate`; ``recalibrate=False`` skips it)."""
+        """The pruned GraphModule for a ready ``Plan``, a :class:`PlanOptions`, or ``alpha``
+        and planning keywords; plan and summary in ``.meta["fairfx"]``. With ``data``,
+        BatchNorm statistics are re-estimated on it afterwards (:func:`fairfx.recalibrate`;
+        ``recalibrate=False`` skips it)."""
         graph = self._need_graph()
         plan = alpha if isinstance(alpha, Plan) else self.plan(alpha, **plan_options)
         start = time.perf_counter()
-        pruned = graph.rewrite(plan.units)
+        pruned = graph.prune(plan)
         # A model pruned again carries its earlier recalibration's record: not this rewrite's.
         pruned.meta.pop(STATS_KEY, None)
         info = pruned.meta["fairfx"]
-        info["plan"] = plan.summary()
         info["rewrite_seconds"] = time.perf_counter() - start
         info["analysis"] = dict(self.record)
         if data is not None and recalibrate:
@@ -231,7 +190,7 @@ def load_analysis(
         ) from None
     graph = None
     if model is not None:
-        graph = build(model, example_input)
+        graph = channel_graph(model, example_input)
         check_saved_groups(path, saved, graph, scores)
     return Analysis(scores, graph, record, saved_groups=saved)
 
@@ -308,7 +267,7 @@ def analyze(
     check_weights(model)
     start = time.perf_counter()
     if graph is None:
-        graph = build(model, example_input)
+        graph = channel_graph(model, example_input)
     elif not graph.built_from(model):
         raise PlanError(
             "graph= was built from another model; pass fairfx.channel_graph(model, "

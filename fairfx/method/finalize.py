@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..engine.groups import ChannelGraph
+from ..engine.groups import GroupGraph
 from ..errors import CalibrationError
 from .codec import decode
 from .diameter import l1_diameter
@@ -54,7 +54,7 @@ def balanced_split(costs: list[int], world: int) -> list[int]:
 
 
 def finalize(
-    graph: ChannelGraph, state: CalibrationState, shard: tuple[int, int] = (0, 1)
+    graph: GroupGraph, state: CalibrationState, shard: tuple[int, int] = (0, 1)
 ) -> dict[int, Scores]:
     """Per-group U and R from a (merged) state; ``shard = (rank, world)`` splits the pair loop
     across an initialised ``torch.distributed`` group (every rank gets every score)."""

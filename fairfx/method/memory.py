@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from ..engine.groups import ChannelGraph, build
+from ..engine.groups import GroupGraph, build
 from ..errors import CalibrationError
 from .codec import CODECS, check_codec, row_bytes
 from .finalize import WORKSPACE_BYTES
@@ -113,9 +113,9 @@ def _per_sample(shape: Any) -> int | None:
     return math.prod(shape[1:]) if shape[0] else None
 
 
-def point_sizes(graph: ChannelGraph, observe: str, projections: int) -> dict[str, tuple[int, int]]:
+def point_sizes(graph: GroupGraph, observe: str, projections: int) -> dict[str, tuple[int, int]]:
     """Channels C and stored values per channel V = min(S, P) of every observation point."""
-    shapes = {n.name: n.meta.get("fairfx_shape") for n in graph.analysis.gm.graph.nodes}
+    shapes = graph.node_shapes()
     dims: dict[str, tuple[int, int]] = {}
     for p in observation_points(graph, observe):
         shape = shapes[p.node]
@@ -142,7 +142,7 @@ def auto_dtype(total_by_dtype: dict[str, int], available: int | None) -> tuple[s
 
 
 def estimate_for_graph(
-    graph: ChannelGraph,
+    graph: GroupGraph,
     *,
     classes: int,
     samples_per_class: int = 32,
@@ -153,7 +153,7 @@ def estimate_for_graph(
 ) -> MemoryEstimate:
     """:func:`estimate_memory` on an already captured graph."""
     check_state_dtype(state_dtype)
-    shapes = {n.name: n.meta.get("fairfx_shape") for n in graph.analysis.gm.graph.nodes}
+    shapes = graph.node_shapes()
     dims = point_sizes(graph, observe, projections)
     taylor = sum(4 * shapes[n][d] for n, (_, _, d, _) in producer_outputs(graph).items())
 
@@ -161,7 +161,8 @@ def estimate_for_graph(
         return sum(row_bytes(c, v, dtype) for c, v in dims.values()) + taylor
 
     kept = classes * samples_per_class
-    act = 8 * sum(_per_sample(s) or 0 for n, s in shapes.items() if n in graph.analysis.layouts)
+    carried = set(graph.channel_tensors())
+    act = 8 * sum(_per_sample(s) or 0 for n, s in shapes.items() if n in carried)
     if batch_size is None:
         batch_size = max(1, min(MAX_BATCH, ACTIVATION_BUDGET // max(act, 1)))
     available = available_memory()
@@ -185,7 +186,7 @@ def estimate_for_graph(
     )
 
 
-def class_hint(graph: ChannelGraph, data: Any, max_classes: int) -> int:
+def class_hint(graph: GroupGraph, data: Any, max_classes: int) -> int:
     """Classes ``analyze`` will use at most: ``max_classes``, fewer when the model has fewer
     outputs or the data says how many classes it holds (an ImageFolder's ``classes``, a
     TensorDataset's labels)."""

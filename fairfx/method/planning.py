@@ -18,23 +18,24 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import torch
 
 from ..engine.cost import Cost
-from ..engine.groups import ChannelGraph
+from ..engine.groups import GroupGraph
 from ..errors import PlanError
-from .allocation import BOUNDED, check_ratio, counts, round_kept
-from .options import check_alpha, check_budget, check_plan_options, check_uniform_ratio
+from .allocation import BOUNDED, counts, round_kept
+from .plan_options import PlanOptions
+from .scoring import Scores, filter_l1
+from .selection import ignored_groups, layer_ratio_groups
 from .tod import removal_order
 
-# plan_for's allocation when none is given; chosen by benchmarks/bench_quality.py (README).
-DEFAULT_BUDGET_ALLOCATION = "hybrid_cost"
+# Allocations that weigh units by R, which a plan from the weights alone does not have.
+_NEEDS_R = ("tod", "global_r", "taylor", "hybrid", "hybrid_cost")
 
 
 _UNIT_COSTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def unit_costs(graph: ChannelGraph, groups: set[int], key: str = "params") -> dict[int, float]:
+def unit_costs(graph: GroupGraph, groups: set[int], key: str = "params") -> dict[int, float]:
     """What one unit of each group costs: parameters (``key="params"``) or MACs (``"macs"``)
     freed by removing one of its units from the unpruned model (its producers' slices and its
     consumers' input slices). One cost evaluation per group, cached per graph."""
@@ -95,104 +96,82 @@ class Plan:
         }
 
 
-def _ranking(scores, gid: int, importance: str, seed: int) -> np.ndarray:
+def _ranking(graph: GroupGraph, scores: Any, gid: int, options: PlanOptions) -> np.ndarray:
     """The score units of one group are removed by, lowest first."""
+    importance = options.importance
+    if callable(importance):
+        values = np.asarray(importance(graph, graph.groups[gid]), dtype=np.float64).reshape(-1)
+        if len(values) != graph.groups[gid].size or not np.isfinite(values).all():
+            raise PlanError(
+                f"importance callable returned {len(values)} values for group {gid} of "
+                f"{graph.groups[gid].size} units (finite, one per unit, lower removed first)"
+            )
+        return values
     if importance == "fair":
         return np.asarray(scores.u, dtype=np.float64)
     if importance == "l1":
         return np.asarray(scores.l1, dtype=np.float64)
-    return np.random.default_rng([seed, gid]).random(len(scores.u))
+    return np.random.default_rng([options.seed, gid]).random(len(scores.u))
 
 
-def ignored_groups(graph: ChannelGraph, ignored: Any) -> set[int]:
-    """Groups that touch an ignored layer (as producer or consumer): they stay whole, so the
-    layer's weights stay exactly as they were.
+def data_free_scores(graph: GroupGraph) -> dict[int, Scores]:
+    """Scores from the weights alone (filter L1 as U; no R): enough for data-free importances
+    with ``uniform``/``global`` allocations, per-layer ratios and budgets."""
+    out = {}
+    for g in graph.groups:
+        if g.prunable:
+            l1 = filter_l1(graph, g.id)
+            out[g.id] = Scores(l1, np.zeros_like(l1), l1)
+    return out
 
-    ``ignored`` holds qualified module names (a name also covers the modules under it) or
-    modules; a module is matched by its parameters, which the captured graph shares with the
-    user's model.
-    """
-    if not ignored:
-        return set()
-    if isinstance(ignored, (str, torch.nn.Module)):
-        ignored = [ignored]
-    gm = graph.analysis.gm
-    names: set[str] = set()
-    for item in ignored:
-        if isinstance(item, str):
-            if not any(n == item or n.startswith(item + ".") for n, _ in gm.named_modules()):
-                valid = ", ".join(sorted({g.producers[0] for g in graph.groups})[:6])
-                raise PlanError(
-                    f"ignored_layers: {item!r} is not a module of the model; give qualified "
-                    f"names such as {valid}"
-                )
-            names.add(item)
-        elif isinstance(item, torch.nn.Module):
-            ptrs = {p.data_ptr() for p in item.parameters()}
-            owners = {
-                n.rpartition(".")[0] for n, p in gm.named_parameters() if p.data_ptr() in ptrs
-            }
-            if not ptrs or not owners:
-                raise PlanError(
-                    f"ignored_layers: the {type(item).__name__} given has no parameters in this "
-                    "model; pass submodules of the model or their qualified names"
-                )
-            names |= owners
-        else:
+
+def plan(graph: GroupGraph, scores: Mapping[int, Any] | None, options: PlanOptions) -> Plan:
+    """The one planning entry point: per-group kept units for ``options``.
+
+    ``scores`` are an Analysis's U/R/L1 per group; None plans from the weights alone, which
+    needs a data-free importance (``l1``, ``random`` or a callable) and an allocation that does
+    not weigh units by R (``uniform`` or ``global``, a ratio, a budget or ``layer_ratios``)."""
+    if scores is None:
+        if not options.data_free:
             raise PlanError(
-                f"ignored_layers takes module names or modules, got {type(item).__name__}"
+                "importance='fair' needs U and R from calibration data: plan from "
+                "fairfx.analyze(model, x, data), or choose importance='l1', 'random' or a "
+                "callable to plan from the weights alone"
             )
+        if options.resolved_allocation in _NEEDS_R:
+            raise PlanError(
+                f"allocation={options.resolved_allocation!r} weighs units by R, which needs "
+                "calibration data; without data give ratio= or a budget with "
+                "allocation='uniform' or 'global'"
+            )
+        scores = data_free_scores(graph)
+    ignored = ignored_groups(graph, options.ignored_layers)
+    if options.budget is not None:
+        return _plan_for_budget(graph, scores, options, ignored)
+    return _make_plan(graph, scores, options, ignored, alpha=options.alpha, ratio=options.ratio)
 
-    def hit(layer: str) -> bool:
-        return any(layer == n or layer.startswith(n + ".") for n in names)
 
-    return {g.id for g in graph.groups if any(hit(x) for x in (*g.producers, *g.consumers))}
-
-
-def make_plan(
-    graph: ChannelGraph,
+def _make_plan(
+    graph: GroupGraph,
     scores: Mapping[int, Any],
+    options: PlanOptions,
+    ignored: set[int],
     *,
-    alpha: float | None = None,
-    importance: str = "fair",
-    uniform: float | None = None,
-    allocation: str | None = None,
-    ratio: float | None = None,
-    group_rule: str = "joint",
-    round_to: int | None = None,
-    ignored: set[int] | None = None,
-    seed: int = 0,
-    base: Cost | None = None,
+    alpha: float | None,
+    ratio: float | None,
     scale: float = 1.0,
+    base: Cost | None = None,
     cost_of: Callable[[dict[int, np.ndarray]], Cost] | None = None,
-    cost_key: str = "params",
 ) -> Plan:
-    """One plan: per-group counts by ``allocation``, units by the ``importance`` ranking.
+    """One plan at one setting of the allocation's knob (``alpha`` or ``ratio``).
 
-    ``tod`` (default) takes ``alpha``; ``uniform=r`` (or ``allocation="uniform", ratio=r``)
-    removes the fraction r of every group; the global allocations take ``ratio``, the fraction of
-    all units below their threshold (``hybrid`` also ``alpha``, the ToD bound). ``round_to``
-    rounds every kept count to a multiple (:func:`~fairfx.method.allocation.round_kept`);
-    ``ignored`` groups stay whole. ``scale`` multiplies every count (rounded down); ``plan_for``
-    uses it for budgets that keep more than ``alpha = 0`` does. ``cost_key`` (``params`` or
-    ``macs``) is what ``hybrid_cost`` weighs a unit by.
-    """
-    if uniform is not None:
-        allocation, ratio = "uniform", check_uniform_ratio(uniform)
-    allocation = allocation or "tod"
-    check_plan_options(
-        importance=importance,
-        group_rule=group_rule,
-        allocation=allocation,
-        round_to=round_to,
-        budget=True,
-    )
-    if allocation in ("tod", *BOUNDED):
-        alpha = check_alpha(0.5 if alpha is None and allocation in BOUNDED else alpha)
-    if allocation != "tod":
-        ratio = check_ratio(ratio)
-    ignored = ignored or set()
-    rankings = {g: _ranking(scores[g], g, importance, seed) for g in scores}
+    ``scale`` multiplies every ToD count (rounded down): budgets that keep more than
+    ``alpha = 0`` bisect it. ``cost_of`` (budget bisection) reuses costs of equal counts."""
+    allocation = options.resolved_allocation
+    if allocation in BOUNDED and alpha is None:
+        alpha = 0.5
+    key = "macs" if options.flops is not None else "params"
+    rankings = {g: _ranking(graph, scores[g], g, options) for g in scores}
     eligible = {g for g in scores if g not in ignored}
     removal = counts(
         scores,
@@ -201,72 +180,65 @@ def make_plan(
         allocation=allocation,
         alpha=alpha,
         ratio=ratio,
-        group_rule=group_rule,
-        unit_cost=unit_costs(graph, eligible, cost_key) if allocation == "hybrid_cost" else None,
+        group_rule=options.group_rule,
+        unit_cost=unit_costs(graph, eligible, key) if allocation == "hybrid_cost" else None,
     )
+    forced = layer_ratio_groups(graph, options.layer_ratios)
     units: dict[int, np.ndarray] = {}
-    priority = np.zeros(len(graph.roots))
+    priority: dict[int, np.ndarray] = {}
     for gid in sorted(scores):
-        s = scores[gid]
-        n = len(s.u)
+        n = len(scores[gid].u)
         m = math.floor(scale * removal[gid]) if allocation == "tod" else removal[gid]
-        kept = n if gid in ignored else round_kept(n - m, n, round_to)
+        if gid in forced:
+            m = math.floor(forced[gid] * n + 1e-9)
+        if options.max_ratio is not None:
+            m = min(m, math.floor(options.max_ratio * n + 1e-9))
+        m = min(m, n - 1)
+        kept = n if gid in ignored else round_kept(n - m, n, options.round_to)
         order = removal_order(rankings[gid])
         units[gid] = np.sort(order[n - kept :])
-        priority[graph.group_classes[gid]] = s.u
-    units = graph.restore_empty(units, priority[graph.roots])
+        priority[gid] = np.asarray(scores[gid].u, dtype=np.float64)
+    units = graph.restore_empty(units, priority)
     removed = {g: graph.groups[g].size - len(u) for g, u in units.items()}
     base = base or graph.cost()
     cost = cost_of(units) if cost_of is not None else graph.cost(units)
-    plan = Plan(
-        units, alpha, importance, ratio if allocation == "uniform" else None, removed, cost, base
+    importance = options.importance if isinstance(options.importance, str) else "custom"
+    uniform = ratio if allocation == "uniform" else None
+    result = Plan(units, alpha, importance, uniform, removed, cost, base)
+    result.extra.update(
+        allocation=allocation,
+        ratio=ratio,
+        round_to=options.round_to,
+        ignored_groups=sorted(ignored),
+        layer_ratios={int(g): r for g, r in forced.items()},
+        max_ratio=options.max_ratio,
     )
-    plan.extra.update(
-        allocation=allocation, ratio=ratio, round_to=round_to, ignored_groups=sorted(ignored)
-    )
-    return plan
+    return result
 
 
-def plan_for_budget(
-    graph: ChannelGraph,
+def _plan_for_budget(
+    graph: GroupGraph,
     scores: Mapping[int, Any],
-    *,
-    params: float | None = None,
-    macs: float | None = None,
-    importance: str = "fair",
-    uniform: bool = False,
-    allocation: str | None = None,
-    alpha: float | None = None,
-    group_rule: str = "joint",
-    round_to: int | None = None,
-    ignored: set[int] | None = None,
-    seed: int = 0,
+    options: PlanOptions,
+    ignored: set[int],
     steps: int = 24,
 ) -> Plan:
     """Bisect the allocation's knob so the kept fraction meets a budget.
 
     The knob is alpha for ``tod``, the ratio for ``uniform`` and the global allocations
     (``hybrid`` keeps ``alpha`` as its per-group bound, 0.5 by default; when even the bounds at
-    0.5 keep more than the budget, alpha is bisected upwards to widen them). The kept fraction falls
-    as the knob grows, though not strictly (counts move in steps), so every evaluated plan is
-    kept and the one closest to the target wins; its note says how close it came and whether the
-    target was reachable (one ToD round prunes at most about half of each group, see README).
-    When even ``alpha = 0`` keeps less than the target (U and R disagree enough that ToD already
-    removes many units), every ToD count is scaled down by one bisected factor instead, which
-    keeps ToD's per-layer allocation.
+    0.5 keep more than the budget, alpha is bisected upwards to widen them). The kept fraction
+    falls as the knob grows, though not strictly (counts move in steps), so every evaluated plan
+    is kept and the one closest to the target wins; its note says how close it came and whether
+    the target was reachable (one ToD round prunes at most about half of each group, see
+    docs/decisions.md). When even ``alpha = 0`` keeps less than the target (U and R disagree
+    enough that ToD already removes many units), every ToD count is scaled down by one bisected
+    factor instead, which keeps ToD's per-layer allocation.
     """
-    _, target = check_budget(params, macs, uniform)
-    allocation = "uniform" if uniform else (allocation or DEFAULT_BUDGET_ALLOCATION)
-    check_plan_options(
-        alpha=alpha,
-        importance=importance,
-        group_rule=group_rule,
-        allocation=allocation,
-        round_to=round_to,
-        budget=True,
-    )
+    name, target = options.budget
+    allocation = options.resolved_allocation
     base = graph.cost()
-    key = "params_kept" if params is not None else "macs_kept"
+    key = "params_kept" if name == "params" else "macs_kept"
     costs: dict[tuple[tuple[int, int], ...], Cost] = {}
 
     def cost_of(units: dict[int, np.ndarray]) -> Cost:
@@ -277,45 +249,43 @@ def plan_for_budget(
             costs[count] = graph.cost(units)
         return costs[count]
 
-    common = dict(
-        importance=importance,
-        group_rule=group_rule,
-        round_to=round_to,
-        ignored=ignored,
-        seed=seed,
-        base=base,
-        cost_of=cost_of,
-        allocation=allocation,
-        cost_key="params" if params is not None else "macs",
-    )
+    def make(alpha: float | None, ratio: float | None, scale: float = 1.0) -> Plan:
+        return _make_plan(
+            graph,
+            scores,
+            options,
+            ignored,
+            alpha=alpha,
+            ratio=ratio,
+            scale=scale,
+            base=base,
+            cost_of=cost_of,
+        )
 
     def build(x: float, scale: float = 1.0) -> Plan:
         if allocation == "tod":
-            return make_plan(graph, scores, alpha=x, scale=scale, **common)
-        return make_plan(graph, scores, ratio=x, alpha=alpha, **common)
+            return make(x, None, scale)
+        return make(options.alpha, x)
 
-    def bisect(make, lo: float, hi: float) -> list[Plan]:
+    def bisect(fn: Callable[[float], Plan], lo: float, hi: float) -> list[Plan]:
         """Both knobs remove more as they grow, so the kept fraction falls from lo to hi."""
-        tried = [make(lo), make(hi)]
+        tried = [fn(lo), fn(hi)]
         for _ in range(steps):
             mid = (lo + hi) / 2
-            plan = make(mid)
-            tried.append(plan)
-            if getattr(plan, key) > target:
+            p = fn(mid)
+            tried.append(p)
+            if getattr(p, key) > target:
                 lo = mid
             else:
                 hi = mid
         return tried
 
     least = build(0.0)
-    widest = build(0.999) if allocation in BOUNDED and alpha is None else None
+    widest = build(0.999) if allocation in BOUNDED and options.alpha is None else None
     if widest is not None and getattr(widest, key) > target:
         # Every group at its ToD(0.5) bound still keeps more than asked: widen the bounds by
         # bisecting alpha (the threshold then takes all the bounds allow).
-        def wider(a: float) -> Plan:
-            return make_plan(graph, scores, ratio=0.999, alpha=a, **common)
-
-        tried = bisect(wider, 0.5, 0.999)
+        tried = bisect(lambda a: make(a, 0.999), 0.5, 0.999)
     elif allocation != "tod" or getattr(least, key) > target:
         tried = bisect(build, 0.0, 0.999)
     else:
@@ -323,7 +293,7 @@ def plan_for_budget(
         tried = bisect(lambda f: build(0.0, f), 0.0, 1.0)
     best = min(tried, key=lambda p: (abs(getattr(p, key) - target), getattr(p, key)))
     reached = getattr(best, key)
-    what = "parameters" if params is not None else "MACs"
+    what = "parameters" if name == "params" else "MACs"
     best.note = f"target {target:.3f} of {what} kept, reached {reached:.3f}"
     if abs(reached - target) > 0.1 * target:
         best.note += (

@@ -37,9 +37,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..engine.edits import ParamEdit
-from ..engine.groups import ChannelGraph
-from ..engine.slots import Layout
+from ..engine.groups import GroupGraph
 from ..errors import CalibrationError
 from .calibration import check_labels, split_batch
 from .codec import check_codec, encode
@@ -71,51 +69,16 @@ class Scores:
     member_r: dict[str, np.ndarray] = field(default_factory=dict)
 
 
-def _read_points(graph: ChannelGraph, node: fx.Node, gid: int) -> list[fx.Node]:
-    """Every tensor a consumer reads the group's channels from: walk from the producer through
-    anything that carries them on the same axis (per-channel ops, ``cat``, residual ``add``)
-    and keep the tensors that some other op reads (a conv, a linear, a reshape)."""
-    layouts = graph.analysis.layouts
-    dim = layouts[node.name].dim
-    seen, todo, points = {node.name}, [node], []
-
-    def carries(n: fx.Node) -> bool:
-        lay = layouts.get(n.name)
-        return (
-            isinstance(lay, Layout)
-            and lay.dim == dim
-            and bool((graph.unit_index(gid, lay.slots) >= 0).any())
-        )
-
-    while todo:
-        cur = todo.pop()
-        read = False
-        for user in cur.users:
-            if carries(user):
-                if user.name not in seen:
-                    seen.add(user.name)
-                    todo.append(user)
-            else:
-                read = True
-        if read or not cur.users:
-            points.append(cur)
-    return sorted(points, key=lambda n: n.name)
-
-
-def observation_points(graph: ChannelGraph, observe: str) -> list[_Point]:
+def observation_points(graph: GroupGraph, observe: str) -> list[_Point]:
     """Where U is measured for every prunable producer call (maps from the channel engine)."""
     if observe not in OBSERVE:
         raise ValueError(f"observe must be one of {OBSERVE}, got {observe!r}")
     if observe == "consumer":
-        nodes = {n.name: n for n in graph.analysis.gm.graph.nodes}
-        layouts = graph.analysis.layouts
-        points = []
-        for m in graph.unit_maps():
-            for n in _read_points(graph, nodes[m.node], m.gid):
-                lay = layouts[n.name]
-                units = graph.unit_index(m.gid, lay.slots)
-                points.append(_Point(m.producer, n.name, m.gid, lay.dim, units))
-        return points
+        return [
+            _Point(m.producer, node, m.gid, dim, units)
+            for m in graph.unit_maps()
+            for node, dim, units in graph.read_points(m.node, m.gid)
+        ]
     if observe == "post_act":
         return [
             _Point(m.producer, m.read, m.gid, m.read_dim, m.read_units) for m in graph.unit_maps()
@@ -174,16 +137,16 @@ class _Collector(fx.Interpreter):
         return out
 
 
-def producer_outputs(graph: ChannelGraph) -> dict[str, tuple[int, str, int, np.ndarray]]:
+def producer_outputs(graph: GroupGraph) -> dict[str, tuple[int, str, int, np.ndarray]]:
     """Producer call node -> (group, producer name, channel axis, unit of each position)."""
     return {m.node: (m.gid, m.producer, m.dim, m.units) for m in graph.unit_maps()}
 
 
-def filter_l1(graph: ChannelGraph, gid: int) -> np.ndarray:
+def filter_l1(graph: GroupGraph, gid: int) -> np.ndarray:
     """L1 norm of each unit's filters, summed over the group's producers."""
     total = np.zeros(graph.groups[gid].size)
     for name in graph.groups[gid].producers:
-        weight, out_dim = _producer_weight(graph, name)
+        weight, out_dim = graph.producer_weight(name)
         if weight is None:
             continue
         w = weight.detach().abs().float().movedim(out_dim, 0).flatten(1).sum(1).numpy()
@@ -192,29 +155,8 @@ def filter_l1(graph: ChannelGraph, gid: int) -> np.ndarray:
     return total
 
 
-def _producer_weight(graph: ChannelGraph, name: str) -> tuple[torch.Tensor | None, int]:
-    gm = graph.analysis.gm
-    prod = graph.analysis.producers[graph.analysis.producer_index[name]]
-    for edit in graph.analysis.edits:  # a weight read as a graph parameter: its sliced axis
-        if isinstance(edit, ParamEdit) and edit.slots is prod.slots:
-            return gm.get_parameter(edit.target), edit.dim
-    try:
-        m = gm.get_submodule(name)
-    except AttributeError:
-        m = None
-    if isinstance(m, torch.nn.Module) and isinstance(getattr(m, "weight", None), torch.Tensor):
-        transposed = isinstance(m, torch.nn.modules.conv._ConvTransposeNd)
-        return m.weight, 1 if transposed else 0
-    for target in (f"{name}.weight", name):
-        try:
-            return gm.get_parameter(target), 0
-        except AttributeError:
-            continue
-    return None, 0
-
-
 def new_state(
-    graph: ChannelGraph,
+    graph: GroupGraph,
     *,
     samples_per_class: int,
     max_classes: int,
@@ -249,7 +191,7 @@ def new_state(
 
 
 def calibrate(
-    graph: ChannelGraph,
+    graph: GroupGraph,
     data: Iterable[Any],
     state: CalibrationState,
     *,
@@ -267,7 +209,7 @@ def calibrate(
     sum over samples (the default, summed cross-entropy, does) so each sample's Taylor sum is its
     own.
     """
-    gm = graph.analysis.gm
+    gm = graph.captured
     points = observation_points(graph, state.observe)
     producers = producer_outputs(graph)
     loss_fn = loss_fn or (lambda out, y: F.cross_entropy(out, y, reduction="sum"))
@@ -303,10 +245,9 @@ def calibrate(
     return state
 
 
-def logit_count(graph: ChannelGraph) -> int | None:
+def logit_count(graph: GroupGraph) -> int | None:
     """Number of classes when the model's output is ``[N, classes]`` logits, else None."""
-    out_node = graph.analysis.gm.graph.find_nodes(op="output")[0].args[0]
-    shape = out_node.meta.get("fairfx_shape") if isinstance(out_node, fx.Node) else None
+    shape = graph.output_shape()
     return shape[1] if shape is not None and len(shape) == 2 else None
 
 

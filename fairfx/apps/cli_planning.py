@@ -1,0 +1,73 @@
+"""``fairfx compress`` / ``fairfx plan`` planning flags -> one :class:`~fairfx.PlanOptions`.
+
+The options are checked by ``PlanOptions`` itself (the one place every entry point shares); this
+module only maps flags to fields and rewords its errors with the flag names a CLI user typed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from typing import Any
+
+from torch import nn
+
+from ..errors import PlanError
+from ..method.plan_options import PlanOptions
+from .cli_inputs import UserError
+
+# PlanOptions field (or pipeline keyword) -> the flag a CLI user gives it with.
+FLAGS = {
+    "params": "--params",
+    "flops": "--flops",
+    "alpha": "--alpha",
+    "round_to": "--round-to",
+    "allocation": "--allocation",
+    "rounds": "--rounds",
+    "ignored_layers": "--ignore",
+}
+_NAMES = re.compile(r"\b(" + "|".join(FLAGS) + r")\b=?")
+
+
+def flag_error(exc: PlanError) -> UserError:
+    """A planning error with option names replaced by the CLI's flags."""
+    return UserError(_NAMES.sub(lambda m: FLAGS[m.group(1)], str(exc)))
+
+
+def plan_options(args: argparse.Namespace, **target: Any) -> PlanOptions:
+    """The PlanOptions of the flags (``target``: ``alpha=``, ``params=`` or ``flops=``, for
+    ``fairfx plan``'s rows; by default the single target of ``fairfx compress``)."""
+    if not target:
+        target = {k: getattr(args, k) for k in ("alpha", "params", "flops")}
+    rounds = getattr(args, "rounds", 1)
+    fields = {
+        "allocation": getattr(args, "allocation", None),
+        "round_to": args.round_to,
+        "ignored_layers": args.ignore or None,
+        **target,
+    }
+    try:
+        if rounds < 1:
+            raise PlanError(f"rounds must be at least 1, got {rounds}")
+        if rounds > 1 and getattr(args, "analysis", None):
+            raise PlanError("--rounds re-scores the model every round; it cannot reuse --analysis")
+        return PlanOptions(**fields)
+    except PlanError as exc:
+        raise flag_error(exc) from None
+
+
+def check_ignored(model: nn.Module, names: list[str]) -> None:
+    known = [n for n, _ in model.named_modules() if n]
+    for name in names:
+        if not any(k == name or k.startswith(name + ".") for k in known):
+            raise UserError(
+                f"--ignore {name}: the model has no such layer; names look like "
+                f"{', '.join(known[:4])}"
+            )
+
+
+def recal_line(recal: dict) -> str:
+    return (
+        f"recalibrate    BatchNorm statistics of {recal['modules']} layer(s) re-estimated on "
+        f"{recal['samples']} samples (--no-recalibrate skips it)"
+    )
