@@ -38,3 +38,31 @@ def test_engine_never_imports_the_method_or_the_apps() -> None:
             if isinstance(node, ast.ImportFrom) and node.module:
                 assert not node.module.startswith(("method", "apps")), (path.name, node.module)
                 assert node.level < 2 or not node.module.startswith(("method", "apps"))
+
+
+def test_import_fairfx_leaves_torchvision_networkx_and_triton_unimported() -> None:
+    """``import fairfx`` costs little over torch's own import: the heavy libraries come in
+    when a graph is built (networkx), a cost is counted (flop counter -> triton) or a model
+    holding torchvision ops is captured (torchvision, imported by the user's model)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import fairfx, sys; "
+        "print(sorted(m for m in ('torchvision', 'networkx', 'triton') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_torchvision_rules_are_registered_once_it_is_imported() -> None:
+    import torch
+    import torchvision  # noqa: F401 - the model below holds its StochasticDepth
+    from torch import nn
+    from torchvision.ops import StochasticDepth
+
+    import fairfx
+
+    model = nn.Sequential(nn.Conv2d(3, 8, 1), StochasticDepth(0.1, "row"), nn.Conv2d(8, 4, 1))
+    groups = fairfx.channel_groups(model.eval(), torch.randn(2, 3, 4, 4))
+    assert groups[0].prunable, groups[0].reason

@@ -235,6 +235,9 @@ def blocking_examples() -> list[str]:
 
 def ops_table() -> str:
     """The README's supported-ops section, generated from :mod:`fairfx.engine.rules`."""
+    import torchvision.ops  # noqa: F401 - its rules are registered once it is imported
+
+    rules.register_torchvision()
     lines = [
         "Generated from the rule tables in `fairfx/engine/rules/` by "
         "`python -m fairfx.apps.readme --ops` (a test fails when they disagree). Module rules "

@@ -14,7 +14,6 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import networkx as nx
 import numpy as np
 import torch.fx as fx
 
@@ -49,6 +48,8 @@ class ChannelAnalysis:
         self.layouts: dict[str, Any] = {}
         self.producers: list[Producer] = []
         self.producer_index: dict[str, int] = {}
+        import networkx as nx  # at the first graph, not at `import fairfx` (0.2 s)
+
         self.coupling = nx.Graph()
         self.edits: list[Any] = []
         self.masked: dict[str, Callable[..., Any]] = {}

@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import linecache
 import os
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -32,15 +33,14 @@ from .mha import split_attention
 from .shapes import ShapeInterpreter
 from .windows import open_windows
 
-# torchvision modules whose forward is channel-separable and whose behaviour depends on
-# ``self.training``: tracing into them would freeze the eval branch into the graph.
-_EXTRA_LEAVES: tuple[type[nn.Module], ...] = ()
-try:  # pragma: no branch - torchvision is a dependency, but keep capture usable without it
-    from torchvision.ops import StochasticDepth
 
-    _EXTRA_LEAVES = (StochasticDepth,)
-except ImportError:  # pragma: no cover
-    pass
+def _extra_leaves() -> tuple[type[nn.Module], ...]:
+    """torchvision modules whose forward is channel-separable and whose behaviour depends on
+    ``self.training``: tracing into them would freeze the eval branch into the graph. Looked up
+    only when torchvision is imported already (a model holding one has imported it), so
+    ``import fairfx`` does not import torchvision."""
+    ops = sys.modules.get("torchvision.ops")
+    return (ops.StochasticDepth,) if ops is not None else ()
 
 
 try:  # generates the Python code at the first call, not at construction
@@ -56,7 +56,7 @@ class _Tracer(fx.Tracer):
     """Default torch.nn leaves plus channel-agnostic modules with train-only behaviour."""
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        if isinstance(m, _EXTRA_LEAVES):
+        if isinstance(m, _extra_leaves()):
             return True
         return super().is_leaf_module(m, module_qualified_name)
 

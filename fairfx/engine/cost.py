@@ -11,7 +11,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 from .analysis import ChannelAnalysis
 from .rewrite import count_params, rebuild
@@ -33,6 +32,8 @@ def slot_cost(a: ChannelAnalysis, kept_slot: np.ndarray) -> Cost:
     Graphs that cannot run on meta (a ``torch.export`` capture makes ``arange(...,
     device='cpu')``) are counted on fake tensors over the pruned real weights.
     """
+    from torch.utils.flop_counter import FlopCounterMode  # imports triton: not at import time
+
     if a.gm.meta.get("fairfx_shapes", "meta") != "meta":
         return _fake_cost(a, kept_slot)
     gm, _ = rebuild(a, kept_slot, tensors="meta")
@@ -45,6 +46,7 @@ def slot_cost(a: ChannelAnalysis, kept_slot: np.ndarray) -> Cost:
 
 def _fake_cost(a: ChannelAnalysis, kept_slot: np.ndarray) -> Cost:
     from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.utils.flop_counter import FlopCounterMode
 
     gm, _ = rebuild(a, kept_slot, tensors="shared")
     gm.eval()

@@ -9,6 +9,7 @@ graph. Adding support for an op means adding one entry here.
 from __future__ import annotations
 
 import operator
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -79,12 +80,6 @@ FUNCTION_RULES: dict[Any, Rule] = {
     **windows.RULES,
 }
 
-try:
-    from torchvision.ops import stochastic_depth
-
-    FUNCTION_RULES[stochastic_depth] = passthrough
-except ImportError:  # pragma: no cover
-    pass
 
 METHOD_RULES: dict[str, Rule] = {
     **{m: elementwise for m in ("add", "sub", "mul", "div", "add_", "sub_", "mul_", "div_")},
@@ -125,8 +120,21 @@ PLACEHOLDER_RULES: dict[str, Rule] = {
 }
 
 
+def register_torchvision() -> None:
+    """Rules for torchvision's own ops (stochastic depth), added once torchvision is imported.
+
+    ``import fairfx`` does not import torchvision (1.7 s): a model holding a torchvision op has
+    imported it already, so the rules are added at the first lookup after that."""
+    ops = sys.modules.get("torchvision.ops")
+    if ops is None or ops.stochastic_depth in FUNCTION_RULES:
+        return
+    FUNCTION_RULES[ops.stochastic_depth] = passthrough
+    MODULE_RULES[ops.StochasticDepth] = passthrough
+
+
 def rule_for(a: ChannelAnalysis, node: fx.Node) -> Rule:
     """The rule for one node; :func:`~fairfx.engine.rules.common.unknown` when there is none."""
+    register_torchvision()
     if node.op in PLACEHOLDER_RULES:
         return PLACEHOLDER_RULES[node.op]
     if node.op == "call_module":

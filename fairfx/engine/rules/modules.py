@@ -278,10 +278,3 @@ MODULE_RULES: dict[type, object] = {
 from .attention import RULES as _ATTENTION  # noqa: E402 - attention imports this module's helpers
 
 MODULE_RULES.update(_ATTENTION)
-
-try:
-    from torchvision.ops import StochasticDepth
-
-    MODULE_RULES[StochasticDepth] = passthrough
-except ImportError:  # pragma: no cover
-    pass
