@@ -45,7 +45,7 @@ Run (CPU, 1 thread per process); shards (``--tag``) run in parallel and ``--repo
     python benchmarks/bench_quality.py --tag c --archs vgg,densenet && wait
     python benchmarks/bench_quality.py --report
 
-Writes ``benchmarks/RESULTS_quality.md`` (tables), ``artifacts/bench_quality/records_<tag>.jsonl``
+Writes ``benchmarks/results/quality.md`` (tables), ``artifacts/bench_quality/records_<tag>.jsonl``
 (one line per run) and ``benchmarks/results/accuracy_vs_params.png``.
 """
 
@@ -96,7 +96,7 @@ from quality_lib import (  # noqa: E402
 import fairfx  # noqa: E402
 import fairfx.apps.digits as digits  # noqa: E402
 
-RESULTS_MD = _HERE / "RESULTS_quality.md"
+RESULTS_MD = _HERE / "results" / "quality.md"
 
 
 def cpu_seconds() -> float:

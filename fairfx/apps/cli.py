@@ -196,7 +196,7 @@ def _planning_args(p: argparse.ArgumentParser, allocation: bool = True) -> None:
             "--allocation",
             choices=ALLOCATIONS,
             help="how a --params/--flops budget is spread over the layers (default: "
-            "the benchmark's choice, see README Decisions); tod with --alpha",
+            "the benchmark's choice, see docs/decisions.md); tod with --alpha",
         )
     p.add_argument(
         "--round-to",
@@ -293,7 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="storage of the kept projections: auto (default: the most precise of float32, "
         "float16, uint8, int4 whose estimate fits in a third of the memory available), or "
-        "one of them (uint8/int4 are 2x/4x smaller than float16; see the README)",
+        "one of them (uint8/int4 are 2x/4x smaller than float16; see docs/decisions.md)",
     )
     c.add_argument(
         "--no-memory-check",

@@ -1,8 +1,8 @@
-"""The README's supported-ops table, built from the rule tables of :mod:`fairfx.engine.rules`.
+"""The supported-ops table, built from the rule tables of :mod:`fairfx.engine.rules`.
 
 One row per rule function, listing every op it serves, so adding or removing a rule changes the
 table; ``python -m fairfx.apps.readme --ops`` writes it and ``tests/test_readme.py`` fails while
-the README's copy is stale. Ops with no rule are listed as blocking (their channels are kept).
+docs/ops.md is stale. Ops with no rule are listed as blocking (their channels are kept).
 """
 
 from __future__ import annotations
@@ -234,7 +234,7 @@ def blocking_examples() -> list[str]:
 
 
 def ops_table() -> str:
-    """The README's supported-ops section, generated from :mod:`fairfx.engine.rules`."""
+    """The supported-ops section, generated from :mod:`fairfx.engine.rules`."""
     import torchvision.ops  # noqa: F401 - its rules are registered once it is imported
 
     rules.register_torchvision()

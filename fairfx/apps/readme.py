@@ -1,16 +1,18 @@
-"""Regenerate the README's generated sections from the code, so they cannot drift.
+"""Regenerate the generated sections of the README and docs/ from the code, so they cannot drift.
 
-    python -m fairfx.apps.readme           # rerun the demo; rewrite the demo and ops sections
-    python -m fairfx.apps.readme --ops     # only the supported-ops table (no demo; a second)
-    python -m fairfx.apps.readme --zoo     # only the zoo section, from the sweep's rows file
-    python -m fairfx.apps.readme --check   # exit 1 when the ops table or zoo section is stale
+    python -m fairfx.apps.readme           # rerun the demo; rewrite every generated section
+    python -m fairfx.apps.readme --ops     # only the supported-ops table of docs/ops.md
+    python -m fairfx.apps.readme --zoo     # only the zoo section of docs/results.md
+    python -m fairfx.apps.readme --tree    # only the module tree of docs/architecture.md
+    python -m fairfx.apps.readme --check   # exit 1 when the ops, zoo or tree section is stale
 
 A generated section sits between ``<!-- fairfx:NAME:start -->`` and ``<!-- fairfx:NAME:end -->``
 lines; everything outside the markers is left as written. The ops table is built from the rule
 tables in :mod:`fairfx.engine.rules` (one row per rule function, listing every op it serves), so
 adding a rule changes the table on the next run and ``tests/test_readme.py`` fails until then.
-The demo section is the text :mod:`fairfx.apps.demo` prints, from a fresh run; the zoo section
-is made from the sweep's rows file by :mod:`fairfx.apps.zoo_results`.
+The demo section (README) is the text :mod:`fairfx.apps.demo` prints, from a fresh run; the zoo
+section is made from the sweep's rows file by :mod:`fairfx.apps.zoo_results`; the tree from the
+modules' docstrings by :mod:`fairfx.apps.module_tree`.
 """
 
 from __future__ import annotations
@@ -28,11 +30,19 @@ from pathlib import Path
 from typing import Any
 
 from ..files import atomic_path, write_text
+from .module_tree import module_tree
 from .ops_table import ops_table
 from .zoo_results import ROWS_FILE, zoo_section
 
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
+# Each generated section and the file that holds it.
+SECTION_FILES = {
+    "demo": README,
+    "ops": ROOT / "docs" / "ops.md",
+    "zoo": ROOT / "docs" / "results.md",
+    "tree": ROOT / "docs" / "architecture.md",
+}
 DEMO_PLOT = "benchmarks/results/demo_kept_channels.png"
 
 
@@ -45,7 +55,7 @@ def section(text: str, name: str) -> str:
     start, end = _markers(name)
     found = re.search(re.escape(start) + r"\n(.*?)\n?" + re.escape(end), text, re.S)
     if found is None:
-        raise ValueError(f"README.md has no {start} ... {end} section")
+        raise ValueError(f"no {start} ... {end} section")
     return found.group(1).rstrip("\n")
 
 
@@ -133,32 +143,45 @@ def run_demo(argv: Iterable[str] = ()) -> str:
     return demo_section(result, printed, seconds, load)
 
 
+def generated() -> dict[str, Any]:
+    """Section name -> a function making its text (the demo's is run separately)."""
+    return {"ops": ops_table, "zoo": lambda: zoo_section(ROOT), "tree": module_tree}
+
+
+def stale_sections() -> list[str]:
+    return [
+        name
+        for name, make in generated().items()
+        if section(SECTION_FILES[name].read_text(), name) != make()
+    ]
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description="Regenerate the README's generated sections")
+    p = argparse.ArgumentParser(description="Regenerate the generated sections of README and docs")
     p.add_argument("--ops", action="store_true", help="only the supported-ops table (no demo)")
     p.add_argument("--zoo", action="store_true", help=f"only the zoo section (from {ROWS_FILE})")
-    p.add_argument("--check", action="store_true", help="exit 1 if the ops or zoo part is stale")
+    p.add_argument("--tree", action="store_true", help="only the module tree")
+    p.add_argument("--check", action="store_true", help="exit 1 if a generated part is stale")
     args = p.parse_args(argv)
-    text = README.read_text()
-    generated = {"ops": ops_table, "zoo": lambda: zoo_section(ROOT)}
     if args.check:
-        stale = [name for name, make in generated.items() if section(text, name) != make()]
+        stale = stale_sections()
         print(
-            "".join(f"README.md's {n} section is stale: run python -m fairfx.apps.readme --{n}\n"
-                    for n in stale) or f"README.md matches fairfx/engine/rules and {ROWS_FILE}"
+            "".join(f"{SECTION_FILES[n].relative_to(ROOT)}'s {n} section is stale: run "
+                    f"python -m fairfx.apps.readme --{n}\n" for n in stale)
+            or "the generated sections match the code and the sweep's rows"
         )  # fmt: skip
         return 1 if stale else 0
-    new = text
-    for name, make in generated.items():
-        if getattr(args, name) or not (args.ops or args.zoo):
-            new = replace_section(new, name, make())
-    if not (args.ops or args.zoo):
-        new = replace_section(new, "demo", run_demo())
-    if new != text:
-        write_text(README, new)
-        print(f"rewrote {README}")
-    else:
-        print(f"{README} is up to date")
+    only = [n for n in generated() if getattr(args, n)]
+    makers = {n: m for n, m in generated().items() if not only or n in only}
+    if not only:
+        makers["demo"] = run_demo
+    for name, make in makers.items():
+        path = SECTION_FILES[name]
+        text = path.read_text()
+        new = replace_section(text, name, make())
+        if new != text:
+            write_text(path, new)
+            print(f"rewrote the {name} section of {path.relative_to(ROOT)}")
     return 0
 
 

@@ -1,10 +1,10 @@
 """The zoo sweep's result record, its JSON-lines file and the tables printed from it.
 
-One line per model, appended as each model finishes (:mod:`fairfx.apps.zoo_sweep`), so a long
-sweep that is interrupted keeps every row it reached and ``--resume`` continues from there. The
-README's zoo section is generated from this file (``python -m fairfx.apps.readme --zoo``), so the
-table says what a run measured, row by row. A model that failed, crashed or ran out of time has a
-row with its one-line reason; no model is left out silently.
+One line per model, appended as each model finishes (:mod:`fairfx.apps.zoo_sweep`), so a long sweep
+that is interrupted keeps every row it reached and ``--resume`` continues from there. The zoo
+section of docs/results.md is generated from this file (``python -m fairfx.apps.readme --zoo``), so
+the table says what a run measured, row by row. A model that failed, crashed or ran out of time has
+a row with its one-line reason; no model is left out silently.
 """
 
 from __future__ import annotations
@@ -157,7 +157,7 @@ def summary(results: list[ZooResult], total: int | None = None) -> str:
     return text
 
 
-# ------------------------------------------------------------------------------- README section
+# ------------------------------------------------------------------- docs/results.md section
 ROWS_FILE = "benchmarks/results/zoo.jsonl"
 SWEEP_COMMAND = (
     "OMP_NUM_THREADS=1 nice -n 15 python -m fairfx.apps.zoo --out benchmarks/results/zoo.jsonl "
@@ -172,7 +172,7 @@ def failures(r: ZooResult) -> bool:
 
 
 def readme_section(rows: dict[str, ZooResult], names: list[str]) -> str:
-    """The README's zoo section for the models ``names``, from the sweep's rows."""
+    """The zoo section (docs/results.md) for the models ``names``, from the sweep's rows."""
     missing = [n for n in names if n not in rows]
     results = [rows[n] for n in names if n in rows]
     kept = sorted(r.fair_params_after / r.params_before for r in results if r.fair_done)

@@ -9,7 +9,7 @@ computed weight is a fixed tensor, so capture replaces it by a plain parameter h
 (in the copy only: the user's module, its class and its tensors are untouched). The captured
 graph then computes exactly what the original computes in eval mode, the oracle stays exact, and
 the conv prunes like any other. The pruned model trains the plain weight: the reparametrization
-is not carried over (README, Decisions).
+is not carried over (docs/decisions.md).
 """
 
 from __future__ import annotations

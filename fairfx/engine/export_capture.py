@@ -7,7 +7,7 @@ module path (``bert.encoder.layer.0.attention.self.query.weight``), so the same 
 on it with the ATen entries of the rule table (:mod:`fairfx.engine.rules.aten`), and producers
 keep the module names users know.
 
-What the result is (decisions, see README):
+What the result is (decisions, see docs/decisions.md):
 
 - a plain ``torch.fx.GraphModule`` taking the flat tensor inputs and returning the flat outputs
   (one tensor when the model returns one, e.g. a ``SequenceClassifierOutput``'s logits);

@@ -4,7 +4,7 @@ Capture records shapes by running the graph on meta tensors (no data), and the r
 the modules it rebuilt the same way. PyTorch's meta kernels for elementwise ops and
 normalizations are Python decompositions: measured on one CPU, a meta ``relu`` costs 2.5 ms,
 ``hardswish`` 7.5 ms and an eval ``BatchNorm2d`` 3.7 ms per call, against 0.13 ms for a meta
-``conv2d`` (fairfx README, Decisions). Their output shape needs none of that: it is the input
+``conv2d`` (fairfx docs/decisions.md). Their output shape needs none of that: it is the input
 shape (activations, dropout, normalizations), the broadcast of the inputs (arithmetic), or one
 line of arithmetic (``nn.Linear``, whose meta kernel on a 3-D input is a Python ``addmm``). This
 module answers those ops from shapes alone and leaves every other op to its meta kernel.

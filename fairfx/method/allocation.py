@@ -2,7 +2,7 @@
 
 FAIR-Pruner's own rule is Tolerance of Difference per group (:mod:`fairfx.method.tod`). The
 alternatives below spread one budget across groups by a single global threshold; which one is the
-default for budgets is decided by ``benchmarks/bench_quality.py`` (README, Decisions).
+default for budgets is decided by ``benchmarks/bench_quality.py`` (docs/decisions.md).
 
 ========  ======================================================================================
 tod       ToD count at ``alpha`` in every group (the paper)

@@ -3,8 +3,8 @@
 NaN or Inf anywhere (a weight, a calibration input, an overflowing activation) makes U and R NaN,
 and a NaN score sorts arbitrarily: the plan would be garbage that looks like a plan. So weights
 and every calibration batch are checked, and finished scores must be finite. Scoring needs
-gradients, so it enables them itself: ``analyze`` under ``torch.no_grad()`` works (README,
-Decisions); ``torch.inference_mode()`` cannot be undone from inside and is refused.
+gradients, so it enables them itself: ``analyze`` under ``torch.no_grad()`` works
+(docs/decisions.md); ``torch.inference_mode()`` cannot be undone from inside and is refused.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ how many bytes one row takes:
 - ``uint8`` / ``int4``: per (sample, channel) affine quantization: the row's minimum and step in
   float32 (8 bytes), then one code per value in 8 or 4 bits. W1 averages ``|a - b|`` over
   ``samples x projections`` sorted values, so rounding errors of a few percent of a row's range
-  mostly average out; the measured effect on U is in the README (Decisions).
+  mostly average out; the measured effect on U is in docs/decisions.md.
 
 Rows of one value per channel (Linear units, globally pooled maps) are always kept in float32:
 they cost next to nothing, and their U is then the exact 1-D W1.

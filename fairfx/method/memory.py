@@ -17,7 +17,7 @@ numbers and the fixes, when it will not fit.
 ``state_dtype="auto"`` (the default) picks the codec from these numbers: the most precise of
 :data:`AUTO_ORDER` whose whole estimate fits in :data:`AUTO_SHARE` of the memory available,
 else the smallest. Every codec gives U within Spearman 0.99 of the exact one on the nets
-measured (README, Decisions), while float16 to int4 is a 3.2x smaller state (ResNet-50, 100
+measured (docs/decisions.md), while float16 to int4 is a 3.2x smaller state (ResNet-50, 100
 classes: 13.9 GB to 4.3 GB), so memory decides and the share leaves room for the data loader,
 the model's copies while pruning, and whatever else runs.
 """

@@ -3,7 +3,7 @@
 Removing channels changes what every later BatchNorm sees (a consumer's input loses some of its
 terms), while its running mean and variance still describe the unpruned network. On the digits
 benchmark this statistics shift costs more one-shot accuracy than the choice of which channels to
-remove (``benchmarks/RESULTS_quality.md``). Re-estimating the statistics needs no labels, no
+remove (``benchmarks/results/quality.md``). Re-estimating the statistics needs no labels, no
 gradients and no weight update: a few forward passes with only the BatchNorm layers in train mode
 and ``momentum=None`` (a cumulative average over the batches, so the result does not depend on
 a momentum constant or on how many batches came before). Everything else, dropout included,

@@ -17,9 +17,9 @@ The graph is a structural copy of the user's model that shares its weights; it r
 (BatchNorm statistics are not touched), gradients flow to the activations only (``.grad`` of the
 user's parameters is never written), and nothing about the user's model changes.
 
-Coupled groups (decision, see README): a group has one channel identity, so it is scored as one
-tensor. R of a unit is the signed Taylor sum over every producer of the group, then the absolute
-value: for a residual add this equals the Taylor estimate on the joined tensor, because
+Coupled groups (decision, see docs/decisions.md): a group has one channel identity, so it is scored
+as one tensor. R of a unit is the signed Taylor sum over every producer of the group, then the
+absolute value: for a residual add this equals the Taylor estimate on the joined tensor, because
 ``dL/da = dL/d(a + b)``. U of a unit is the largest U over the group's observation points (a unit
 is useful if it separates two classes anywhere it is read). Per-producer scores are kept too, so
 the reference package's per-member rule can be compared (``Analysis.plan(group_rule="member")``).
