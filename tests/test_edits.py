@@ -55,3 +55,26 @@ def test_select_axes_detaches_from_autograd() -> None:
     w = torch.nn.Parameter(torch.randn(4, 3))
     got = select_axes(w, {0: np.array([True, False, True, True]), 1: np.array([1, 0, 1], bool)})
     assert got is not None and not got.requires_grad and got.shape == (3, 2)
+
+
+def test_every_edit_kind_follows_one_protocol() -> None:
+    """The rewrite treats edits alike: a phase, a key, the slots sliced, the weights owned, and
+    apply(site, kept) returning what changed; no isinstance dispatch is needed."""
+    import torchvision
+
+    from fairfx.engine.edits import ArgEdit, EditSite, ModuleEdit, ParamEdit
+    from fairfx.engine.groups import build
+
+    graph = build(torchvision.models.shufflenet_v2_x0_5().eval(), torch.randn(2, 3, 32, 32))
+    edits = graph.analysis.edits
+    assert {type(e) for e in edits} >= {ArgEdit, ModuleEdit}
+    for e in edits:
+        assert e.phase in ("graph", "tensors")
+        assert isinstance(e.key(), tuple) and len(e.key()) == 2
+        assert all(isinstance(s, np.ndarray) for s in e.slots())
+        assert (e.weights is None) == isinstance(e, ArgEdit)
+    keep_all = np.ones(len(graph.roots), dtype=bool)
+    site = EditSite({n.name: n for n in graph.captured.graph.nodes}, graph.captured)
+    for e in edits:
+        if isinstance(e, (ModuleEdit, ParamEdit)):
+            assert e.apply(site, keep_all) is None  # nothing removed: nothing changes

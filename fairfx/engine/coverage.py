@@ -14,7 +14,6 @@ from __future__ import annotations
 import torch.fx as fx
 
 from .analysis import ChannelAnalysis
-from .edits import ModuleEdit, ParamEdit
 from .rules.common import describe
 
 _WIDTH_ATTRS = ("out_channels", "out_features", "embedding_dim", "num_features", "embed_dim")
@@ -46,9 +45,7 @@ def _owned(name: str, owners: set[str]) -> bool:
 def account_for_parameters(a: ChannelAnalysis) -> list[str]:
     """Make every unaccounted parameter's op a blocked producer; returns the names added."""
     owners = {p.name for p in a.producers}
-    for edit in a.edits:
-        if isinstance(edit, (ModuleEdit, ParamEdit)):
-            owners.add(edit.target)
+    owners |= {e.weights for e in a.edits if e.weights is not None}
     by_op: dict[str, tuple[fx.Node, list[str]]] = {}
     for name, user in graph_parameters(a.gm).items():
         if _owned(name, owners):

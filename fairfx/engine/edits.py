@@ -1,5 +1,12 @@
 """Edits: what the rewrite changes, recorded by the channel pass for any plan.
 
+Every edit kind follows one protocol (:class:`Edit`): a ``phase`` (``"graph"``: node arguments,
+changed on the copied graph before its GraphModule exists; ``"tensors"``: weights, changed on the
+new GraphModule), a ``key`` (one edit per key is applied), the ``slots`` it slices, the
+``weights`` it owns (parameters it accounts for) and ``apply(site, kept_slot)``, which returns the
+name of the module or node it changed (None when the plan keeps everything, or when only a tensor
+changed).
+
 An edit holds slot arrays, not indices, so one analysis serves every plan: the rewrite turns the
 slots into keep masks (``kept_slot[slots]``) and applies the edit to a copy of the graph. This is
 the annotate-then-convert shape of PT2E quantization: the channel pass annotates, the rewrite
@@ -13,7 +20,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -96,6 +103,28 @@ def replace_tensor(owner: nn.Module, name: str, value: torch.Tensor) -> None:
 
 
 @dataclass
+class EditSite:
+    """What an edit changes: the copied graph's nodes by name (phase ``graph``) and the new
+    GraphModule (phase ``tensors``)."""
+
+    nodes: dict[str, Any]
+    gm: fx.GraphModule | None = None
+
+
+class Edit(Protocol):
+    phase: str
+
+    def key(self) -> tuple[str, str]: ...
+
+    def slots(self) -> list[np.ndarray]: ...
+
+    @property
+    def weights(self) -> str | None: ...
+
+    def apply(self, site: EditSite, kept_slot: np.ndarray) -> str | None: ...
+
+
+@dataclass
 class ModuleEdit:
     """Shrink a module's input and/or output channels; ``shrink`` builds the smaller module."""
 
@@ -103,15 +132,24 @@ class ModuleEdit:
     shrink: Callable[[nn.Module, np.ndarray | None, np.ndarray | None], nn.Module]
     in_slots: np.ndarray | None
     out_slots: np.ndarray | None
+    phase = "tensors"
 
     def key(self) -> tuple[str, str]:
         return ("module", self.target)
 
-    def apply(self, gm: fx.GraphModule, kept_slot: np.ndarray) -> bool:
-        """Replace the module by its smaller copy; False when the plan keeps all its channels."""
+    def slots(self) -> list[np.ndarray]:
+        return [s for s in (self.in_slots, self.out_slots) if s is not None]
+
+    @property
+    def weights(self) -> str:
+        return self.target
+
+    def apply(self, site: EditSite, kept_slot: np.ndarray) -> str | None:
+        """Replace the module by its smaller copy; None when the plan keeps all its channels."""
         in_keep, out_keep = _mask(kept_slot, self.in_slots), _mask(kept_slot, self.out_slots)
         if all(m is None or bool(m.all()) for m in (in_keep, out_keep)):
-            return False
+            return None
+        gm = site.gm
         parent, _, leaf = self.target.rpartition(".")
         owner = gm.get_submodule(parent) if parent else gm
         old = owner._modules[leaf]
@@ -119,7 +157,7 @@ class ModuleEdit:
         if new.training != old.training:  # copies keep the flags; a module built anew may not
             new.train(old.training)
         owner._modules[leaf] = new  # a module replacing a module: nn.Module's checks are moot
-        return True
+        return self.target
 
 
 @dataclass
@@ -128,19 +166,28 @@ class ParamEdit:
 
     target: str
     dim: int
-    slots: np.ndarray
+    channel_slots: np.ndarray
+    phase = "tensors"
 
     def key(self) -> tuple[str, str]:
         return ("param", f"{self.target}:{self.dim}")
 
-    def apply(self, gm: fx.GraphModule, kept_slot: np.ndarray) -> bool:
-        keep = kept_slot[self.slots]
+    def slots(self) -> list[np.ndarray]:
+        return [self.channel_slots]
+
+    @property
+    def weights(self) -> str:
+        return self.target
+
+    def apply(self, site: EditSite, kept_slot: np.ndarray) -> str | None:
+        """Slice the tensor; None either way (a tensor, not a module or node, changed)."""
+        keep = kept_slot[self.channel_slots]
         if bool(keep.all()):
-            return False
+            return None
         parent, _, leaf = self.target.rpartition(".")
-        owner = gm.get_submodule(parent) if parent else gm
+        owner = site.gm.get_submodule(parent) if parent else site.gm
         replace_tensor(owner, leaf, select(getattr(owner, leaf), self.dim, keep))
-        return True
+        return None
 
 
 @dataclass
@@ -149,11 +196,16 @@ class ArgEdit:
 
     node: str
     rewrite: Callable[[fx.Node, np.ndarray], None]
+    phase = "graph"
+    weights = None
 
     def key(self) -> tuple[str, str]:
         return ("node", self.node)
 
-    def apply(self, kept_slot: np.ndarray, nodes: dict[str, Any]) -> bool:
-        """Rewrite the node in ``nodes`` (a copy of the captured graph's nodes, by name)."""
-        self.rewrite(nodes[self.node], kept_slot)
-        return True
+    def slots(self) -> list[np.ndarray]:
+        return []
+
+    def apply(self, site: EditSite, kept_slot: np.ndarray) -> str | None:
+        """Rewrite the node in ``site.nodes`` (a copy of the captured graph's nodes, by name)."""
+        self.rewrite(site.nodes[self.node], kept_slot)
+        return self.node

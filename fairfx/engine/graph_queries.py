@@ -140,7 +140,7 @@ class GraphQueries:
         gm = self.analysis.gm
         prod = self.analysis.producers[self.analysis.producer_index[name]]
         for edit in self.analysis.edits:  # a weight read as a graph parameter: its sliced axis
-            if isinstance(edit, ParamEdit) and edit.slots is prod.slots:
+            if isinstance(edit, ParamEdit) and edit.channel_slots is prod.slots:
                 return gm.get_parameter(edit.target), edit.dim
         try:
             m = gm.get_submodule(name)

@@ -28,7 +28,6 @@ from .analysis import ChannelAnalysis
 from .capture import capture
 from .cost import Cost, slot_cost
 from .coverage import account_for_parameters
-from .edits import ModuleEdit, ParamEdit
 from .graph_queries import GraphQueries
 from .records import ChannelGroup, UnitMap, check_keep_list
 from .rewrite import count_params, rewrite
@@ -112,12 +111,7 @@ class GroupGraph(GraphQueries):
         """Targets of the edits that slice each group's channels (producers excluded)."""
         out: dict[int, list[str]] = {}
         for edit in self.analysis.edits:
-            if isinstance(edit, ModuleEdit):
-                parts = [s for s in (edit.in_slots, edit.out_slots) if s is not None]
-            elif isinstance(edit, ParamEdit):
-                parts = [edit.slots]
-            else:
-                continue
+            parts = edit.slots()
             if not parts:
                 continue
             for gid in unique(group_of_slot[np.concatenate(parts)]).tolist():

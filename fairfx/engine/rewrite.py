@@ -21,10 +21,10 @@ import numpy as np
 import torch
 import torch.fx as fx
 
-from ..errors import FairfxError
+from ..errors import FairfxError, first_line
 from .analysis import ChannelAnalysis
 from .capture import copy_structure, tensors_of
-from .edits import ArgEdit, ModuleEdit, scratch_buffers
+from .edits import EditSite, scratch_buffers
 from .shapes import ShapeInterpreter, meta_twin
 from .slots import Layout
 
@@ -54,7 +54,8 @@ def rebuild(
     """
     graph = copy.deepcopy(a.gm.graph)
     nodes = {n.name: n for n in graph.nodes}
-    changed = {e.node for e in a.edits if isinstance(e, ArgEdit) and e.apply(kept_slot, nodes)}
+    site = EditSite(nodes)
+    changed = {e.apply(site, kept_slot) for e in a.edits if e.phase == "graph"} - {None}
     if changed:
         graph.lint()
     gm = fx.GraphModule(a.gm, graph, type(a.gm).__name__)
@@ -62,14 +63,16 @@ def rebuild(
     originals = {id(t) for t in tensors_of(a.gm)}
     if tensors == "meta":
         _replace_tensors(gm, originals, lambda t: meta_twin(t, {}))
+    site.gm = gm
     done: set[tuple[str, str]] = set()
     with scratch_buffers():
         for edit in a.edits:
-            if isinstance(edit, ArgEdit) or edit.key() in done:
+            if edit.phase != "tensors" or edit.key() in done:
                 continue
             done.add(edit.key())
-            if edit.apply(gm, kept_slot) and isinstance(edit, ModuleEdit):
-                changed.add(edit.target)
+            name = edit.apply(site, kept_slot)
+            if name is not None:
+                changed.add(name)
     if tensors == "own":
         _replace_tensors(gm, originals, copy.deepcopy)  # a Parameter stays one, flags included
     return gm, changed
@@ -186,7 +189,7 @@ class _SizeCheck(ShapeInterpreter):
         try:
             result = super().run_node(n)
         except Exception as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            first = first_line(exc)
             raise FairfxError(
                 "internal error (a fairfx bug): the pruned graph does not run at node "
                 f"{n.name!r} ({self._what(n)}): {type(exc).__name__}: {first}. {_NOT_YOURS}"
