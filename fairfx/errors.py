@@ -7,6 +7,13 @@ messages carry the detail.
 from __future__ import annotations
 
 
+def first_line(exc: BaseException) -> str:
+    """The first non-empty line of an exception's message (its type name when it has none):
+    other libraries' errors can run to dozens of lines, and fairfx reports one."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 class FairfxError(Exception):
     """Base class for every error fairfx raises on purpose."""
 

@@ -97,6 +97,18 @@ def plain(value: Any) -> Any:
     return str(value)
 
 
+def json_default(value: Any) -> Any:
+    """``json.dumps(default=...)`` for reports and the metadata inside a ``.pt2``: arrays and
+    tensors as lists, numpy scalars and paths as Python values, anything else as its ``str``."""
+    if isinstance(value, (torch.Tensor, np.ndarray)):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    return str(value)
+
+
 # ------------------------------------------------------------------------------- atomic writes
 @contextlib.contextmanager
 def atomic_path(path: PathLike) -> Iterator[Path]:

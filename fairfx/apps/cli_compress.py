@@ -14,13 +14,12 @@ from torch import nn
 
 from ..engine.artifact import META_FILE, metadata_json
 from ..errors import FairfxError, PlanError
-from ..files import write_text
+from ..files import json_default, write_text
 from .cli_inputs import (
     UserError,
     _Chatter,
     _first_line,
     _human,
-    _json_default,
     _no_clashes,
     _table,
     _writable,
@@ -257,7 +256,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
     report = _report(args, options, result, export, times, reused is not None, normalize, split)
     report["model_args"] = model_args
     if report_path is not None:
-        write_text(report_path, json.dumps(report, indent=2, default=_json_default) + "\n")
+        write_text(report_path, json.dumps(report, indent=2, default=json_default) + "\n")
         say(f"wrote {report_path}")
     if plot_path is not None:
         plot_kept(report["groups"], plot_path, f"{args.model}: {report['target']}")

@@ -16,11 +16,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
-from ..errors import FairfxError
+from ..errors import FairfxError, first_line
 from ..files import check_clashes, check_output, safe_load
 
 PROG = "fairfx"
@@ -39,8 +38,7 @@ def _one_line(exc: BaseException) -> str:
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}".rstrip(": ")
+    return f"{type(exc).__name__}: {first_line(exc)}"
 
 
 # ---------------------------------------------------------------------------------------- model
@@ -311,16 +309,6 @@ def _human(n: float) -> str:
         if abs(n) >= size:
             return f"{n / size:.2f} {unit}"
     return f"{n:g}"
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, (np.ndarray, torch.Tensor)):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    return repr(value)
 
 
 def _table(rows: Sequence[Sequence[str]], right: Sequence[bool]) -> str:

@@ -27,6 +27,7 @@ from ..engine.coverage import unlisted_parameters
 from ..engine.groups import build
 from ..engine.oracle import verify
 from ..engine.rewrite import count_params
+from ..errors import first_line
 from ..method.fair import analyze
 from .zoo_results import ZooResult, format_table, summary
 from .zoo_sweep import emit, sweep
@@ -68,7 +69,7 @@ def synthetic_batches(
 
 
 def _describe_error(exc: Exception) -> str:
-    return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
+    return f"{type(exc).__name__}: {first_line(exc)}"[:300]
 
 
 def _exports(pruned: torch.nn.Module, x: torch.Tensor) -> str:

@@ -19,13 +19,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.fx as fx
 from torch import nn
 
-from ..errors import FairfxError, PlanError
-from ..files import atomic_path
+from ..errors import FairfxError, PlanError, first_line
+from ..files import atomic_path, json_default
 from .capture import as_inputs
 from .groups import prune
 
@@ -46,18 +45,9 @@ def export_program(
     try:
         return torch.export.export(module, inputs, dynamic_shapes=dynamic), ""
     except Exception as exc:  # a model may fix its batch size; export statically then
-        text = str(exc).strip()
-        first = text.splitlines()[0] if text else type(exc).__name__
+        first = first_line(exc)
         n = len(inputs[0]) if isinstance(inputs[0], torch.Tensor) and inputs[0].dim() else 1
         return torch.export.export(module, inputs), f"batch size fixed at {n}: {first}"[:300]
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, (np.ndarray, torch.Tensor)):
-        return value.tolist()
-    return str(value)
 
 
 def metadata_json(pruned: nn.Module, **more: Any) -> str:
@@ -70,7 +60,7 @@ def metadata_json(pruned: nn.Module, **more: Any) -> str:
         )
     info.update(more)
     info["format"] = FORMAT
-    return json.dumps(info, default=_plain)
+    return json.dumps(info, default=json_default)
 
 
 def save_pruned(path: str | Path, pruned: fx.GraphModule, example_input: Any) -> dict[str, Any]:

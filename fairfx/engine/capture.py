@@ -26,7 +26,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from ..errors import CaptureError
+from ..errors import CaptureError, first_line
 from .bake import bake_weights
 from .export_capture import export_graph
 from .mha import split_attention
@@ -183,7 +183,7 @@ def _trace(model: nn.Module, inputs: tuple[Any, ...], *, prune_dead: bool) -> fx
 
 
 def _explain_trace_failure(model: nn.Module, exc: Exception) -> str:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    text = first_line(exc)
     hint = (
         "torch.fx cannot trace this construct. Fixes: make the offending submodule a leaf "
         "(trace it yourself with a torch.fx.Tracer whose is_leaf_module returns True for it and "

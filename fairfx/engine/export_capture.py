@@ -32,7 +32,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from ..errors import CaptureError
+from ..errors import CaptureError, first_line
 
 
 def export_graph(model: nn.Module, inputs: Sequence[Any]) -> fx.GraphModule:
@@ -41,10 +41,9 @@ def export_graph(model: nn.Module, inputs: Sequence[Any]) -> fx.GraphModule:
     try:
         program = _export(model, args)
     except Exception as exc:  # export raises many types (UserError, Unsupported, ...)
-        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CaptureError(
             f"torch.export could not capture {type(model).__name__} either: "
-            f"{type(exc).__name__}: {text}"
+            f"{type(exc).__name__}: {first_line(exc)}"
         ) from exc
     return _plain(program.module(), type(model).__name__)
 

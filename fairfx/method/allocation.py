@@ -44,18 +44,6 @@ BOUNDED = ("hybrid", "hybrid_cost")
 _CAP = 0.99
 
 
-def check_allocation(allocation: str) -> str:
-    if allocation not in ALLOCATIONS:
-        raise PlanError(f"allocation must be one of {ALLOCATIONS}, got {allocation!r}")
-    return allocation
-
-
-def check_ratio(ratio: Any, what: str = "ratio") -> float:
-    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 <= ratio < 1:
-        raise PlanError(f"{what} must be a fraction in [0, 1), got {ratio!r}")
-    return float(ratio)
-
-
 def _cap(n: int) -> int:
     return max(0, min(math.floor(_CAP * n + 1e-9), n - 1))
 
