@@ -225,7 +225,7 @@ def child_prefilled(classes: int, outputs: int, real: int, dtype: str, batch: in
 
     import fairfx
     import fairfx.method.fair as fair_module
-    from fairfx.engine.groups import build
+    from fairfx.engine.group_graph import build
     from fairfx.method.codec import encode
     from fairfx.method.memory import point_sizes
     from fairfx.method.scoring import new_state, producer_outputs
@@ -320,7 +320,7 @@ def _pair_rank(rank, world, port, model, classes, sigma, per_point, q) -> None:
     import torch
     import torch.distributed as dist
 
-    from fairfx.engine.groups import build
+    from fairfx.engine.group_graph import build
     from fairfx.method.diameter import l1_diameter
     from fairfx.method.finalize import balanced_split
     from fairfx.method.memory import point_sizes

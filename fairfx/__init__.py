@@ -19,7 +19,7 @@ Public entry points:
 
 from .engine.artifact import load_pruned, save_pruned
 from .engine.cost import Cost
-from .engine.groups import channel_groups, prune
+from .engine.group_graph import channel_groups, prune
 from .engine.oracle import VerifyReport, verify
 from .engine.records import ChannelGroup
 from .errors import CalibrationError, CaptureError, FairfxError, PlanError

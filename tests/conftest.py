@@ -10,7 +10,7 @@ import torch
 from fairfx.apps import digits
 from fairfx.apps.cli import main
 from fairfx.apps.zoo import random_plan
-from fairfx.engine.groups import build
+from fairfx.engine.group_graph import build
 from fairfx.engine.oracle import verify
 from fairfx.engine.rewrite import count_params
 

@@ -15,7 +15,7 @@ import fairfx
 from fairfx.apps.cli import main
 from fairfx.engine.capture import capture
 from fairfx.engine.coverage import unlisted_parameters
-from fairfx.engine.groups import build
+from fairfx.engine.group_graph import build
 from fairfx.errors import FairfxError
 
 from . import models

@@ -63,7 +63,7 @@ def test_every_edit_kind_follows_one_protocol() -> None:
     import torchvision
 
     from fairfx.engine.edits import ArgEdit, EditSite, ModuleEdit, ParamEdit
-    from fairfx.engine.groups import build
+    from fairfx.engine.group_graph import build
 
     graph = build(torchvision.models.shufflenet_v2_x0_5().eval(), torch.randn(2, 3, 32, 32))
     edits = graph.analysis.edits

@@ -11,7 +11,7 @@ from torch import nn
 
 import fairfx
 from fairfx import CaptureError, FairfxError, PlanError
-from fairfx.engine.groups import build
+from fairfx.engine.group_graph import build
 
 from .conftest import assert_same_state, prune_and_verify, state_snapshot
 from .models import CASES, Grouped, Unsupported

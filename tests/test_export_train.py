@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import fairfx
-from fairfx.engine.groups import build
+from fairfx.engine.group_graph import build
 
 
 @pytest.fixture(scope="module")

@@ -125,7 +125,7 @@ def test_plans_are_deterministic(trained, split) -> None:
 
 def test_analyze_reuses_a_given_channel_graph(analysis, trained, split, monkeypatch) -> None:
     """One capture for the groups (or the memory estimate) and the scoring: same scores."""
-    import fairfx.engine.groups as groups
+    import fairfx.engine.group_graph as groups
 
     graph = fairfx.channel_graph(trained, split.x_train[:8])
     monkeypatch.setattr(groups, "capture", None)  # analyze must not capture again

@@ -9,7 +9,7 @@ import torch
 
 import fairfx
 from fairfx.apps.zoo import random_plan
-from fairfx.engine.groups import build
+from fairfx.engine.group_graph import build
 from fairfx.engine.rewrite import count_params
 
 

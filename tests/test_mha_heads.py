@@ -8,7 +8,7 @@ import torchvision
 from torch import nn
 
 import fairfx
-from fairfx.engine.groups import build
+from fairfx.engine.group_graph import build
 from fairfx.engine.mha import SplitAttention
 from fairfx.engine.rewrite import count_params
 

@@ -11,7 +11,7 @@ from torchvision.models.swin_transformer import (
 )
 
 import fairfx
-from fairfx.engine.groups import build
+from fairfx.engine.group_graph import build
 from fairfx.engine.rewrite import count_params
 
 

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import fairfx
-from fairfx.engine.groups import build
+from fairfx.engine.group_graph import build
 from fairfx.errors import PlanError
 
 from . import models

@@ -14,7 +14,7 @@ import torch
 import torchvision
 
 from fairfx.apps.zoo import check_model, example_input, random_plan
-from fairfx.engine.groups import build
+from fairfx.engine.group_graph import build
 
 SUBSET = [
     "resnet18",

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from ..engine.coverage import unlisted_parameters
-from ..engine.groups import build
+from ..engine.group_graph import build
 from ..engine.oracle import verify
 from ..engine.rewrite import count_params
 from ..errors import first_line

@@ -39,7 +39,7 @@ class ChannelAnalysis:
         """Run the pass; ``rule_for(analysis, node)`` returns the rule for a node.
 
         The rule table is passed in, not imported, because the rules build on this module's
-        bookkeeping: :func:`fairfx.engine.groups.build` supplies
+        bookkeeping: :func:`fairfx.engine.group_graph.build` supplies
         :func:`fairfx.engine.rules.rule_for`.
         """
         self.captured = captured

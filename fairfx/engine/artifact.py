@@ -26,7 +26,7 @@ from torch import nn
 from ..errors import FairfxError, PlanError, first_line
 from ..files import atomic_path, json_default
 from .capture import as_inputs
-from .groups import prune
+from .group_graph import prune
 
 META_FILE = "fairfx.json"
 FORMAT = "fairfx.pruned/1"

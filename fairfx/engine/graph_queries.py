@@ -21,7 +21,7 @@ from .slots import Layout
 
 
 class GraphQueries:
-    """Mixin of :class:`~fairfx.engine.groups.GroupGraph` (which provides ``unit_index`` and
+    """Mixin of :class:`~fairfx.engine.group_graph.GroupGraph` (which provides ``unit_index`` and
     ``producer_units``): read-only questions about it."""
 
     analysis: Any
@@ -41,7 +41,7 @@ class GraphQueries:
                 for name in group.producers:
                     for node_name in a.producers[a.producer_index[name]].nodes:
                         lay = a.layouts[node_name]
-                        read = self._read_point(nodes[node_name])
+                        read = self._post_activation_point(nodes[node_name])
                         rlay = a.layouts[read.name]
                         maps.append(
                             UnitMap(
@@ -58,9 +58,12 @@ class GraphQueries:
             self._unit_maps = maps
         return self._unit_maps
 
-    def _read_point(self, node: Any) -> Any:
+    def _post_activation_point(self, node: Any) -> Any:
         """From a producer call, walk through per-channel ops (BN, activation, pooling, scale) to
-        the tensor the next layer reads; stop at anything that joins tensors or moves channels."""
+        the tensor the next layer reads; stop at anything that joins tensors or moves channels.
+        One point per producer call (``observe="post_act"``); :meth:`read_points` instead keeps
+        walking through joins (``cat``, residual ``add``) and returns every tensor a consumer
+        reads (``observe="consumer"``)."""
         layouts = self.analysis.layouts
         cur, lay = node, layouts[node.name]
         while len(cur.users) == 1:

@@ -18,7 +18,7 @@ import torch
 import torch.fx as fx
 
 from ..errors import FairfxError
-from .groups import GroupGraph, build
+from .group_graph import GroupGraph, build
 from .slots import Layout
 
 

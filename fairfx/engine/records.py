@@ -1,6 +1,6 @@
 """The records the channel graph hands out: groups for users, unit maps for scoring, keep lists.
 
-Kept apart from :mod:`fairfx.engine.groups` (which computes them) so that readers of a group,
+Kept apart from :mod:`fairfx.engine.group_graph` (which computes them) so that readers of a group,
 a unit map or a plan need not know how the channel pass is organised.
 """
 

@@ -8,7 +8,7 @@ replaces every ``ShiftedWindowAttention``/``ShiftedWindowAttentionV2`` of its co
 :class:`WindowAttention` whose attention is written with ops the rules know (qkv ``Linear``, a
 reshape into ``(3, heads, head_dim)``, ``q @ k^T``, the relative position bias, softmax,
 ``@ v``, ``proj``), and whose window partition, shift mask and window merge, which only move
-tokens, are leaf functions with rules of their own (:mod:`fairfx.engine.rules.windows`). The
+tokens, are leaf functions with rules of their own (:mod:`fairfx.engine.rules.indexing`). The
 relative position bias is read through ``F.embedding`` (v1: the table's head columns become
 channels tied to the heads) or ``index_select`` of the continuous-position MLP's output (v2: its
 last Linear's rows are the heads), so a head takes its bias column, its ``logit_scale`` and its
@@ -83,7 +83,7 @@ def shift_mask(x: torch.Tensor, window: list[int], shift: list[int]) -> torch.Te
 
 
 for _name in ("window_partition", "window_merge", "shift_mask"):
-    fx.wrap(_name)  # they move tokens only: leaf calls with rules in rules/windows.py
+    fx.wrap(_name)  # they move tokens only: leaf calls with rules in rules/indexing.py
 
 
 class WindowAttention(nn.Module):

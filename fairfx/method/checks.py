@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..engine.groups import GroupGraph
+from ..engine.group_graph import GroupGraph
 from ..errors import CalibrationError, FairfxError
 
 

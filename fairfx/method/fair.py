@@ -16,7 +16,7 @@ import torch.fx as fx
 
 from ..errors import CalibrationError, FairfxError, PlanError
 from ..files import load_payload, plain, save_payload
-from . import ranks
+from . import distributed
 from .checks import (
     check_grad_mode,
     check_prunable,
@@ -287,7 +287,7 @@ def analyze(
     check_prunable(graph)  # after the output check above: that error is the more specific
     if isinstance(state, (str, Path)):
         state = CalibrationState.load(state)
-    shard = ranks.shard()
+    shard = distributed.shard()
     estimate = functools.partial(
         estimate_for_graph,
         graph,
@@ -300,7 +300,7 @@ def analyze(
     resumed = state is not None and state_dtype == "auto"  # continues in the state's codec
     memory = estimate(state_dtype=state.state_dtype if resumed else state_dtype)
     if shard[1] > 1 and state_dtype == "auto" and state is None:
-        agreed = ranks.agreed_codec(memory.state_dtype)
+        agreed = distributed.agreed_codec(memory.state_dtype)
         if agreed != memory.state_dtype:
             memory = replace(
                 estimate(state_dtype=agreed), chosen=" (auto: the least precise rank's pick)"
@@ -323,7 +323,7 @@ def analyze(
             batch_size=memory.batch_size,
         )
     if shard[1] > 1:
-        state = ranks.gather_states(state, shard[1])
+        state = distributed.gather_states(state, shard[1])
     pairs_start = time.perf_counter()
     scores = finalize(graph, state, shard)
     check_scores(graph, scores)

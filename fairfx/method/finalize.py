@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..engine.groups import GroupGraph
+from ..engine.group_graph import GroupGraph
 from ..errors import CalibrationError
 from .codec import decode
 from .diameter import l1_diameter

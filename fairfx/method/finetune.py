@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import FairfxError
-from .calibration import LABEL_KEYS, split_dict
+from .labels import LABEL_KEYS, split_dict
 
 HISTORY_ATTRIBUTE = "finetune_history"
 

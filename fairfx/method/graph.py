@@ -5,7 +5,7 @@ pass; from it, any number of plans (``graph.plan(PlanOptions(...), scores)``), t
 (``graph.cost(plan)``) and pruned models (``graph.prune(plan)``). Scores come from
 :func:`fairfx.analyze` (FAIR's U and R), or are not needed at all for data-free importances
 (``importance="l1"``, ``"random"`` or a callable). The engine part (groups, rewrite, cost,
-queries) is :class:`~fairfx.engine.groups.GroupGraph`; this class adds the method's planning.
+queries) is :class:`~fairfx.engine.group_graph.GroupGraph`; this class adds the method's planning.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import torch
 import torch.fx as fx
 
 from ..engine.cost import Cost
-from ..engine.groups import GroupGraph, build
+from ..engine.group_graph import GroupGraph, build
 from . import planning
 from .plan_options import PlanOptions
 from .planning import Plan

@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from ..engine.groups import GroupGraph, build
+from ..engine.group_graph import GroupGraph, build
 from ..errors import CalibrationError
 from .codec import CODECS, check_codec, row_bytes
 from .finalize import WORKSPACE_BYTES

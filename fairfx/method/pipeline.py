@@ -28,9 +28,9 @@ import torch.fx as fx
 from ..engine.capture import as_inputs
 from ..engine.oracle import VerifyReport, verify
 from ..errors import PlanError
-from .calibration import self_labelled
 from .fair import Analysis, analyze
 from .finetune import evaluate_accuracy, finetune
+from .labels import self_labelled
 from .options import check_analyze_options
 from .plan_options import FIELDS, PlanOptions
 from .planning import Plan

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from ..engine.cost import Cost
-from ..engine.groups import GroupGraph
+from ..engine.group_graph import GroupGraph
 from ..errors import PlanError
 from .allocation import BOUNDED, counts, round_kept
 from .plan_options import PlanOptions

@@ -37,10 +37,10 @@ import torch.fx as fx
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..engine.groups import GroupGraph
+from ..engine.group_graph import GroupGraph
 from ..errors import CalibrationError
-from .calibration import check_labels, split_batch
 from .codec import check_codec, encode
+from .labels import check_labels, split_batch
 from .stats import CalibrationState, sample_keys
 from .wasserstein import project, projection_matrix
 

@@ -18,7 +18,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 
 from ..analysis import ChannelAnalysis
-from . import aten, functional, heads, joins, shape, windows
+from . import aten, functional, heads, indexing, joins, shape
 from .common import (
     along_dim,
     elementwise,
@@ -77,7 +77,7 @@ FUNCTION_RULES: dict[Any, Rule] = {
     **functional.RULES,
     **heads.RULES,
     **aten.RULES,
-    **windows.RULES,
+    **indexing.RULES,
 }
 
 
