@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import functools
+import inspect
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -229,18 +230,12 @@ def run(
     )
 
 
-_ANALYZE_KEYS = (
-    "samples_per_class",
-    "max_classes",
-    "projections",
-    "observe",
-    "loss_fn",
-    "seed",
-    "progress",
-    "state",
-    "state_dtype",
-    "batch_size",
-    "memory_check",
+# compress() keywords that go to analyze(): its own keyword parameters, read from its signature so
+# the two lists cannot drift apart.
+_ANALYZE_KEYS = tuple(
+    name
+    for name, p in inspect.signature(analyze).parameters.items()
+    if p.kind is inspect.Parameter.KEYWORD_ONLY
 )
 
 
