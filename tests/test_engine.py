@@ -121,7 +121,7 @@ def test_size_check_catches_wrong_split_sizes() -> None:
 
 
 def test_one_graph_serves_many_plans_costs_and_rewrites(monkeypatch) -> None:
-    from fairfx.engine import groups as groups_mod
+    from fairfx.engine import group_graph as groups_mod
 
     model, x = make("residual")
     graph = fairfx.channel_graph(model, x)
