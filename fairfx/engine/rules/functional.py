@@ -23,23 +23,19 @@ def _producer_name(target: str) -> str:
     return target[: -len(".weight")] if target.endswith(".weight") else target
 
 
-def _reader_name(node: fx.Node, target: str, *, lookup: bool = False) -> str:
+def _reader_name(node: fx.Node, target: str) -> str:
     """The producer name of the op reading weight ``target``: the weight's owner, except for a
     tied weight. ``torch.export`` keeps one name for a tensor held by two modules (GPT-2's
     ``lm_head.weight`` is ``transformer.wte.weight``), so the embedding lookup and the output
-    projection read the same ``get_attr``; each is then named after the module whose forward
-    made it (``transformer.wte``, ``lm_head``), as in an untied model. A projection is renamed
-    only when that module is a ``torch.nn`` one (its weight is its own by definition); a lookup
-    (``lookup``) also when it is a subclass from a library (Gemma's scaled embedding)."""
+    projection read the same ``get_attr``; a read made by the forward of a module that does not
+    hold the weight under that name is then named after that module (``transformer.wte``,
+    ``lm_head``), as in an untied model."""
     owner = _producer_name(target)
     stack = node.meta.get("nn_module_stack")
     if not stack:
         return owner
-    path, cls = list(stack.values())[-1]
-    cls = cls if isinstance(cls, str) else f"{cls.__module__}.{cls.__qualname__}"
-    if not path or path == owner:
-        return owner
-    return path if lookup or cls.startswith("torch.nn.modules.") else owner
+    path = list(stack.values())[-1][0]
+    return path if path and not target.startswith(f"{path}.") else owner
 
 
 def _weighted(a: ChannelAnalysis, node: fx.Node, in_axis: int | None) -> Layout | None:
@@ -170,7 +166,7 @@ def embedding(a: ChannelAnalysis, node: fx.Node, weight_pos: int = 1) -> Layout 
     wt, wshape, out = a.param(w), a.shape(w), a.shape(node)
     if wt is None or wshape is None or out is None or len(wshape) != 2:
         return unknown(a, node)
-    slots = a.produce(_reader_name(node, wt, lookup=True), wshape[1])
+    slots = a.produce(_reader_name(node, wt), wshape[1])
     a.share(wt, "dim1", slots)
     a.edit(ParamEdit(wt, 1, slots))
     return Layout(len(out) - 1, slots)
