@@ -10,7 +10,6 @@ import pytest
 import torch
 
 import fairfx
-from fairfx.apps.hf_export import to_hf
 from fairfx.engine.rewrite import count_params
 
 LENGTH = 16  # the captured sequence length (export keeps it static, the batch axis dynamic)
@@ -110,7 +109,7 @@ def test_uniform_plan_back_to_hugging_face(hf, name: str, tmp_path) -> None:
     before = {k: v.clone() for k, v in model.state_dict().items()}
     graph = fairfx.channel_graph(model, x)
     pruned = graph.rewrite(half_plan(graph))
-    out = to_hf(model, pruned, x)
+    out = fairfx.to_hf(model, pruned, x)
     assert type(out) is type(model)
     assert out.config.hidden_size == 32 and out.config.num_attention_heads == 2
     if name == "llama":
@@ -139,7 +138,7 @@ def test_non_uniform_plan_is_refused_with_the_reason(hf) -> None:
     heads = [g.id for g in graph.groups if g.unit == "head"]
     plan[heads[1]] = [0, 1]  # layer 1 keeps both key/value heads, layer 0 one
     with pytest.raises(fairfx.PlanError, match=r"different attention heads per layer.*uniform"):
-        to_hf(model, graph.rewrite(plan), x)
+        fairfx.to_hf(model, graph.rewrite(plan), x)
 
 
 def test_gpt2_needs_heads_to_fill_the_residual_width(hf) -> None:
@@ -148,10 +147,10 @@ def test_gpt2_needs_heads_to_fill_the_residual_width(hf) -> None:
     plan = {g.id: list(range(g.size)) for g in graph.groups if g.prunable}
     plan[0] = list(range(32))  # the residual stream halves, every head stays
     with pytest.raises(fairfx.PlanError, match=r"one width \(n_embd\) for both"):
-        to_hf(model, graph.rewrite(plan), x)
+        fairfx.to_hf(model, graph.rewrite(plan), x)
 
 
 def test_unknown_layout_is_refused(hf) -> None:
     model = make(hf, "gemma")
     with pytest.raises(fairfx.FairfxError, match="to_hf knows the config layouts of gpt2"):
-        to_hf(model, model, tokens())
+        fairfx.to_hf(model, model, tokens())
