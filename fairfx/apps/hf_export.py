@@ -152,8 +152,8 @@ def to_hf(model: nn.Module, pruned: nn.Module, example_input: Any) -> nn.Module:
     ratio = cfg.hidden_size / config.hidden_size if family.norm_scale else 1.0
     if family.norm_scale:
         config.rms_norm_eps = cfg.rms_norm_eps * ratio
-    dtype = next(model.parameters()).dtype
-    out = type(model)._from_config(config, torch_dtype=dtype)
+    first = next(model.parameters())
+    out = type(model)._from_config(config).to(device=first.device, dtype=first.dtype)
     _load(out, state, ratio, family.norm_scale)
     out.generation_config = copy.deepcopy(model.generation_config)
     out.train(model.training)
@@ -193,7 +193,9 @@ def _check(out: nn.Module, pruned: nn.Module, example_input: Any) -> None:
         out.train(was[0])
         pruned.train(was[1])
     diff = float((want - got).abs().max()) if want.shape == got.shape else float("inf")
-    tol = 1e-4 * float(want.abs().max())
+    # the folded norm weights round once more at 16 bits: bf16 carries 8 significant bits
+    rtol = 1e-4 if next(out.parameters()).element_size() >= 4 else 3e-2
+    tol = rtol * float(want.abs().max())
     if not diff <= tol:
         raise FairfxError(
             f"internal error (a fairfx bug): the Hugging Face model's logits differ from the "
