@@ -154,3 +154,37 @@ def test_unknown_layout_is_refused(hf) -> None:
     model = make(hf, "gemma")
     with pytest.raises(fairfx.FairfxError, match="to_hf knows the config layouts of gpt2"):
         fairfx.to_hf(model, model, tokens())
+
+
+class TorchRMSNorm(torch.nn.Module):
+    """A residual stream through ``nn.RMSNorm`` (module) and ``F.rms_norm`` (function)."""
+
+    def __init__(self, eps: float | None) -> None:
+        super().__init__()
+        self.embed = torch.nn.Linear(8, 16)
+        self.norm = torch.nn.RMSNorm(16, eps=eps)
+        self.mlp = torch.nn.Linear(16, 16)
+        self.scale = torch.nn.Parameter(torch.rand(16) + 0.5)
+        self.head = torch.nn.Linear(16, 3)
+
+    def forward(self, x):
+        h = self.embed(x)
+        h = h + self.mlp(self.norm(h))
+        return self.head(torch.nn.functional.rms_norm(h, (16,), self.scale, 1e-3))
+
+
+@pytest.mark.parametrize("eps", [None, 0.1])
+@pytest.mark.parametrize("export", [False, True])
+def test_torch_rms_norm_prunes_exactly(eps: float | None, export: bool) -> None:
+    torch.manual_seed(0)
+    model, x = TorchRMSNorm(eps).eval(), torch.randn(4, 8) * 0.01  # eps matters at this scale
+    if export:  # the aten.rms_norm form, as torch.export captures it
+        model = torch.export.export(model, (x,), strict=False).module()
+    graph = fairfx.channel_graph(model, x)
+    stream = next(g for g in graph.groups if "embed" in g.producers)
+    assert stream.prunable and stream.exact, stream.reason
+    pruned = graph.rewrite({stream.id: [0, 3, 4, 9, 15]})
+    report = fairfx.verify(model, pruned, x)
+    assert report.passed and report.tolerance > 0, str(report)
+    with torch.no_grad():
+        assert not torch.allclose(pruned(x), model(x), atol=1e-4)

@@ -29,7 +29,9 @@ from .common import (
     spatial,
     unknown,
 )
-from .modules import MODULE_RULES
+from .modules import MODULE_RULES as _MODULES
+
+MODULE_RULES = {**_MODULES, **reductions.MODULE_RULES}
 
 Rule = Callable[[ChannelAnalysis, fx.Node], Any]
 
