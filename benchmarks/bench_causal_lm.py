@@ -61,7 +61,7 @@ def measure(name: str) -> dict:
     graph = fairfx.channel_graph(model, x)
     stream = next(g for g in graph.groups if g.size == 64)
     plan = {g.id: list(range(g.size // 2)) for g in graph.groups if g.prunable}
-    pruned = graph.rewrite(plan)
+    pruned = graph.prune(plan)
     report = fairfx.verify(model, pruned, x)
     program = torch.export.export(pruned, (x,))
     row = {

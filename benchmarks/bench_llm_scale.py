@@ -76,7 +76,7 @@ def child(args: argparse.Namespace) -> dict:
     row["groups"] = len(graph.groups)
     row["prunable_groups"] = len(plan)
     t = time.perf_counter()
-    pruned = graph.rewrite(plan)
+    pruned = graph.prune(plan)
     row["prune_s"] = round(time.perf_counter() - t, 2)
     row["rss_after_prune_gib"] = round(_rss_gib(), 3)
     row["params_removed"] = round(1 - count_params(pruned) / params, 4)

@@ -71,7 +71,7 @@ def test_causal_lm_hidden_width_prunes_verifies_exports(hf, name: str) -> None:
     assert stream.exact == (name != "gpt2")
     head = next(g for g in graph.groups if "lm_head" in g.producers)  # the vocabulary stays
     assert not head.prunable and "model output" in head.reason
-    pruned = graph.rewrite(half_plan(graph))
+    pruned = graph.prune(half_plan(graph))
     assert count_params(pruned) <= 0.55 * count_params(model)
     report = fairfx.verify(model, pruned, x)
     assert report.passed and report.tolerance > 0, str(report)
@@ -84,7 +84,7 @@ def test_causal_lm_hidden_width_prunes_verifies_exports(hf, name: str) -> None:
 def test_tied_head_stays_one_tensor_and_verify_needs_the_mean_rescale(hf) -> None:
     model, x = make(hf, "gpt2"), tokens()
     graph = fairfx.channel_graph(model, x)
-    pruned = graph.rewrite(half_plan(graph))
+    pruned = graph.prune(half_plan(graph))
     (table,) = [p for n, p in pruned.named_parameters() if n == "lm_head.weight"]
     assert table.shape == (500, 32)  # rows: the vocabulary; columns: the kept hidden width
     assert model.lm_head.weight is model.transformer.wte.weight  # the user's model untouched
@@ -108,7 +108,7 @@ def test_uniform_plan_back_to_hugging_face(hf, name: str, tmp_path) -> None:
     model, x = make(hf, name), tokens()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     graph = fairfx.channel_graph(model, x)
-    pruned = graph.rewrite(half_plan(graph))
+    pruned = graph.prune(half_plan(graph))
     out = fairfx.to_hf(model, pruned, x)
     assert type(out) is type(model)
     assert out.config.hidden_size == 32 and out.config.num_attention_heads == 2
@@ -138,7 +138,7 @@ def test_non_uniform_plan_is_refused_with_the_reason(hf) -> None:
     heads = [g.id for g in graph.groups if g.unit == "head"]
     plan[heads[1]] = [0, 1]  # layer 1 keeps both key/value heads, layer 0 one
     with pytest.raises(fairfx.PlanError, match=r"different attention heads per layer.*uniform"):
-        fairfx.to_hf(model, graph.rewrite(plan), x)
+        fairfx.to_hf(model, graph.prune(plan), x)
 
 
 def test_gpt2_needs_heads_to_fill_the_residual_width(hf) -> None:
@@ -147,7 +147,7 @@ def test_gpt2_needs_heads_to_fill_the_residual_width(hf) -> None:
     plan = {g.id: list(range(g.size)) for g in graph.groups if g.prunable}
     plan[0] = list(range(32))  # the residual stream halves, every head stays
     with pytest.raises(fairfx.PlanError, match=r"one width \(n_embd\) for both"):
-        fairfx.to_hf(model, graph.rewrite(plan), x)
+        fairfx.to_hf(model, graph.prune(plan), x)
 
 
 def test_unknown_layout_is_refused(hf) -> None:
@@ -183,7 +183,7 @@ def test_torch_rms_norm_prunes_exactly(eps: float | None, export: bool) -> None:
     graph = fairfx.channel_graph(model, x)
     stream = next(g for g in graph.groups if "embed" in g.producers)
     assert stream.prunable and stream.exact, stream.reason
-    pruned = graph.rewrite({stream.id: [0, 3, 4, 9, 15]})
+    pruned = graph.prune({stream.id: [0, 3, 4, 9, 15]})
     report = fairfx.verify(model, pruned, x)
     assert report.passed and report.tolerance > 0, str(report)
     with torch.no_grad():
