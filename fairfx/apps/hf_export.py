@@ -33,9 +33,9 @@ from ..engine.oracle import flat_tensors
 from ..errors import FairfxError, PlanError
 
 _UNIFORM_HINT = (
-    "plan uniformly (the same kept count in every group of a kind: e.g. analysis.plan("
-    "uniform=0.5), or the same keep lengths per layer), or keep the pruned GraphModule "
-    "(fairfx.save_pruned)"
+    "plan one ratio for every group (graph.plan(importance='l1', ratio=0.5), "
+    "analysis.plan(uniform=0.5), or keep lists of one length per layer), or keep the pruned "
+    "GraphModule (fairfx.save_pruned)"
 )
 
 
