@@ -45,6 +45,8 @@ class _Family:
 
     config: Callable[[Any, dict[str, torch.Tensor]], dict[str, Any]]  # new config fields
     norm_scale: bool  # RMSNorm over the hidden width: fold the original-width denominator
+    norm_offset: float = 0.0  # the norm multiplies by offset + weight (Gemma: 1 + weight)
+    embed_scale: bool = False  # embeddings times sqrt(hidden_size), taken from the config
 
 
 def _per_layer(state: dict[str, torch.Tensor], pattern: str, n_layers: int, what: str) -> int:
@@ -98,6 +100,7 @@ _FAMILIES = {
     "llama": _Family(_llama_config, norm_scale=True),
     "mistral": _Family(_llama_config, norm_scale=True),
     "qwen2": _Family(_llama_config, norm_scale=True),
+    "gemma": _Family(_llama_config, norm_scale=True, norm_offset=1.0, embed_scale=True),
     "gpt2": _Family(_gpt2_config, norm_scale=False),
 }
 
@@ -121,7 +124,8 @@ def to_hf(model: nn.Module, pruned: nn.Module, example_input: Any) -> nn.Module:
 
     Args:
         model: the original Hugging Face causal LM (``GPT2LMHeadModel``, ``LlamaForCausalLM``,
-            ``MistralForCausalLM``, ``Qwen2ForCausalLM``); not modified.
+            ``MistralForCausalLM``, ``Qwen2ForCausalLM``, ``GemmaForCausalLM``); not
+            modified.
         pruned: what ``fairfx.prune``/``compress`` returned for ``model``.
         example_input: token ids the result is checked on (the GraphModule's logits must come
             out of the new model).
@@ -154,20 +158,42 @@ def to_hf(model: nn.Module, pruned: nn.Module, example_input: Any) -> nn.Module:
         config.rms_norm_eps = cfg.rms_norm_eps * ratio
     first = next(model.parameters())
     out = type(model)._from_config(config).to(device=first.device, dtype=first.dtype)
-    _load(out, state, ratio, family.norm_scale)
+    _load(out, state, _rescaled(model, out, family, ratio))
     out.generation_config = copy.deepcopy(model.generation_config)
     out.train(model.training)
     _check(out, pruned, example_input)
     return out
 
 
-def _load(out: nn.Module, state: dict[str, torch.Tensor], ratio: float, norms: bool) -> None:
-    """Copy every parameter of ``out`` from the pruned tensors; RMSNorm weights rescaled."""
-    scaled = {
-        f"{path}.weight"
-        for path, m in out.named_modules()
-        if norms and type(m).__name__.endswith("RMSNorm")
-    }
+def _rescaled(
+    model: nn.Module, out: nn.Module, family: _Family, ratio: float
+) -> dict[str, tuple[float, float]]:
+    """``{parameter: (factor, offset)}``: the new value is ``(offset + w) * factor - offset``.
+
+    RMSNorm weights take ``sqrt(ratio)`` (the original-width denominator, module docstring).
+    Gemma scales embeddings by ``sqrt(hidden_size)`` of the config, which shrinks with the
+    width: the table takes ``sqrt(ratio)`` to keep the product, and when the output projection
+    is that same table, the final norm takes ``1 / sqrt(ratio)`` to keep the logits."""
+    root = math.sqrt(ratio)
+    out_map: dict[str, tuple[float, float]] = {}
+    if family.norm_scale:
+        for path, m in out.named_modules():
+            if type(m).__name__.endswith("RMSNorm"):
+                out_map[f"{path}.weight"] = (root, family.norm_offset)
+    if family.embed_scale and ratio != 1.0:
+        table = model.get_input_embeddings().weight
+        names = [n for n, p in model.named_parameters(remove_duplicate=False) if p is table]
+        out_map.update({n: (root, 0.0) for n in names})
+        if model.get_output_embeddings().weight is table:
+            out_map["model.norm.weight"] = (1.0, family.norm_offset)  # sqrt(r) / sqrt(r)
+    return out_map
+
+
+def _load(
+    out: nn.Module, state: dict[str, torch.Tensor], rescale: dict[str, tuple[float, float]]
+) -> None:
+    """Copy every parameter of ``out`` from the pruned tensors, rescaled where ``rescale``
+    says."""
     for name, p in out.named_parameters(remove_duplicate=False):
         src = state.get(name)
         if src is None or tuple(src.shape) != tuple(p.shape):
@@ -176,7 +202,8 @@ def _load(out: nn.Module, state: dict[str, torch.Tensor], ratio: float, norms: b
                 f"internal error (a fairfx bug): the pruned weight for {name} is {got}, the "
                 f"Hugging Face config needs {tuple(p.shape)}; please report this model and plan"
             )
-        value = src * math.sqrt(ratio) if name in scaled else src
+        factor, offset = rescale.get(name, (1.0, 0.0))
+        value = (src.float() + offset) * factor - offset if factor != 1.0 else src
         p.copy_(value.to(p.dtype))
 
 
