@@ -9,11 +9,13 @@ paths of the original), and checks that it computes what the GraphModule compute
 example input. Hugging Face configs hold one width per model, so a non-uniform plan is refused
 with the reason.
 
-One exact adjustment: the pruned graph normalizes RMSNorm by the *original* width (what the
+The weights need exact adjustments where a width is a constant of the config. The pruned graph
+normalizes RMSNorm by the *original* width (what the
 masked-execution oracle computes; see :mod:`fairfx.engine.rules.reductions`), while the model
 class divides by its config's width. With ``r = original / kept`` hidden channels,
 ``x * rsqrt(sum(x**2) / n_orig + eps) * w`` equals ``x * rsqrt(mean(x**2) + eps * r) * (w *
 sqrt(r))``, so the norm weights are scaled by ``sqrt(r)`` and ``rms_norm_eps`` by ``r``.
+Gemma's embedding scale ``sqrt(hidden_size)`` is folded the same way (:func:`_rescaled`).
 
 ``transformers`` is imported only here, and only when :func:`to_hf` is called.
 """
