@@ -81,7 +81,7 @@ def test_causal_lm_hidden_width_prunes_verifies_exports(hf, name: str) -> None:
         assert torch.equal(program.module()(x), pruned(x))
 
 
-def test_tied_head_stays_one_tensor_and_verify_needs_the_mean_rescale(hf) -> None:
+def test_tied_head_stays_one_tensor(hf) -> None:
     model, x = make(hf, "gpt2"), tokens()
     graph = fairfx.channel_graph(model, x)
     pruned = graph.prune(half_plan(graph))
@@ -89,6 +89,22 @@ def test_tied_head_stays_one_tensor_and_verify_needs_the_mean_rescale(hf) -> Non
     assert table.shape == (500, 32)  # rows: the vocabulary; columns: the kept hidden width
     assert model.lm_head.weight is model.transformer.wte.weight  # the user's model untouched
     assert model.lm_head.weight.shape == (500, 64)
+
+
+def test_rmsnorm_is_exact_only_with_the_mean_rescaled(hf, monkeypatch) -> None:
+    """The oracle proves the rescale: without it the pruned Llama normalizes by the kept width
+    and verify fails."""
+    from fairfx.engine.rules import reductions
+
+    model, x = make(hf, "llama"), tokens()
+    graph = fairfx.channel_graph(model, x)
+    stream = next(g for g in graph.groups if "model.embed_tokens" in g.producers)
+    plan = {stream.id: list(range(0, 64, 2))}
+    assert fairfx.verify(model, graph.prune(plan), x).passed
+    monkeypatch.setattr(reductions, "_rescale_mean", lambda slots, n, kept_slot: None)
+    graph = fairfx.channel_graph(model, x)
+    report = fairfx.verify(model, graph.prune(plan), x)
+    assert not report.passed and report.max_abs_diff > 100 * report.tolerance, str(report)
 
 
 def greedy_graph(pruned, prompt: torch.Tensor, new: int) -> torch.Tensor:
