@@ -15,8 +15,11 @@ Public entry points:
 - :func:`save_pruned` / :func:`load_pruned` — a ``.pt2`` program that carries its plan, and the
   way back to a trainable GraphModule from the original model and the keep lists.
 - :func:`recalibrate` — re-estimate BatchNorm statistics of a pruned model on calibration data.
+- :func:`to_hf` — a uniform plan of a Hugging Face causal LM back as that model's own class
+  (``generate``, ``save_pretrained``); ``transformers`` is imported only when it is called.
 """
 
+from .apps.hf_export import to_hf
 from .engine.artifact import load_pruned, save_pruned
 from .engine.cost import Cost
 from .engine.group_graph import channel_groups, prune
@@ -60,5 +63,6 @@ __all__ = [
     "prune",
     "recalibrate",
     "save_pruned",
+    "to_hf",
     "verify",
 ]

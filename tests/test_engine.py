@@ -225,8 +225,11 @@ def test_self_attention_prunes_the_residual_stream() -> None:
     attn = pruned.get_submodule("attn")  # opened into q/k/v projections (engine/mha.py)
     assert all(attn.get_submodule(p).weight.shape == (8, 4) for p in ("q_proj", "k_proj", "v_proj"))
     assert attn.out_proj.out_features == 4
-    heads = group_of(groups, "attn.q_proj")  # the caller reads the head-averaged weights
-    assert heads.unit == "head" and not heads.prunable and "mean" in heads.reason
+    # the caller reads the head-averaged weights: a mean over the head axis, rescaled by
+    # kept/original heads so the pruned model computes the masked original's average exactly
+    heads = group_of(groups, "attn.q_proj")
+    assert heads.unit == "head" and heads.prunable and heads.exact
+    assert fairfx.verify(model, fairfx.prune(model, x, {heads.id: [1]}), x).passed
     assert fairfx.verify(model, pruned, x).passed
 
 

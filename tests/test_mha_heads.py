@@ -118,13 +118,17 @@ class ReadsWeights(nn.Module):
 
 
 @pytest.mark.parametrize("average", [True, False])
-def test_returned_attention_weights_block_the_heads(average: bool) -> None:
-    """Masked heads still have (uniform) attention weights, so weights read by the caller
-    differ once heads are gone: the heads must stay, the stream still prunes."""
+def test_returned_attention_weights_and_the_heads(average: bool) -> None:
+    """Per-head weights read by the caller (``w.mean()`` over every axis) block the heads. The
+    head-averaged weights are a mean over the head axis, which the rewrite rescales by
+    kept/original heads (rules/reductions.py): the pruned model computes the masked original's
+    average exactly, so the heads prune. The stream prunes either way."""
     model, x = ReadsWeights(average).eval(), torch.randn(2, 5, 6)
     graph = build(model, x)
     (heads,) = _heads(graph)
-    assert not heads.prunable
+    assert heads.prunable == average
+    if average:
+        assert fairfx.verify(model, graph.prune({heads.id: [0, 2]}), x).passed
     stream = next(g for g in graph.groups if "embed" in g.producers)
     assert stream.prunable
     pruned = graph.prune({stream.id: list(range(0, 16, 2))})

@@ -62,7 +62,29 @@ DESCRIPTIONS: dict[str, tuple[int, str, str]] = {
     ),
     "shape.index_shape": (70, "reshape", _RESHAPE),
     "modules.flatten_module": (70, "reshape", _RESHAPE),
-    "common.reduce_dims": (80, "reduce", "over other axes: pass through; over channels: blocks"),
+    "common.reduce_dims": (
+        80,
+        "reduce",
+        "over other axes: pass through; over channels: blocks (a removed zero can be the extreme)",
+    ),
+    "reductions.channel_reduce": (
+        79,
+        "reduce",
+        "over other axes: pass through; over the channel axis: exact, the mean rescaled by "
+        "kept/original channels (RMSNorm's mean of squares; see docs/causal_lm.md)",
+    ),
+    "reductions.rms_norm": (
+        22,
+        "normalization",
+        "over the channel axis: exact (eps and output "
+        "rescaled to the original width; see docs/causal_lm.md)",
+    ),
+    "reductions.rms_norm_module": (
+        22,
+        "normalization",
+        "over the channel axis: exact (eps and "
+        "output rescaled to the original width; see docs/causal_lm.md)",
+    ),
     "common.along_dim": (81, "along an axis", _ALONG),
     "modules.softmax_module": (81, "along an axis", _ALONG),
     "attention.multihead_attention": (
@@ -70,7 +92,8 @@ DESCRIPTIONS: dict[str, tuple[int, str, str]] = {
         "attention",
         "opened by capture into q/k/v projections, a head split and attention: whole heads "
         "and the embedding channels prune (`kdim`/`vdim`, both `batch_first`, masks); "
-        "`add_bias_kv`, `add_zero_attn` and head-averaged weights the caller reads block",
+        "`add_bias_kv`, `add_zero_attn` and per-head weights the caller reduces block; "
+        "head-averaged weights prune (their mean over heads is rescaled)",
     ),
     "common.no_channels": (95, "no channels", "sizes, shapes and asserts: nothing to track"),
     "windows._last_axis": (
@@ -86,7 +109,8 @@ DESCRIPTIONS: dict[str, tuple[int, str, str]] = {
     "functional.embedding": (
         2,
         "produce",
-        "a lookup table `[vocab, dim]`: its `dim` columns are new channels on the last axis",
+        "a lookup table `[vocab, dim]`: its `dim` columns are new channels on the last axis; "
+        "tied to an output projection (GPT-2's `lm_head`), they are its input features",
     ),
     "functional.addmm": (
         3,

@@ -18,7 +18,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 
 from ..analysis import ChannelAnalysis
-from . import aten, functional, heads, indexing, joins, shape
+from . import aten, functional, heads, indexing, joins, reductions, shape
 from .common import (
     along_dim,
     elementwise,
@@ -29,7 +29,9 @@ from .common import (
     spatial,
     unknown,
 )
-from .modules import MODULE_RULES
+from .modules import MODULE_RULES as _MODULES
+
+MODULE_RULES = {**_MODULES, **reductions.MODULE_RULES}
 
 Rule = Callable[[ChannelAnalysis, fx.Node], Any]
 
@@ -60,7 +62,7 @@ _SPATIAL = (
     F.adaptive_max_pool2d, F.avg_pool1d, F.avg_pool2d, F.avg_pool3d, F.max_pool1d, F.max_pool2d,
     F.max_pool3d, F.interpolate,
 )  # fmt: skip
-_REDUCE = (torch.mean, torch.sum, torch.amax, torch.amin)
+_REDUCE = (torch.amax, torch.amin)
 _ALONG_DIM = (F.softmax, F.log_softmax, torch.softmax, torch.log_softmax, torch.cumsum)
 
 FUNCTION_RULES: dict[Any, Rule] = {
@@ -72,6 +74,7 @@ FUNCTION_RULES: dict[Any, Rule] = {
     **{f: spatial for f in _SPATIAL},
     **{f: reduce_dims for f in _REDUCE},
     **{f: along_dim for f in _ALONG_DIM},
+    **reductions.RULES,
     **shape.RULES,
     **joins.RULES,
     **functional.RULES,
@@ -106,7 +109,8 @@ METHOD_RULES: dict[str, Rule] = {
     },
     **{m: param_alias for m in ("to", "contiguous")},
     **{m: no_channels for m in ("size", "dim", "numel")},
-    **{m: reduce_dims for m in ("mean", "sum", "amax", "amin")},
+    **{m: reduce_dims for m in ("amax", "amin")},
+    **reductions.METHOD_RULES,
     **{m: along_dim for m in ("softmax", "log_softmax", "cumsum")},
     **shape.METHOD_RULES,
     **joins.METHOD_RULES,

@@ -14,7 +14,7 @@ import torch
 import torch.fx as fx
 
 from ..analysis import ChannelAnalysis
-from . import functional, heads, joins, shape
+from . import functional, heads, joins, reductions, shape
 from .common import along_dim, elementwise, no_channels, passthrough, reduce_dims, spatial, unknown
 
 aten = torch.ops.aten
@@ -74,7 +74,9 @@ RULES: dict[Any, Any] = {
     **{op: spatial for op in _SPATIAL},
     **{op: shape.index_shape for op in _INDEX_SHAPE},
     **{op: no_channels for op in _NO_CHANNELS},
-    **{op: reduce_dims for op in _ops("mean.dim", "sum.dim_IntList", "amax", "amin")},
+    **{op: reduce_dims for op in _ops("amax", "amin")},
+    **{op: reductions.channel_mean for op in _ops("mean.dim")},
+    **{op: reductions.channel_sum for op in _ops("sum.dim_IntList")},
     **{op: along_dim for op in _ops("softmax.int", "_softmax", "log_softmax.int", "cumsum")},
     **{op: _on_other_axis for op in _ops("slice.Tensor", "select.int")},
     **{op: joins.cat for op in _ops("cat", "concat")},

@@ -120,6 +120,9 @@ def elementwise(a: ChannelAnalysis, node: fx.Node) -> Layout | None:
     tensors = [t for t in list(node.args) + list(node.kwargs.values()) if isinstance(t, fx.Node)]
     if out is None:
         return unknown(a, node) if any(a.layout(t) is not None for t in tensors) else None
+    if len(tensors) == 1 and a.param(tensors[0]) is not None and a.shape(tensors[0]) == out:
+        # a parameter and scalars (Gemma's ``1 + weight``): slicing commutes with the op
+        a.param_src[node.name] = a.param(tensors[0])
     return couple(a, node, tensors, out)
 
 

@@ -23,6 +23,21 @@ def _producer_name(target: str) -> str:
     return target[: -len(".weight")] if target.endswith(".weight") else target
 
 
+def _reader_name(node: fx.Node, target: str) -> str:
+    """The producer name of the op reading weight ``target``: the weight's owner, except for a
+    tied weight. ``torch.export`` keeps one name for a tensor held by two modules (GPT-2's
+    ``lm_head.weight`` is ``transformer.wte.weight``), so the embedding lookup and the output
+    projection read the same ``get_attr``; a read made by the forward of a module that does not
+    hold the weight under that name is then named after that module (``transformer.wte``,
+    ``lm_head``), as in an untied model."""
+    owner = _producer_name(target)
+    stack = node.meta.get("nn_module_stack")
+    if not stack:
+        return owner
+    path = list(stack.values())[-1][0]
+    return path if path and not target.startswith(f"{path}.") else owner
+
+
 def _weighted(a: ChannelAnalysis, node: fx.Node, in_axis: int | None) -> Layout | None:
     """Shared body of F.linear / F.conv*d: input axis sliced on weight dim 1, new output slots."""
     x, w, b = node.args[0], _arg(node, 1, "weight"), _arg(node, 2, "bias")
@@ -37,11 +52,13 @@ def _weighted(a: ChannelAnalysis, node: fx.Node, in_axis: int | None) -> Layout 
     if lay is not None and lay.dim != axis:
         a.block(lay.slots, f"{describe(a, node)} reads channels on axis {axis}")
         lay = None
+    name = _reader_name(node, wt)
     if lay is not None:
-        a.consume(lay.slots, _producer_name(wt))
+        a.consume(lay.slots, name)
         a.share(wt, "dim1", lay.slots)
         a.edit(ParamEdit(wt, 1, lay.slots))
-    out = a.produce(_producer_name(wt), wshape[0])
+    out = a.produce(name, wshape[0])
+    a.share(wt, "dim0", out)  # one weight's rows are one channel space, whoever reads it
     a.edit(ParamEdit(wt, 0, out))
     if bt is not None:
         a.edit(ParamEdit(bt, 0, out))
@@ -140,12 +157,17 @@ def _groups_rewriter(slots: np.ndarray):
 
 
 def embedding(a: ChannelAnalysis, node: fx.Node, weight_pos: int = 1) -> Layout | None:
-    """A lookup table ``[vocab, dim]``: its ``dim`` columns are new channels on the last axis."""
+    """A lookup table ``[vocab, dim]``: its ``dim`` columns are new channels on the last axis.
+
+    A table tied to an output projection (``lm_head.weight is wte.weight``) is one tensor read
+    two ways: its columns are these channels and the projection's input features (``share``
+    makes them one set of units), its rows are the vocabulary the projection produces."""
     w = node.args[weight_pos] if len(node.args) > weight_pos else node.kwargs.get("weight")
     wt, wshape, out = a.param(w), a.shape(w), a.shape(node)
     if wt is None or wshape is None or out is None or len(wshape) != 2:
         return unknown(a, node)
-    slots = a.produce(_producer_name(wt), wshape[1])
+    slots = a.produce(_reader_name(node, wt), wshape[1])
+    a.share(wt, "dim1", slots)
     a.edit(ParamEdit(wt, 1, slots))
     return Layout(len(out) - 1, slots)
 
