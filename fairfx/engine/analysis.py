@@ -121,6 +121,14 @@ class ChannelAnalysis:
         """The parameter or buffer target an argument is read from, if it is one."""
         return self.param_src.get(arg.name) if isinstance(arg, fx.Node) else None
 
+    def param_shape(self, target: str) -> tuple[int, ...]:
+        """The shape of the parameter or buffer ``target`` itself (an alias of it, such as the
+        ``expand`` of CLIP's 1-D ``class_embedding`` to (N, 1, C), has more leading axes)."""
+        obj: Any = self.gm
+        for part in target.split("."):
+            obj = getattr(obj, part)
+        return tuple(obj.shape)
+
     def tensor_layouts(self, node: fx.Node) -> Iterator[Layout]:
         for arg in _flat_args(node):
             lay = self.layout(arg)
@@ -164,6 +172,17 @@ class ChannelAnalysis:
             self.union(seen, slots)
         else:
             self.block(slots, f"{key} is applied to tensors of different channel counts")
+
+    def read_untracked(self, key: str, role: str, n: int, node: fx.Node) -> None:
+        """``key``'s ``role`` axis (a weight's input columns, a norm's per-channel parameters)
+        also serves a tensor without tracked channels (DeBERTa's ``query_proj`` applied to the
+        relative-position embeddings): that call needs every column, so the channels another
+        call ties to the same axis must stay, with this as the reason."""
+        reason = (
+            f"{key} is also applied at node '{node.name}' to a tensor without tracked channels, "
+            "which needs all of its input channels"
+        )
+        self.share(key, role, self.untracked(n, reason))
 
     def block(self, slots: Iterable[int] | np.ndarray, reason: str) -> None:
         self._blocked.append((np.asarray(slots, dtype=np.int64).reshape(-1), reason))

@@ -85,7 +85,12 @@ RULES: dict[Any, Any] = {
     **{op: heads.matmul for op in _ops("matmul", "bmm")},
     **{op: heads.sdpa for op in _ops("scaled_dot_product_attention")},
     **{op: functional.linear for op in _ops("linear")},
-    **{op: functional.conv for op in _ops("conv1d", "conv2d", "conv3d")},
+    **{
+        op: functional.conv
+        for op in _ops(
+            "conv1d", "conv2d", "conv3d", "conv1d.padding", "conv2d.padding", "conv3d.padding"
+        )
+    },
     **{op: functional.layer_norm for op in _ops("layer_norm")},
     **{op: functional.aten_batch_norm for op in _ops("batch_norm")},
     **{op: partial(functional.embedding, weight_pos=0) for op in _ops("embedding")},

@@ -109,6 +109,12 @@ def couple(
         if target is None:
             a.block(ref, f"{describe(a, node)} mixes in a per-channel tensor of unknown origin")
             return None
+        # Aliases (expand, to) broadcast right-aligned: the parameter's own axis is counted
+        # from the right; one it lacks or holds once is broadcast and needs no slicing.
+        own = a.param_shape(target)
+        pd -= len(shp) - len(own)
+        if pd < 0 or own[pd] == 1:
+            continue
         a.edit(ParamEdit(target, pd, ref))
         a.share(target, f"dim{pd}", ref)
     return Layout(d, ref)

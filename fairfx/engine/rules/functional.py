@@ -57,6 +57,8 @@ def _weighted(a: ChannelAnalysis, node: fx.Node, in_axis: int | None) -> Layout 
         a.consume(lay.slots, name)
         a.share(wt, "dim1", lay.slots)
         a.edit(ParamEdit(wt, 1, lay.slots))
+    elif len(wshape) > 1:
+        a.read_untracked(wt, "dim1", wshape[1], node)
     out = a.produce(name, wshape[0])
     a.share(wt, "dim0", out)  # one weight's rows are one channel space, whoever reads it
     a.edit(ParamEdit(wt, 0, out))

@@ -75,6 +75,8 @@ def conv(a: ChannelAnalysis, node: fx.Node) -> Layout | None:
     if in_slots is not None:
         a.consume(in_slots, name)
         a.share(name, "in", in_slots)
+    else:
+        a.read_untracked(name, "in", cin, node)
     if g > 1 and g == cin and in_slots is not None:
         # Depthwise: output channel k*mult + j reads input k only, so it follows its input.
         out = np.repeat(in_slots, cout // cin)
@@ -130,6 +132,8 @@ def linear(a: ChannelAnalysis, node: fx.Node) -> Layout | None:
     if in_slots is not None:
         a.consume(in_slots, name)
         a.share(name, "in", in_slots)
+    else:
+        a.read_untracked(name, "in", m.in_features, node)
     out = a.produce(name, m.out_features)
     a.edit(ModuleEdit(name, _shrink_linear, in_slots, out))
     return Layout(last, out)
