@@ -5,6 +5,11 @@ forced to zero wherever it is carried. For channel-separable ops this is exact. 
 channel axis is the exception: removing a channel changes the statistics, so the oracle evaluates
 such a norm over the kept channels only (renormalized masking) and reports the group as not
 provable by zero-masking.
+
+Outputs alone can prove nothing: a freshly built classifier with a zero-initialised head
+(torchvision's ViT) outputs zeros whatever its weights hold. So the oracle also compares every
+intermediate tensor that carries channels, at the kept channels, node by node (the rewrite keeps
+node names), and says when an output is the same for every example of the batch.
 """
 
 from __future__ import annotations
@@ -34,13 +39,20 @@ def _mask(value: Any, lay: Any, kept_slot: np.ndarray) -> Any:
 
 
 class MaskedInterpreter(fx.Interpreter):
-    """Runs the original graph with pruned channels zeroed at every tensor that carries them."""
+    """Runs the original graph with pruned channels zeroed at every tensor that carries them.
 
-    def __init__(self, graph: GroupGraph, kept_slot: np.ndarray) -> None:
+    With ``compare``, each tensor with channels is compared with the pruned graph's tensor of
+    the same node at the kept channels as it is computed.
+    """
+
+    def __init__(
+        self, graph: GroupGraph, kept_slot: np.ndarray, compare: _Compare | None = None
+    ) -> None:
         super().__init__(graph.analysis.gm)
         self.layouts = graph.analysis.layouts
         self.masked = graph.analysis.masked
         self.kept_slot = kept_slot
+        self.compare = compare or _Compare({}, 0.0)
 
     def run_node(self, n: fx.Node) -> Any:
         special = self.masked.get(n.name)
@@ -50,7 +62,55 @@ class MaskedInterpreter(fx.Interpreter):
             result = special(self.module, n, args, kwargs, self.kept_slot[lay.slots])
         else:
             result = super().run_node(n)
-        return _mask(result, self.layouts.get(n.name), self.kept_slot)
+        lay = self.layouts.get(n.name)
+        result = _mask(result, lay, self.kept_slot)
+        if isinstance(lay, Layout) and isinstance(result, torch.Tensor):
+            self.compare.check(n.name, result, lay.dim, self.kept_slot[lay.slots])
+        return result
+
+
+class _Compare:
+    """The worst disagreement between masked-original and pruned intermediates at kept channels.
+
+    Each tensor gets its own tolerance, ``rtol`` times its largest reference magnitude, so a
+    small activation deep in the network is held to its own scale, not the output's."""
+
+    def __init__(self, pruned: dict[str, torch.Tensor], rtol: float) -> None:
+        self.pruned, self.rtol = pruned, rtol
+        self.count, self.failed = 0, ""
+
+    def check(self, name: str, ref: torch.Tensor, dim: int, keep: np.ndarray) -> None:
+        got = self.pruned.pop(name, None)
+        if got is None or self.failed:
+            return
+        self.count += 1
+        idx = torch.as_tensor(np.flatnonzero(keep), dtype=torch.long, device=ref.device)
+        ref = ref.index_select(dim, idx)
+        if ref.shape != got.shape:
+            self.failed = f"node '{name}' has shape {tuple(got.shape)}, {tuple(ref.shape)} kept"
+            return
+        if not ref.numel():
+            return
+        diff = float((ref.float() - got.float()).abs().max())
+        tol = self.rtol * float(ref.float().abs().max())
+        if not diff <= tol:  # NaN fails too
+            self.failed = (
+                f"node '{name}' differs at kept channels by {diff:.3g} (tolerance {tol:.3g})"
+            )
+
+
+class _Record(fx.Interpreter):
+    """Runs a graph, keeping the tensor at every node named in ``names``."""
+
+    def __init__(self, gm: fx.GraphModule, names: set[str]) -> None:
+        super().__init__(gm)
+        self.names, self.values = names, {}
+
+    def run_node(self, n: fx.Node) -> Any:
+        result = super().run_node(n)
+        if n.name in self.names and isinstance(result, torch.Tensor):
+            self.values[n.name] = result.clone()  # a later in-place op (relu_) must not reach it
+        return result
 
 
 @dataclass
@@ -62,13 +122,25 @@ class VerifyReport:
     tolerance: float
     outputs_compared: int
     inexact_groups: list[str] = field(default_factory=list)
+    intermediates_compared: int = 0
+    intermediate_failure: str = ""
+    silent_outputs: list[int] = field(default_factory=list)
 
     def __str__(self) -> str:
         verdict = "PASS" if self.passed else "FAIL"
         text = (
             f"{verdict}: max |pruned - masked original| = {self.max_abs_diff:.3g} "
-            f"(tolerance {self.tolerance:.3g}) over {self.outputs_compared} output tensor(s)"
+            f"(tolerance {self.tolerance:.3g}) over {self.outputs_compared} output tensor(s) "
+            f"and {self.intermediates_compared} intermediate tensor(s) at kept channels"
         )
+        if self.intermediate_failure:
+            text += f"; {self.intermediate_failure}"
+        if self.silent_outputs:
+            text += (
+                f"; output(s) {', '.join(map(str, self.silent_outputs))} carry no signal (the "
+                "same for every example, e.g. a zero-initialised head): the intermediates "
+                "carry the proof"
+            )
         if self.inexact_groups:
             text += (
                 "; not provable by zero-masking (checked with renormalized LayerNorm): "
@@ -89,14 +161,29 @@ def flat_tensors(value: Any) -> list[torch.Tensor]:
 
 
 @torch.no_grad()
-def masked_output(graph: GroupGraph, kept_slot: np.ndarray, inputs: tuple[Any, ...]) -> Any:
+def masked_output(
+    graph: GroupGraph,
+    kept_slot: np.ndarray,
+    inputs: tuple[Any, ...],
+    compare: _Compare | None = None,
+) -> Any:
+    """The masked original's output; ``compare`` checks intermediates along the way."""
     gm = graph.analysis.gm
     was = gm.training
     gm.eval()
     try:
-        return MaskedInterpreter(graph, kept_slot).run(*inputs)
+        return MaskedInterpreter(graph, kept_slot, compare).run(*inputs)
     finally:
         gm.train(was)
+
+
+def _silent(t: torch.Tensor) -> bool:
+    """An output that is the same for every example of the batch (or all zero) proves nothing."""
+    if not t.numel():
+        return False
+    if t.dim() and t.shape[0] > 1:
+        return bool((t == t[:1]).all())
+    return not bool(t.any())
 
 
 _RECALIBRATED = "fairfx_bn_before_recalibration"  # written by fairfx.method.recalibrate
@@ -123,14 +210,17 @@ def verify(
     units = graph.units_from_keep(info["keep"]) if info["keep"] else {}
     kept_slot = graph.kept_slots(units)
     inputs = graph.analysis.captured.inputs
-    reference = flat_tensors(masked_output(graph, kept_slot, inputs))
     work = copy.deepcopy(pruned).eval()
     # After fairfx.recalibrate the BatchNorm statistics differ from the original's on purpose;
     # the rewrite is proved with the statistics it produced (kept in meta by recalibrate).
     for name, buffers in getattr(pruned, "meta", {}).get(_RECALIBRATED, {}).items():
         for key, value in buffers.items():
             work.get_submodule(name).get_buffer(key).copy_(value)
-    got = flat_tensors(work(*inputs))
+    laid = {k for k, v in graph.analysis.layouts.items() if isinstance(v, Layout)}
+    recorder = _Record(work, laid)
+    got = flat_tensors(recorder.run(*inputs))
+    compare = _Compare(recorder.values, rtol)
+    reference = flat_tensors(masked_output(graph, kept_slot, inputs, compare))
     if len(got) != len(reference):
         return VerifyReport(False, float("inf"), 0.0, 0)
     diff, scale = 0.0, 0.0
@@ -147,4 +237,14 @@ def verify(
         for g in graph.groups
         if not g.exact and g.id in units and len(units[g.id]) < g.size
     ]
-    return VerifyReport(diff <= tol, diff, tol, len(reference), inexact)
+    silent = [i for i, r in enumerate(reference) if _silent(r)]
+    return VerifyReport(
+        diff <= tol and not compare.failed,
+        diff,
+        tol,
+        len(reference),
+        inexact,
+        compare.count,
+        compare.failed,
+        silent,
+    )
