@@ -14,6 +14,7 @@ Public entry points:
 - :func:`estimate_memory` — what scoring will need, before any data is read.
 - :func:`save_pruned` / :func:`load_pruned` — a ``.pt2`` program that carries its plan, and the
   way back to a trainable GraphModule from the original model and the keep lists.
+- :func:`register_rule` — describe how a custom layer's weights follow its channels.
 - :func:`recalibrate` — re-estimate BatchNorm statistics of a pruned model on calibration data.
 - :func:`to_hf` — a uniform plan of a Hugging Face causal LM back as that model's own class
   (``generate``, ``save_pretrained``); ``transformers`` is imported only when it is called.
@@ -22,6 +23,7 @@ Public entry points:
 from .apps.hf_export import to_hf
 from .engine.artifact import load_pruned, save_pruned
 from .engine.cost import Cost
+from .engine.custom import LayerRule, register_rule
 from .engine.group_graph import channel_groups, prune
 from .engine.oracle import VerifyReport, verify
 from .engine.records import ChannelGroup
@@ -45,6 +47,7 @@ __all__ = [
     "CompressResult",
     "Cost",
     "FairfxError",
+    "LayerRule",
     "MemoryEstimate",
     "Plan",
     "PlanError",
@@ -62,6 +65,7 @@ __all__ = [
     "load_pruned",
     "prune",
     "recalibrate",
+    "register_rule",
     "save_pruned",
     "to_hf",
     "verify",

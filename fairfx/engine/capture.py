@@ -52,11 +52,17 @@ except ImportError:  # pragma: no cover - a torch without it: the code is made a
 # torch's inductor uses the same class for the same reason; any call or ``.code`` makes the code.
 
 
+# Classes given a channel rule with fairfx.register_rule (engine/custom.py): their rule reads
+# the module call, so tracing stops at them.
+CUSTOM_LEAVES: set[type[nn.Module]] = set()
+
+
 class _Tracer(fx.Tracer):
-    """Default torch.nn leaves plus channel-agnostic modules with train-only behaviour."""
+    """Default torch.nn leaves, channel-agnostic modules with train-only behaviour, and the
+    classes registered with :func:`fairfx.register_rule`."""
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        if isinstance(m, _extra_leaves()):
+        if isinstance(m, (*_extra_leaves(), *CUSTOM_LEAVES)):
             return True
         return super().is_leaf_module(m, module_qualified_name)
 

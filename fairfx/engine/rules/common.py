@@ -23,9 +23,27 @@ def describe(a: ChannelAnalysis, node: fx.Node) -> str:
 
 
 def unknown(a: ChannelAnalysis, node: fx.Node) -> None:
-    """No rule: keep every channel that reaches the op; never guess."""
-    a.block_inputs(node, f"flows into {describe(a, node)}, which has no channel rule")
+    """No rule: keep every channel that reaches the op; never guess. The message names the
+    user's layer the op sits in, and how to describe that layer to fairfx."""
+    where = _enclosing_layer(node)
+    hint = ""
+    if where and a.gm.meta.get("fairfx_capture") != "torch.export":
+        hint = f" (fairfx.register_rule({where[0]}, ...) can describe that layer)"
+    inside = f" inside {where[0]} '{where[1]}'" if where else ""
+    a.block_inputs(node, f"flows into {describe(a, node)}{inside}, which has no channel rule{hint}")
     return None
+
+
+def _enclosing_layer(node: fx.Node) -> tuple[str, str] | None:
+    """(class name, path) of the innermost module whose forward made ``node``, if recorded."""
+    if node.op == "call_module":
+        return None
+    stack = node.meta.get("nn_module_stack") or {}
+    if not stack:
+        return None
+    path, cls = list(stack.values())[-1]
+    name = cls.__name__ if isinstance(cls, type) else str(cls).rsplit(".", 1)[-1]
+    return (name, path) if path else None
 
 
 def no_channels(a: ChannelAnalysis, node: fx.Node) -> None:
