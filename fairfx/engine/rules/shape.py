@@ -172,7 +172,7 @@ def index_shape(a: ChannelAnalysis, node: fx.Node) -> Layout | None:
         out = _position_probe(thin, lay.dim).reshape((1,) * kept + tuple(out_shape[kept:]))
     else:
         out = _run_probe(a, node, x, _position_probe(shp, lay.dim))
-    heads = node.target in _HEAD_SPLITS and lay.dim == lead and out.dim() > len(shp)
+    heads = node.target in _HEAD_SPLITS and lay.dim == lead and _splits_heads(shp, out.dim())
     found = _channel_axis(out, heads)
     if found is None:
         a.block(lay.slots, f"{describe(a, node)} reshapes the channel axis away")
@@ -185,6 +185,17 @@ def index_shape(a: ChannelAnalysis, node: fx.Node) -> Layout | None:
     if first is not None:
         a.edit(ArgEdit(node.name, _size_rewriter(first, u, slots)))
     return Layout(u, slots)
+
+
+def _splits_heads(shp: tuple[int, ...], out_rank: int) -> bool:
+    """Whether a reshape of the last (channel) axis may be a split into attention heads.
+
+    ``[B, N, C] -> [B, N, h, d]`` and ``[B, N, 3C] -> [B, N, 3, h, d]`` are; a feature vector
+    ``[B, F]`` unflattened into two or more axes (``view(-1, 256, 4, 4)`` before a transposed
+    conv, the inverse of flatten -> Linear) is not: without a token axis there is nothing to
+    attend over, and its first new axis holds channels that each own the trailing elements.
+    """
+    return out_rank == len(shp) + 1 or (out_rank > len(shp) and len(shp) >= 3)
 
 
 def _common_prefix(shp: tuple[int, ...], out_shape: tuple[int, ...], dim: int) -> int:
