@@ -14,6 +14,7 @@ import torch
 import torch.fx as fx
 
 from ..analysis import ChannelAnalysis
+from ..edits import ArgEdit
 from . import functional, heads, joins, reductions, shape
 from .common import along_dim, elementwise, no_channels, passthrough, reduce_dims, spatial, unknown
 
@@ -29,6 +30,39 @@ def _on_other_axis(a: ChannelAnalysis, node: fx.Node) -> Any:
     if shp is None or not isinstance(dim, int) or dim % len(shp) == lay.dim:
         return unknown(a, node)
     return shape.index_shape(a, node)
+
+
+def _slice(a: ChannelAnalysis, node: fx.Node) -> Any:
+    """``slice`` along the channel axis (Phi-3's fused ``qkv_proj`` cut into q, k and v) hands
+    the piece its slots, with the bounds rewritten to the kept counts before them, as Python
+    slicing does (:func:`~fairfx.engine.rules.shape.getitem`); along another axis it passes."""
+    x = node.args[0]
+    lay, shp = a.layout(x), a.shape(x)
+    if lay is None:
+        return None
+    dim = a.value(node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0))
+    if shp is None or not isinstance(dim, int):
+        return unknown(a, node)
+    if dim % len(shp) != lay.dim:  # the channel axis passes whole, even into an empty piece
+        out = a.shape(node)
+        return lay if out is not None and out[lay.dim] == lay.size else unknown(a, node)
+    bounds = [node.args[i] if len(node.args) > i else None for i in (2, 3)]
+    step = node.args[4] if len(node.args) > 4 else node.kwargs.get("step", 1)
+    if step != 1 or node.kwargs or not all(b is None or isinstance(b, int) for b in bounds):
+        return unknown(a, node)
+    start, stop, _ = slice(*bounds).indices(lay.size)
+    a.edit(ArgEdit(node.name, _bounds_rewriter(start, stop, lay.slots)))
+    return shape.index_shape(a, node)
+
+
+def _bounds_rewriter(start: int, stop: int, slots: Any):
+    def rewrite(n: fx.Node, kept_slot: Any) -> None:
+        keep = kept_slot[slots]
+        args = list(n.args) + [None] * (4 - len(n.args))
+        args[2], args[3] = int(keep[:start].sum()), int(keep[:stop].sum())
+        n.args = tuple(args)
+
+    return rewrite
 
 
 def _ops(*names: str) -> list[Any]:
@@ -78,7 +112,8 @@ RULES: dict[Any, Any] = {
     **{op: reductions.channel_mean for op in _ops("mean.dim")},
     **{op: reductions.channel_sum for op in _ops("sum.dim_IntList")},
     **{op: along_dim for op in _ops("softmax.int", "_softmax", "log_softmax.int", "cumsum")},
-    **{op: _on_other_axis for op in _ops("slice.Tensor", "select.int")},
+    **{op: _on_other_axis for op in _ops("select.int")},
+    **{op: _slice for op in _ops("slice.Tensor")},
     **{op: joins.cat for op in _ops("cat", "concat")},
     **{op: joins.split for op in _ops("split.Tensor", "split_with_sizes", "chunk")},
     **{op: joins.unbind for op in _ops("unbind.int")},

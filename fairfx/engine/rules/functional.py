@@ -125,9 +125,43 @@ def linear(a: ChannelAnalysis, node: fx.Node) -> Layout | None:
 
 def conv(a: ChannelAnalysis, node: fx.Node) -> Layout | None:
     groups = a.value(_arg(node, 6, "groups", 1))
-    if groups != 1:
+    if groups == 1:
+        return _weighted(a, node, 1)
+    wshape = a.shape(_arg(node, 1, "weight"))
+    if wshape is not None and wshape[0] == groups and wshape[1] == 1:
         return _depthwise(a, node, groups)
-    return _weighted(a, node, 1)
+    return _grouped(a, node, groups)
+
+
+def _grouped(a: ChannelAnalysis, node: fx.Node, groups: Any) -> Layout | None:
+    """A grouped conv (RegNet, ResNeXt), weight ``[out, in/groups, *k]``: every group must keep
+    the same input offsets and the same number of outputs, so input column ``j`` of every group
+    is one unit, and so is output row ``j`` of every group; ``groups`` stays as it is."""
+    x, w, b = node.args[0], _arg(node, 1, "weight"), _arg(node, 2, "bias")
+    lay, wshape = a.layout(x), a.shape(w)
+    wt, bt = a.param(w), (a.param(b) if b is not None else None)
+    plain = wt is not None and wshape is not None and (b is None or bt is not None)
+    if not plain or not isinstance(groups, int) or wshape[0] % groups:
+        return unknown(a, node)
+    if lay is not None and (lay.dim != 1 or lay.size != groups * wshape[1]):
+        return unknown(a, node)
+    if lay is None:
+        a.read_untracked(wt, "dim1", wshape[1], node)
+    else:
+        cols = lay.slots.reshape(groups, -1)
+        for k in range(1, groups):
+            a.union(cols[0], cols[k])
+        a.consume(lay.slots, _producer_name(wt))
+        a.share(wt, "dim1", cols[0])
+        a.edit(ParamEdit(wt, 1, cols[0]))
+    out = a.produce(_producer_name(wt), wshape[0])
+    rows = out.reshape(groups, -1)
+    for k in range(1, groups):
+        a.union(rows[0], rows[k])
+    a.edit(ParamEdit(wt, 0, out))
+    if bt is not None:
+        a.edit(ParamEdit(bt, 0, out))
+    return Layout(1, out)
 
 
 def _depthwise(a: ChannelAnalysis, node: fx.Node, groups: Any) -> Layout | None:
