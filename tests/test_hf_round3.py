@@ -121,3 +121,52 @@ def test_linear_view_to_channels_prunes_whole_channels() -> None:
     assert fc.prunable and fc.unit == "channel" and fc.size == 16
     # each kept channel keeps its 16 consecutive features
     assert pruned.fc.out_features == 16 * pruned.bn.num_features == 16 * pruned.up.in_channels
+
+
+class Reductions(nn.Module):
+    """Sums, p-norms and powers over the channel axis, F.normalize, a division by a norm."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 8, 3, padding=1)
+        self.b = nn.Conv2d(8, 8, 1)
+        self.c = nn.Conv2d(8, 6, 1)
+        self.head = nn.Linear(6, 2)
+
+    def forward(self, x):
+        y = nn.functional.normalize(torch.relu(self.a(x)), dim=1)
+        z = self.b(y)
+        energy = z.pow(2).sum(1, keepdim=True)
+        norm = torch.linalg.vector_norm(z, 2, dim=(2, 3), keepdim=True)
+        return self.head((self.c(z / (norm + 1)) * energy).sum(dim=(2, 3)))
+
+
+def test_sums_norms_and_powers_over_channels_prune_exactly() -> None:
+    torch.manual_seed(0)
+    graph, _, _ = _prune(Reductions(), torch.randn(2, 3, 8, 8))
+    assert all(g.prunable for g in graph.groups if g.producers != ("head",))
+
+
+def test_phi3_fused_qkv_slices_prune_whole_kv_groups(hf) -> None:
+    torch.manual_seed(0)
+    cfg = hf.Phi3Config(
+        **BLOCKS, num_key_value_heads=2, vocab_size=100, pad_token_id=0, num_labels=3,
+        use_cache=False,
+    )  # fmt: skip
+    model = hf.Phi3ForSequenceClassification(cfg)
+    graph, _, _ = _prune(model, _tokens())
+    qkv = [g for g in graph.groups if any("qkv_proj" in p for p in g.producers)]
+    assert len(qkv) == 2 and all(g.prunable and g.unit == "head" and g.size == 2 for g in qkv)
+
+
+def test_hf_regnet_grouped_convs_prune_exactly(hf) -> None:
+    torch.manual_seed(0)
+    cfg = hf.RegNetConfig(
+        embedding_size=16, hidden_sizes=[16, 32], depths=[1, 1], groups_width=8, num_labels=3
+    )
+    graph, pruned, _ = _prune(hf.RegNetForImageClassification(cfg), _images())
+    assert all(g.prunable for g in graph.groups if not g.producers[0].startswith("classifier"))
+    grouped = next(g for g in graph.groups if "stages.1.layers.0.layer.0" in g.producers[0])
+    assert grouped.size == 8  # 32 channels in 4 conv groups: offset j of every group is a unit
+    conv = "regnet.encoder.stages.1.layers.0.layer.1.convolution.weight"
+    assert pruned.get_parameter(conv).shape == (16, 4, 3, 3)  # half of each group, groups kept

@@ -29,10 +29,12 @@ from .slots import Layout
 
 def _mask(value: Any, lay: Any, kept_slot: np.ndarray) -> Any:
     if isinstance(lay, Layout) and isinstance(value, torch.Tensor):
-        keep = torch.as_tensor(kept_slot[lay.slots], dtype=value.dtype, device=value.device)
+        keep = torch.as_tensor(kept_slot[lay.slots], dtype=torch.bool, device=value.device)
         shape = [1] * value.dim()
         shape[lay.dim] = -1
-        return value * keep.view(shape)
+        # Filled, not multiplied: a pruned channel divided by a pruned channel is 0/0, and
+        # NaN times zero would carry the NaN into every kept channel downstream.
+        return value.masked_fill(~keep.view(shape), 0)
     if isinstance(lay, tuple) and isinstance(value, (tuple, list)):
         return type(value)(_mask(v, lv, kept_slot) for v, lv in zip(value, lay, strict=False))
     return value

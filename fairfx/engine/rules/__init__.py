@@ -18,7 +18,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 
 from ..analysis import ChannelAnalysis
-from . import aten, functional, heads, indexing, joins, reductions, shape
+from . import aten, functional, heads, indexing, joins, norms, reductions, shape
 from .common import (
     along_dim,
     elementwise,
@@ -81,6 +81,7 @@ FUNCTION_RULES: dict[Any, Rule] = {
     **heads.RULES,
     **aten.RULES,
     **indexing.RULES,
+    **norms.RULES,
 }
 
 
@@ -115,6 +116,7 @@ METHOD_RULES: dict[str, Rule] = {
     **shape.METHOD_RULES,
     **joins.METHOD_RULES,
     **heads.METHOD_RULES,
+    **norms.METHOD_RULES,
 }
 
 PLACEHOLDER_RULES: dict[str, Rule] = {
