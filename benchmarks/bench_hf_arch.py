@@ -107,7 +107,7 @@ def run(make: Callable[[], tuple[nn.Module, torch.Tensor]]) -> dict:
         graph = build(model, x)
         units = random_plan(graph)
         cost = graph.cost(units)
-        pruned = graph.rewrite(units)
+        pruned = graph.prune(units)
         report = fairfx.verify(model, pruned, x)
         blocked = [g for g in graph.groups if not g.prunable]
         worst = max(blocked, key=lambda g: g.size, default=None)

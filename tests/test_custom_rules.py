@@ -75,7 +75,7 @@ def test_registered_layers_prune_exactly() -> None:
     by_producer = {p: g for g in graph.groups for p in g.producers}
     assert by_producer["conv"].prunable and by_producer["fc1"].prunable
     assert "gate" in by_producer["conv"].members
-    pruned = graph.rewrite(random_plan(graph))
+    pruned = graph.prune(random_plan(graph))
     assert pruned.fc1.weight.shape == (4, 8) and pruned.fc1.in_features == 4
     assert pruned.fc1.out_features == 8 and pruned.gate.gate.shape == (4,)
     assert count_params(pruned) < count_params(model)

@@ -32,7 +32,7 @@ def _pruned():
     model = ZeroHead().eval()
     x = torch.randn(2, 3, 8, 8)
     graph = build(model, x)
-    return model, x, graph.rewrite(random_plan(graph))
+    return model, x, graph.prune(random_plan(graph))
 
 
 def test_verify_passes_on_the_correct_rewrite_and_says_the_output_is_silent() -> None:
@@ -60,6 +60,6 @@ def test_verify_compares_intermediates_on_a_model_with_signal() -> None:
     nn.init.normal_(model.head.weight)
     x = torch.randn(3, 3, 8, 8)
     graph = build(model, x)
-    pruned = graph.rewrite(random_plan(graph))
+    pruned = graph.prune(random_plan(graph))
     report = fairfx.verify(model, pruned, x)
     assert report.passed and report.silent_outputs == [] and report.intermediates_compared > 0

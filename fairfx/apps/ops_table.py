@@ -104,7 +104,25 @@ DESCRIPTIONS: dict[str, tuple[int, str, str]] = {
         "and `logit_scale`",
     ),
     "windows.index_select": (64, "index", "along another axis than the channels: pass through"),
-    "windows.normalize": (82, "along an axis", "`F.normalize` along another axis: pass through"),
+    "norms.normalize": (
+        82,
+        "along an axis",
+        "`F.normalize` along another axis: pass through; along the channel axis: exact (a "
+        "pruned channel adds nothing to a p-norm, p > 0)",
+    ),
+    "norms.sum_all": (79, "reduce", "sum of every element: reads the channels exactly"),
+    "norms.vector_norm": (
+        79,
+        "reduce",
+        "p-norm (p >= 0): over other axes pass through; over the channel axis exact, as a sum",
+    ),
+    "norms.power": (11, "per-channel", "pass through (a tensor exponent couples)"),
+    "aten._slice": (
+        64,
+        "index",
+        "`slice` along the channel axis (Phi-3's fused qkv): the piece's channels, bounds "
+        "rewritten to the kept counts; along another axis: pass through",
+    ),
     "functional.aten_batch_norm": (10, "per-channel", "pass through, parameters sliced"),
     "functional.embedding": (
         2,
@@ -140,7 +158,7 @@ DESCRIPTIONS: dict[str, tuple[int, str, str]] = {
     "aten._on_other_axis": (
         62,
         "index",
-        "slice / select along an axis other than the channel axis: pass through",
+        "select along an axis other than the channel axis: pass through",
     ),
     "joins.unbind": (
         63,

@@ -1,6 +1,6 @@
 """Rules for the token-moving leaves of opened Swin attention (:mod:`fairfx.engine.windows`),
-``index_select`` along a non-channel axis (the v2 relative position bias gather) and
-``F.normalize`` along one (v2's cosine attention)."""
+and ``index_select`` along a non-channel axis (the v2 relative position bias gather); v2's
+cosine attention (``F.normalize``) is in :mod:`fairfx.engine.rules.norms`."""
 
 from __future__ import annotations
 
@@ -8,12 +8,11 @@ from typing import Any
 
 import torch
 import torch.fx as fx
-import torch.nn.functional as F
 
 from ..analysis import ChannelAnalysis
 from ..slots import Layout
 from ..windows import shift_mask, window_merge, window_partition
-from .common import no_channels, passthrough, unknown
+from .common import no_channels, unknown
 
 
 def _last_axis(a: ChannelAnalysis, node: fx.Node) -> Layout | None:
@@ -37,22 +36,9 @@ def index_select(a: ChannelAnalysis, node: fx.Node) -> Layout | None:
     return lay
 
 
-def normalize(a: ChannelAnalysis, node: fx.Node) -> Layout | None:
-    """``F.normalize(x, dim=d)`` scales each vector along ``d``: channels on another axis pass
-    (a masked, all-zero vector stays zero)."""
-    lay, shp = a.layout(node.args[0]), a.shape(node.args[0])
-    if lay is None:
-        return None
-    dim = a.value(node.kwargs.get("dim", node.args[2] if len(node.args) > 2 else 1))
-    if shp is None or not isinstance(dim, int) or dim % len(shp) == lay.dim:
-        return unknown(a, node)
-    return passthrough(a, node)
-
-
 RULES: dict[Any, Any] = {
     window_partition: _last_axis,
     window_merge: _last_axis,  # its second argument gives sizes only
     shift_mask: no_channels,  # reads the input's sizes only
     torch.index_select: index_select,
-    F.normalize: normalize,
 }
