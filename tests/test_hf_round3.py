@@ -170,3 +170,28 @@ def test_hf_regnet_grouped_convs_prune_exactly(hf) -> None:
     assert grouped.size == 8  # 32 channels in 4 conv groups: offset j of every group is a unit
     conv = "regnet.encoder.stages.1.layers.0.layer.1.convolution.weight"
     assert pruned.get_parameter(conv).shape == (16, 4, 3, 3)  # half of each group, groups kept
+
+
+def test_t5_heads_prune_with_their_relative_attention_bias(hf) -> None:
+    torch.manual_seed(0)
+    cfg = hf.T5Config(d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4, vocab_size=100)
+    model = hf.T5EncoderModel(cfg)
+    graph, pruned, _ = _prune(model, _tokens())
+    # Block 0's bias is added in every block, so head h of every block goes together with it.
+    (heads,) = [g for g in graph.groups if g.unit == "head"]
+    assert heads.prunable and heads.size == 4
+    bias = "encoder.block.0.layer.0.SelfAttention.relative_attention_bias"
+    assert bias in heads.producers and "encoder.block.1.layer.0.SelfAttention.q" in heads.producers
+    assert pruned.get_submodule(bias).weight.shape[1] == 2
+
+
+def test_hf_swin_prunes_heads_with_the_bias_table_and_its_padded_stream(hf) -> None:
+    torch.manual_seed(0)
+    cfg = hf.SwinConfig(
+        image_size=32, patch_size=4, embed_dim=16, depths=[1, 1], num_heads=[2, 4],
+        window_size=4, num_labels=3,
+    )  # fmt: skip
+    model = hf.SwinForImageClassification(cfg)
+    graph, pruned, _ = _prune(model, _images())
+    assert all(g.prunable for g in graph.groups if g.producers != ("classifier",))
+    assert count_params(pruned) < 0.4 * count_params(model)

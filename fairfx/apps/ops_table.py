@@ -117,6 +117,12 @@ DESCRIPTIONS: dict[str, tuple[int, str, str]] = {
         "p-norm (p >= 0): over other axes pass through; over the channel axis exact, as a sum",
     ),
     "norms.power": (11, "per-channel", "pass through (a tensor exponent couples)"),
+    "aten._gather_rows": (
+        5,
+        "produce",
+        "`table[idx]` of a 2-D parameter (a relative position bias table): an embedding lookup, "
+        "its columns are new channels",
+    ),
     "aten._slice": (
         64,
         "index",
@@ -147,7 +153,9 @@ DESCRIPTIONS: dict[str, tuple[int, str, str]] = {
         92,
         "attention",
         "`scaled_dot_product_attention(q, k, v, ...)` with channels on the heads axis (GQA "
-        "`enable_gqa`, causal, masks broadcast over heads); heads are units (see Decisions)",
+        "`enable_gqa`, causal, masks broadcast over heads, a per-head bias whose heads are "
+        "tracked channels: T5's bias embedding, a relative position table gathered by index); "
+        "heads are units (see Decisions)",
     ),
     "shape.reshape_as": (
         72,

@@ -65,6 +65,21 @@ def _bounds_rewriter(start: int, stop: int, slots: Any):
     return rewrite
 
 
+def _gather_rows(a: ChannelAnalysis, node: fx.Node) -> Any:
+    """``table[idx]`` of a 2-D parameter, rows picked by an index tensor, is an embedding lookup:
+    the table's columns are new channels on the last axis (the per-head relative position bias
+    of Swin and BEiT, ``table[index]`` of shape [positions, heads]). Any other advanced index
+    that reaches channels has no rule."""
+    x, indices = node.args[0], node.args[1]
+    target, shp = a.param(x), a.shape(x)
+    rows = isinstance(indices, (list, tuple)) and len(indices) == 1
+    rows = rows and isinstance(indices[0], fx.Node)
+    # the parameter itself (not a reshaped alias), rows picked by one index tensor
+    if target is not None and shp is not None and rows and a.param_shape(target) == shp:
+        return functional.embedding(a, node, weight_pos=0) if len(shp) == 2 else unknown(a, node)
+    return unknown(a, node)
+
+
 def _ops(*names: str) -> list[Any]:
     """The named ATen overloads that exist in this torch build."""
     out = []
@@ -84,16 +99,17 @@ _PASSTHROUGH = _ops(
     "hardswish_", "hardsigmoid_", "sigmoid_", "tanh_", "hardtanh_", "leaky_relu_", "elu_",
     "clamp_", "clamp_min", "clamp_max", "clamp_min_", "clamp_max_", "relu6", "mish_",
     "softplus", "log_sigmoid", "erf_", "exp_",
+    "constant_pad_nd", "pad",  # padding other axes (Swin pads channels-last windows)
 )  # fmt: skip
 _ELEMENTWISE = _ops(
     "add.Tensor", "add_.Tensor", "sub.Tensor", "sub_.Tensor", "mul.Tensor", "mul_.Tensor",
     "div.Tensor", "div_.Tensor", "add.Scalar", "sub.Scalar", "mul.Scalar", "div.Scalar",
-    "where.self", "maximum", "minimum",
+    "where.self", "where.ScalarOther", "where.ScalarSelf", "maximum", "minimum",
 )  # fmt: skip
 _SPATIAL = _ops(
     "max_pool1d", "max_pool2d", "max_pool3d", "avg_pool1d", "avg_pool2d", "avg_pool3d",
     "adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool3d",
-    "upsample_nearest2d.vec", "upsample_bilinear2d.vec", "constant_pad_nd", "pad",
+    "upsample_nearest2d.vec", "upsample_bilinear2d.vec",
 )  # fmt: skip
 _INDEX_SHAPE = _ops(
     "view", "reshape", "_unsafe_view", "expand", "permute", "transpose.int", "t",
@@ -114,6 +130,7 @@ RULES: dict[Any, Any] = {
     **{op: along_dim for op in _ops("softmax.int", "_softmax", "log_softmax.int", "cumsum")},
     **{op: _on_other_axis for op in _ops("select.int")},
     **{op: _slice for op in _ops("slice.Tensor")},
+    **{op: _gather_rows for op in _ops("index.Tensor")},
     **{op: joins.cat for op in _ops("cat", "concat")},
     **{op: joins.split for op in _ops("split.Tensor", "split_with_sizes", "chunk")},
     **{op: joins.unbind for op in _ops("unbind.int")},

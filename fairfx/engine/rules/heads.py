@@ -114,10 +114,16 @@ def sdpa(a: ChannelAnalysis, node: fx.Node) -> Layout | None:
     mask = _arg(node, 3, "attn_mask")
     if isinstance(mask, fx.Node) and a.shape(mask) is None and a.value(mask) is None:
         mask = None  # an optional argument left at None (timm's ``attn_mask=None``)
-    mshape = a.shape(mask)
-    if mask is not None and (a.layout(mask) is not None or mshape is None):
+    mshape, mlay = a.shape(mask), a.layout(mask)
+    if mask is not None and mshape is None:
         return unknown(a, node)
-    if mshape is not None and len(mshape) >= 3 and mshape[len(mshape) - 3] != 1:
+    if mlay is not None:
+        # A per-head bias made from tracked channels (T5's relative_attention_bias, a relative
+        # position table gathered per head): its heads go with the query's.
+        if len(mshape) < 3 or mlay.dim != len(mshape) - 3 or mlay.size != lq.size:
+            return unknown(a, node)
+        a.union(lq.slots, mlay.slots)
+    elif mshape is not None and len(mshape) >= 3 and mshape[len(mshape) - 3] != 1:
         a.block(lq.slots, f"{describe(a, node)} applies a per-head attention mask")
         return None
     a.consume(lq.slots, node.name)
