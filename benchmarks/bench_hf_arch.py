@@ -67,6 +67,8 @@ def _models(hf) -> dict[str, Callable[[], tuple[nn.Module, torch.Tensor]]]:
             **conv)), _img()),
         "convnextv2": lambda: (hf.ConvNextV2ForImageClassification(hf.ConvNextV2Config(
             num_stages=2, hidden_sizes=[16, 32], depths=[1, 1], **conv)), _img()),
+        "phi3": lambda: (hf.Phi3ForSequenceClassification(hf.Phi3Config(
+            **B, num_key_value_heads=2, **T, num_labels=3, use_cache=False)), _tok()),
         "bert": lambda: (hf.BertForSequenceClassification(hf.BertConfig(**B, **T, num_labels=3)),
                          _tok()),
         "roberta": lambda: (hf.RobertaForSequenceClassification(hf.RobertaConfig(

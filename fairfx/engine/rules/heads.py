@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from ..analysis import ChannelAnalysis
 from ..slots import Layout
 from .common import describe, unknown
+from .functional import params_behind
 
 
 def _arg(node: fx.Node, pos: int, name: str, default: Any = None) -> Any:
@@ -124,7 +125,14 @@ def sdpa(a: ChannelAnalysis, node: fx.Node) -> Layout | None:
             return unknown(a, node)
         a.union(lq.slots, mlay.slots)
     elif mshape is not None and len(mshape) >= 3 and mshape[len(mshape) - 3] != 1:
-        a.block(lq.slots, f"{describe(a, node)} applies a per-head attention mask")
+        made_from = params_behind(a, mask)
+        source = f" made from {', '.join(made_from)}" if made_from else ""
+        a.block(
+            lq.slots,
+            f"{describe(a, node)} applies a per-head attention mask{source} whose heads are not "
+            "tracked channels (only a bias gathered straight from a parameter table or made by "
+            "a tracked producer follows the heads)",
+        )
         return None
     a.consume(lq.slots, node.name)
     return Layout(lq.dim, lq.slots)
