@@ -7,7 +7,7 @@ A row says the parameters before and after and, for the groups that stay, the fi
 reason of the largest one: a refusal must name the true cause. An exception is a fairfx bug.
 
     python benchmarks/bench_hf_arch.py              # all; writes benchmarks/results/hf_arch.json
-    python benchmarks/bench_hf_arch.py deberta_v2   # some (the JSON then holds only those)
+    python benchmarks/bench_hf_arch.py deberta_v2   # rerun some; the others' rows are kept
 """
 
 from __future__ import annotations
@@ -139,13 +139,27 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("models", nargs="*", default=list(models))
     args = parser.parse_args(argv)
-    table = [
+    results = {}
+    if os.path.exists(RESULTS):
+        with open(RESULTS) as f:
+            results = {k: v for k, v in json.load(f).items() if k in models}
+    for name in args.models:
+        results[name] = run(models[name])
+        print(table([(name, results[name])])[-1], flush=True)
+    print("\n".join(table([(n, results[n]) for n in models if n in results])))
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(RESULTS), suffix=".json")
+    with os.fdopen(fd, "w") as f:
+        json.dump(results, f, indent=1)
+    os.replace(tmp, RESULTS)
+
+
+def table(rows: list[tuple[str, dict]]) -> list[str]:
+    """The markdown table of docs/hf_architectures.md."""
+    lines = [
         "| architecture | params before | after | result | largest group that stays: cause |",
         "|---|---|---|---|---|",
     ]
-    results = {}
-    for name in args.models:
-        r = results[name] = run(models[name])
+    for name, r in rows:
         if "error" in r:
             result, after = f"ERROR {r['error']}", "-"
         else:
@@ -153,13 +167,8 @@ def main(argv: list[str] | None = None) -> None:
             result = "exact" if ok else f"NOT exact ({r['verify']}, export {r['export']})"
             after = f"{r['params_after']:,} ({r['params_after'] / r['params_before']:.0%})"
         cause = r.get("largest_blocked") or "-"
-        table.append(f"| {name} | {r['params_before']:,} | {after} | {result} | {cause} |")
-        print(table[-1], flush=True)
-    print("\n".join(table))
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(RESULTS), suffix=".json")
-    with os.fdopen(fd, "w") as f:
-        json.dump(results, f, indent=1)
-    os.replace(tmp, RESULTS)
+        lines.append(f"| {name} | {r['params_before']:,} | {after} | {result} | {cause} |")
+    return lines
 
 
 if __name__ == "__main__":

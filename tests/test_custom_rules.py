@@ -9,8 +9,10 @@ from torch import nn
 
 import fairfx
 from fairfx.apps.zoo import random_plan
+from fairfx.engine.capture import CUSTOM_LEAVES
 from fairfx.engine.groups import build
 from fairfx.engine.rewrite import count_params
+from fairfx.engine.rules import MODULE_RULES
 
 
 class EinsumLinear(nn.Module):
@@ -65,6 +67,11 @@ def registered():
         channel_dim=-1, sizes={"in_features": "in", "out_features": "out"},
     )  # fmt: skip
     fairfx.register_rule(RegisteredGate, kind="per_channel", inputs={"gate": 0})
+    yield
+    # The registry is global: leave the rule tables as the other test modules expect them.
+    for cls in [c for c, r in MODULE_RULES.items() if isinstance(r, fairfx.LayerRule)]:
+        del MODULE_RULES[cls]
+        CUSTOM_LEAVES.discard(cls)
 
 
 def test_registered_layers_prune_exactly() -> None:

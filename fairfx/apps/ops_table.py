@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from ..engine import rules
+from ..engine.custom import LayerRule
 
 # What each rule function does, keyed by "<module in fairfx.engine.rules>.<qualified name>".
 # A rule missing here still gets a row (its docstring's first line), so new rules never break
@@ -251,7 +252,8 @@ def _rows() -> list[tuple[int, str, str, list[str]]]:
             names.append(name)
 
     for cls, rule in rules.MODULE_RULES.items():
-        add(rule, _module_name(cls))
+        if not isinstance(rule, LayerRule):  # a user's fairfx.register_rule, not fairfx's own
+            add(rule, _module_name(cls))
     for fn, rule in rules.FUNCTION_RULES.items():
         add(rule, _function_name(fn))
     for method, rule in rules.METHOD_RULES.items():
