@@ -24,7 +24,7 @@ from torch import nn
 
 import fairfx
 from fairfx.apps.zoo import random_plan
-from fairfx.engine.groups import build
+from fairfx.engine.group_graph import build
 from fairfx.engine.rewrite import count_params
 
 B = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128)

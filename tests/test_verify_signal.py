@@ -8,7 +8,7 @@ from torch import nn
 
 import fairfx
 from fairfx.apps.zoo import random_plan
-from fairfx.engine.groups import build
+from fairfx.engine.group_graph import build
 
 from .models import cbr
 
