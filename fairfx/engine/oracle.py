@@ -102,16 +102,18 @@ class _Compare:
 
 
 class _Record(fx.Interpreter):
-    """Runs a graph, keeping the tensor at every node named in ``names``."""
+    """Runs a graph, keeping the tensor of every node in ``names`` (pruned node -> the original
+    node it computes) under the original node's name."""
 
-    def __init__(self, gm: fx.GraphModule, names: set[str]) -> None:
+    def __init__(self, gm: fx.GraphModule, names: dict[str, str]) -> None:
         super().__init__(gm)
         self.names, self.values = names, {}
 
     def run_node(self, n: fx.Node) -> Any:
         result = super().run_node(n)
         if n.name in self.names and isinstance(result, torch.Tensor):
-            self.values[n.name] = result.clone()  # a later in-place op (relu_) must not reach it
+            # a clone: a later in-place op (relu_) must not reach it
+            self.values[self.names[n.name]] = result.clone()
         return result
 
 
@@ -179,23 +181,35 @@ def masked_output(
         gm.train(was)
 
 
-def _aligned(original: fx.Graph, pruned: fx.Graph) -> set[str]:
-    """Names of the nodes that are the same computation in both graphs: same op and target,
-    inputs that are themselves aligned. The rewrite keeps the names of the capture it was made
-    from, but a fresh capture may name nodes differently (``torch.export`` of T5 numbers its
-    ``mul`` nodes differently from one capture to the next), so a name alone proves nothing."""
+def _aligned(original: fx.Graph, pruned: fx.Graph) -> dict[str, str]:
+    """Pruned node -> the original node it computes, for nodes that are the same computation:
+    same op and target, inputs that are themselves aligned. The rewrite keeps the names of the
+    capture it was made from, but a fresh capture may name nodes differently (``torch.export``
+    of T5 numbers its ``mul`` nodes differently from one capture to the next), so a name alone
+    proves nothing. A node the rewrite inserted after one of the original's, taking over all its
+    uses (the rescale after a mean or RMSNorm over pruned channels), stands for that node; the
+    node before it is then not compared (its value is not the original's until rescaled)."""
     ref = {n.name: n for n in original.nodes}
-    same: set[str] = set()
+    takeover: dict[str, str] = {}
     for n in pruned.nodes:
-        r = ref.get(n.name)
-        inputs = [a.name for a in n.all_input_nodes]
-        if (
-            r is not None
-            and (r.op, r.target) == (n.op, n.target)
-            and [a.name for a in r.all_input_nodes] == inputs
-            and same.issuperset(inputs)
-        ):
-            same.add(n.name)
+        first = n.args[0] if n.args else None
+        new = n.name not in ref and isinstance(first, fx.Node) and first.name in ref
+        if new and list(first.users) == [n]:
+            takeover[n.name] = first.name
+    mine = {n.name: n for n in pruned.nodes}
+    same: dict[str, str] = {}
+    for n in pruned.nodes:
+        r = ref.get(takeover.get(n.name, n.name))
+        if r is None:
+            continue
+        node = mine[r.name] if n.name in takeover else n  # compare what the original computes
+        inputs = [same.get(a.name) for a in node.all_input_nodes]
+        if (r.op, r.target) == (node.op, node.target) and inputs == [
+            a.name for a in r.all_input_nodes
+        ]:
+            same[n.name] = r.name
+    for n in takeover.values():
+        same.pop(n, None)
     return same
 
 
@@ -239,8 +253,8 @@ def verify(
         for key, value in buffers.items():
             work.get_submodule(name).get_buffer(key).copy_(value)
     laid = {k for k, v in graph.analysis.layouts.items() if isinstance(v, Layout)}
-    laid &= _aligned(graph.analysis.gm.graph, work.graph)
-    recorder = _Record(work, laid)
+    aligned = _aligned(graph.analysis.gm.graph, work.graph)
+    recorder = _Record(work, {p: o for p, o in aligned.items() if o in laid})
     got = flat_tensors(recorder.run(*inputs))
     compare = _Compare(recorder.values, rtol)
     reference = flat_tensors(masked_output(graph, kept_slot, inputs, compare))
