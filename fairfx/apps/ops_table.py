@@ -28,7 +28,8 @@ _CONV = (
 )
 _LN = (
     "over the channel axis: prunable, but the statistics change, so such groups are marked "
-    "`exact=False` and verified against the LayerNorm over the kept channels (see Decisions)"
+    "`exact=False` and verified against the LayerNorm over the kept channels (see "
+    "docs/decisions.md)"
 )
 _RESHAPE = (
     "solved on index tensors (view, flatten, shuffles, split heads); size constants rewritten"
@@ -148,7 +149,7 @@ DESCRIPTIONS: dict[str, tuple[int, str, str]] = {
         "attention",
         "`x @ y` with channels on a batch axis of both (heads), or on the rows of `x` / the "
         "columns of `y`; channels on the contracted axis of both are consumed. Heads are units "
-        "(see Decisions); per-head masks and `head_dim` channels block",
+        "(see docs/decisions.md); per-head masks and `head_dim` channels block",
     ),
     "heads.sdpa": (
         92,
@@ -156,13 +157,13 @@ DESCRIPTIONS: dict[str, tuple[int, str, str]] = {
         "`scaled_dot_product_attention(q, k, v, ...)` with channels on the heads axis (GQA "
         "`enable_gqa`, causal, masks broadcast over heads, a per-head bias whose heads are "
         "tracked channels: T5's bias embedding, a relative position table gathered by index); "
-        "heads are units (see Decisions)",
+        "heads are units (see docs/decisions.md)",
     ),
     "shape.reshape_as": (
         72,
         "reshape",
         "`y.reshape_as(other)` / `view_as`: the shape comes from a tensor pruned with it; "
-        "run-time sizes (`x.shape`, `x.size(d)`) follow the kept counts (see Decisions)",
+        "run-time sizes (`x.shape`, `x.size(d)`) follow the kept counts (see docs/decisions.md)",
     ),
     "aten._on_other_axis": (
         62,
