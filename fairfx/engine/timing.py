@@ -1,0 +1,83 @@
+"""Wall-clock timing under the rules that make CPU latency comparable.
+
+A fixed intra-op thread count (restored afterwards), warm-up runs first, medians over repeats,
+and, when two models are compared, runs that alternate between them: a background job that
+slows the machine for a few seconds then slows both sides alike instead of whichever happened to
+be running (the machines fairfx is benchmarked on are shared).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import statistics
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import torch
+
+
+@contextlib.contextmanager
+def fixed_threads(threads: int | None) -> Iterator[int]:
+    """Run the block with ``threads`` intra-op threads (None: the current count)."""
+    before = torch.get_num_threads()
+    n = before if threads is None else int(threads)
+    torch.set_num_threads(n)
+    try:
+        yield n
+    finally:
+        torch.set_num_threads(before)
+
+
+def batch_inputs(inputs: Sequence[Any], batch: int | None) -> tuple[Any, ...]:
+    """The example inputs at another batch size: the first sample repeated ``batch`` times
+    along dim 0 of every tensor input (contiguous copies, as a real batch would be)."""
+    if batch is None:
+        return tuple(inputs)
+    out = []
+    for x in inputs:
+        if isinstance(x, torch.Tensor) and x.dim():
+            x = x[:1].expand(batch, *x.shape[1:]).contiguous()
+        out.append(x)
+    return tuple(out)
+
+
+def _once(fn: Callable[..., Any], inputs: Sequence[Any]) -> float:
+    start = time.perf_counter()
+    fn(*inputs)
+    return (time.perf_counter() - start) * 1e3
+
+
+@torch.no_grad()
+def median_ms(
+    fn: Callable[..., Any], inputs: Sequence[Any], *, repeats: int = 7, warmup: int = 2
+) -> float:
+    """Median milliseconds of ``fn(*inputs)`` over ``repeats`` runs after ``warmup`` runs."""
+    for _ in range(warmup):
+        fn(*inputs)
+    return statistics.median(_once(fn, inputs) for _ in range(max(1, repeats)))
+
+
+@torch.no_grad()
+def paired_ms(
+    first: Callable[..., Any],
+    second: Callable[..., Any],
+    inputs: Sequence[Any],
+    *,
+    repeats: int = 15,
+    warmup: int = 3,
+    threads: int | None = None,
+) -> tuple[float, float]:
+    """Medians (ms) of ``first`` and ``second`` run alternately, with fixed threads."""
+    with fixed_threads(threads):
+        for _ in range(warmup):
+            first(*inputs)
+            second(*inputs)
+        a, b = [], []
+        for _ in range(max(1, repeats)):
+            a.append(_once(first, inputs))
+            b.append(_once(second, inputs))
+    return statistics.median(a), statistics.median(b)
+
+
+__all__ = ["batch_inputs", "fixed_threads", "median_ms", "paired_ms"]
