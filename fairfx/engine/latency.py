@@ -234,6 +234,9 @@ def _axis(pts: np.ndarray, fixed: int, value: int, moving: int) -> tuple[np.ndar
 def _interp(xs: np.ndarray, ys: np.ndarray, x: float) -> float:
     order = np.argsort(xs)
     xs, ys = np.asarray(xs)[order], np.asarray(ys)[order]
+    # A narrower layer can always run as the wider one padded: no width costs more than a
+    # wider measured one (which also keeps timing noise from inverting the curve).
+    ys = np.minimum.accumulate(ys[::-1])[::-1]
     if x < xs[0]:  # below the narrowest measured width: proportional to the width
         return float(ys[0] * x / xs[0])
     return float(np.interp(x, xs, ys))

@@ -1,0 +1,175 @@
+"""Latency tables, latency-targeted plans and the deployment form.
+
+Timings are never asserted (the test machines are shared and noisy): these tests check the
+structure. A table is cached and reloaded, a table for other conditions is measured again, the
+plan meets the table's own prediction with widths on the table's step, the measure-and-correct
+loop stops and says why, and the deployment form is proved by ``fairfx.verify``.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import fairfx
+from fairfx.engine import latency_cache
+from fairfx.engine.deploy import deployment_form
+from fairfx.engine.latency import layer_widths, measure
+from fairfx.method.latency_plan import plan_for_latency, table_plan
+
+
+def _net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 64, 3, padding=1, bias=False),
+        nn.BatchNorm2d(64),
+        nn.ReLU(),
+        nn.Conv2d(64, 64, 3, padding=1, bias=False),
+        nn.BatchNorm2d(64),
+        nn.ReLU(),
+        nn.Conv2d(64, 32, 3, padding=1, groups=1),
+        nn.BatchNorm2d(32),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(32, 10),
+    ).eval()
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("FAIRFX_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.fixture(scope="module")
+def analysis():
+    model = _net()
+    # A few BatchNorm statistics that are not the identity, so folding has something to do.
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+    x = torch.randn(12, 3, 8, 8)
+    y = torch.arange(12) % 3
+    an = fairfx.analyze(model, x[:1], [(x, y)], samples_per_class=4, projections=8, progress=False)
+    return model, x, an
+
+
+def _table(an, **kw):
+    a = an.graph.analysis
+    return measure(a.gm, a.captured.inputs, repeats=1, threads=1, progress=False, **kw)
+
+
+def test_table_is_cached_and_reloaded(analysis, tmp_path) -> None:
+    _, _, an = analysis
+    path = tmp_path / "t.json"
+    first = _table(an, path=path)
+    assert first.note == "" and path.is_file()
+    payload = json.loads(path.read_text())
+    assert payload["format"] == latency_cache.FORMAT
+    assert set(payload["key"]) == {
+        "machine", "torch", "model", "input_shapes", "batch", "threads", "mode"
+    }  # fmt: skip
+    # every conv and the linear are timed, at more than one width each
+    assert len(first.layers) == 4
+    assert all(len(first.curves[v["sig"]]) >= 2 for v in first.layers.values())
+    again = _table(an, path=path)
+    assert again.note == "loaded from cache"
+    assert again.curves == first.curves and again.step == first.step
+    # the default place is keyed by the conditions: the same conditions find the same file
+    auto = _table(an)
+    assert auto.path is not None and _table(an).note == "loaded from cache"
+
+
+def test_another_batch_machine_or_a_broken_file_measures_again(analysis, tmp_path) -> None:
+    _, _, an = analysis
+    path = tmp_path / "t.json"
+    _table(an, path=path)
+    other = _table(an, path=path, batch=3)
+    assert "another batch" in other.note and other.key["batch"] == 3
+    # a table copied from another machine: refused by default, used when asked for
+    payload = json.loads(path.read_text())
+    payload["key"]["machine"] = "elsewhere"
+    path.write_text(json.dumps(payload))
+    assert "another machine" in _table(an, path=path, batch=3).note
+    path.write_text(json.dumps(payload))
+    assert _table(an, path=path, batch=3, any_machine=True).note == "loaded from cache"
+    path.write_text("{not json")
+    assert "unreadable" in _table(an, path=path).note
+    path.write_text(json.dumps({"format": "something else"}))
+    assert "not a fairfx latency table" in _table(an, path=path).note
+
+
+def test_plan_meets_the_tables_prediction_on_its_width_step(analysis) -> None:
+    _, _, an = analysis
+    table = _table(an)
+    for target in (0.8, 0.5, 0.3):
+        units, predicted = table_plan(an.graph, an.scores, table, target, round_to=8)
+        widths = layer_widths(an.graph.analysis, an.graph.kept_slots(units), table)
+        assert predicted == pytest.approx(table.fraction(widths))
+        assert predicted <= target + 1e-9 or all(len(u) == 8 for u in units.values())
+        for gid, u in units.items():  # widths snapped to the step (or the group kept whole)
+            assert len(u) % 8 == 0 or len(u) == an.graph.groups[gid].size
+    plan = plan_for_latency(an.graph, an.scores, 0.5, table=table, measure=False)
+    assert plan.extra["latency"]["achieved"] is None and "not measured" in plan.note
+    assert plan.extra["latency"]["predicted"] <= 0.5 + 1e-9
+    assert plan.cost.macs < plan.base.macs
+    pruned = an.compress(plan)
+    assert fairfx.verify(analysis[0], pruned, analysis[1][:2]).passed
+
+
+def test_measure_and_correct_loop_stops_and_reports(analysis) -> None:
+    _, _, an = analysis
+    table = _table(an)
+    common = dict(table=table, repeats=1, threads=1, progress=False)
+    # An unreachable tolerance: the loop runs its iterations and says it did not get there.
+    plan = plan_for_latency(an.graph, an.scores, 0.5, tolerance=1e-12, iterations=2, **common)
+    info = plan.extra["latency"]
+    assert 1 <= len(info["iterations"]) <= 2 and not info["met"]
+    assert "not within" in plan.note and info["achieved"] > 0
+    assert all(len(step["ms"]) == 2 for step in info["iterations"])
+    # Any result is within a huge tolerance: one measurement, reported as met.
+    plan = plan_for_latency(an.graph, an.scores, 0.5, tolerance=100.0, **common)
+    assert len(plan.extra["latency"]["iterations"]) == 1 and plan.extra["latency"]["met"]
+    assert "achieved" in plan.note
+
+
+def test_deployment_form_folds_batchnorm_and_verify_still_proves_it(analysis, tmp_path) -> None:
+    model, x, an = analysis
+    pruned = an.compress(an.plan(uniform=0.5))
+    before = {k: v.clone() for k, v in pruned.state_dict().items()}
+    for channels_last in (False, True):
+        deployed = deployment_form(pruned, channels_last=channels_last)
+        assert not any(isinstance(m, nn.BatchNorm2d) for m in deployed.modules())
+        assert len(deployed.meta["fairfx"]["deploy"]["fold_bn"]) == 3
+        report = fairfx.verify(model, deployed, x[:4])
+        assert report.passed, report
+    assert all(torch.equal(v, pruned.state_dict()[k]) for k, v in before.items())
+    assert "deploy" not in pruned.meta["fairfx"]  # the pruned module itself is untouched
+    # save_pruned writes the deployment form; both ways back compute the pruned outputs
+    path = tmp_path / "d.pt2"
+    fairfx.save_pruned(path, pruned, x[:2])
+    loaded = fairfx.load_pruned(path)
+    rebuilt = fairfx.load_pruned(path, model, x[:2])
+    assert loaded.meta["fairfx"]["deploy"]["fold_bn"]
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in rebuilt.modules())
+    with torch.no_grad():
+        want = pruned.eval()(x)
+        for got in (loaded(x), rebuilt(x)):
+            assert float((got - want).abs().max()) <= 1e-4 * float(want.abs().max())
+
+
+def test_rest_and_prediction_are_consistent(analysis) -> None:
+    _, _, an = analysis
+    table = _table(an)
+    assert table.rest_ms >= 0 and table.step in (1, 2, 4, 8, 16)
+    full = table.predict_ms()
+    # fewer channels never predict more time than the full model
+    half = {n: (max(1, v["ci"] // 2), max(1, v["co"] // 2)) for n, v in table.layers.items()}
+    assert table.predict_ms(half) <= full + 1e-9
+    assert np.isfinite(full)
