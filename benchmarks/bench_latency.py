@@ -1,20 +1,38 @@
-"""Deployment latency: original vs pruned torchvision models, eager and torch.compile.
+"""Deployment latency: does pruning make torchvision models faster on this CPU, and by how much
+of what the MACs promise?
 
-For resnet50, mobilenet_v2 and densenet121 (random weights, 224x224), a plan keeping about half
-of the parameters is made with ``Analysis.plan_for(params=0.5)`` from scores on synthetic
-calibration data (random images, 10 random labels: latency does not depend on the weights'
-values). Each model runs eagerly and under ``torch.compile`` (inductor) at batch 1 and 8 with the
-thread count fixed; the table prints medians over repeats, the speedup and the MACs ratio next to
-it (the question users ask: "is it actually faster?").
+For each model (random weights, 224x224, 10 classes; latency does not depend on weight values),
+scores come from a small synthetic calibration set. Then, per batch size and mode:
 
-    python benchmarks/bench_latency.py --threads 2 --repeats 20
-    python benchmarks/bench_latency.py --models resnet50 --no-compile
+* ``latency=0.5``: :func:`fairfx.method.latency_plan.plan_for_latency` (latency table measured
+  on this machine, plan, measure, correct): target vs achieved, and the table's cost in seconds.
+* ``params=0.5`` and ``flops=0.5`` (``Analysis.plan_for``): measured speedup, the MACs ratio
+  (original MACs / pruned MACs, the physical limit) and the speedup's share of the MACs gain,
+  ``(speedup - 1) / (MACs ratio - 1)``, as the pruned GraphModule and in the deployment form
+  (BatchNorm folded, channels_last; the original in its own deployment form for the "after"
+  column, so the gain is pruning's, not folding's).
+
+Rules: the original and the pruned model run alternately, after warm-up, with the thread count
+fixed; medians of ``--repeats`` runs; ratios of medians from the same loop. ``--cost-check`` also
+times one ``fairfx.analyze`` of ResNet-50 at 224 on 320 images against measuring its table.
+
+    python benchmarks/bench_latency.py                       # all six, batch 1 and 8, eager
+    python benchmarks/bench_latency.py --modes eager compile
+    python benchmarks/bench_latency.py --models resnet50 --batches 1 --cost-check
+
+Results: ``benchmarks/results/latency.json`` (the command, the load average at start, the machine
+and every cell).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import platform
+import sys
+import time
+from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
@@ -22,7 +40,14 @@ import torch
 import torchvision
 
 import fairfx
-from fairfx.apps.report import latency_ms, table
+from fairfx.engine.deploy import deployment_form
+from fairfx.engine.latency import measure
+from fairfx.engine.latency_cache import machine
+from fairfx.engine.timing import batch_inputs, paired_ms
+from fairfx.files import atomic_path
+from fairfx.method.latency_plan import plan_for_latency
+
+MODELS = ["resnet50", "mobilenet_v2", "densenet121", "efficientnet_b0", "convnext_tiny", "vit_b_16"]
 
 
 def synthetic(n: int, seed: int = 0):
@@ -31,52 +56,178 @@ def synthetic(n: int, seed: int = 0):
         yield torch.randn(20, 3, 224, 224, generator=g), torch.randint(0, 10, (20,), generator=g)
 
 
+def share(speedup: float, macs_ratio: float) -> float | None:
+    """The speedup's share of the MACs gain; None when the plan saved no MACs."""
+    return (speedup - 1) / (macs_ratio - 1) if macs_ratio > 1.0001 else None
+
+
+def _compiled(module, mode: str):
+    return torch.compile(module) if mode == "compile" else module
+
+
+def budget_cells(an, model, name, budget, batch, mode, args) -> dict:
+    """Speedup of a params/flops plan, as pruned and in the deployment form."""
+    plan = an.plan_for(**budget)
+    pruned = an.compress(plan).eval()
+    x = batch_inputs(an.graph.analysis.captured.inputs, batch)
+    macs_ratio = plan.base.macs / max(plan.cost.macs, 1)
+    t0, t1 = paired_ms(
+        _compiled(model, mode), _compiled(pruned, mode), x, repeats=args.repeats,
+        threads=args.threads,
+    )  # fmt: skip
+    original_d = deployment_form(an.graph.analysis.gm)
+    pruned_d = deployment_form(pruned)
+    d0, d1 = paired_ms(
+        _compiled(original_d, mode), _compiled(pruned_d, mode), x, repeats=args.repeats,
+        threads=args.threads,
+    )  # fmt: skip
+    return {
+        "model": name, "batch": batch, "mode": mode, "plan": next(iter(budget.items())),
+        "macs_ratio": macs_ratio, "params_kept": plan.params_kept,
+        "ms": [t0, t1], "speedup": t0 / t1, "share": share(t0 / t1, macs_ratio),
+        "deploy_ms": [d0, d1], "deploy_speedup": d0 / d1,
+        "deploy_share": share(d0 / d1, macs_ratio),
+        "deploy_vs_original": t0 / d1,
+    }  # fmt: skip
+
+
+def latency_cell(an, name, batch, mode, args) -> dict:
+    start = time.perf_counter()
+    plan = plan_for_latency(
+        an.graph, an.scores, args.target, batch_size=batch, mode=mode, threads=args.threads,
+        repeats=args.repeats, progress=False,
+    )  # fmt: skip
+    info = plan.extra["latency"]
+    return {
+        "model": name, "batch": batch, "mode": mode, "plan": ["latency", args.target],
+        "achieved": info["achieved"], "predicted": info["predicted"], "met": info["met"],
+        "iterations": info["iterations"], "step": info["step"], "note": plan.note,
+        "macs_ratio": plan.base.macs / max(plan.cost.macs, 1), "params_kept": plan.params_kept,
+        "seconds": time.perf_counter() - start,
+    }  # fmt: skip
+
+
+def cost_check(args) -> dict:
+    """One analyze of ResNet-50 at 224 on 320 images (its defaults) vs measuring its table."""
+    torch.manual_seed(0)
+    model = torchvision.models.resnet50(num_classes=10).eval()
+    x = torch.randn(1, 3, 224, 224)
+    start = time.perf_counter()
+    an = fairfx.analyze(model, x, synthetic(320), progress=False)
+    analyze_s = time.perf_counter() - start
+    out = {"analyze_seconds": analyze_s}
+    a = an.graph.analysis
+    for batch in args.batches:
+        start = time.perf_counter()
+        table = measure(
+            a.gm, a.captured.inputs, batch=batch, threads=args.threads, progress=False,
+            path=Path(args.cache or ".") / f"fairfx_cost_check_b{batch}.json",
+        )  # fmt: skip
+        out[f"table_seconds_b{batch}"] = time.perf_counter() - start
+        out[f"table_note_b{batch}"] = table.note
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--models", nargs="*", default=["resnet50", "mobilenet_v2", "densenet121"])
+    p.add_argument("--models", nargs="*", default=MODELS)
+    p.add_argument("--batches", nargs="*", type=int, default=[1, 8])
+    p.add_argument("--modes", nargs="*", default=["eager"], choices=["eager", "compile"])
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--repeats", type=int, default=20)
-    p.add_argument("--params", type=float, default=0.5)
-    p.add_argument("--no-compile", action="store_true")
+    p.add_argument("--repeats", type=int, default=15)
+    p.add_argument("--target", type=float, default=0.5)
+    p.add_argument("--images", type=int, default=40, help="synthetic calibration images")
+    p.add_argument("--cost-check", action="store_true")
+    p.add_argument("--cache", default=None, help="latency table folder ($FAIRFX_CACHE)")
+    p.add_argument("--out", default="benchmarks/results/latency.json")
     args = p.parse_args()
+    if args.cache:
+        os.environ["FAIRFX_CACHE"] = args.cache
     torch.set_num_threads(args.threads)
-    rows = []
+    header = {
+        "command": "python " + " ".join(sys.argv),
+        "load_average_at_start": os.getloadavg(),
+        "machine": machine(),
+        "cpus": os.cpu_count(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "threads": args.threads,
+        "repeats": args.repeats,
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    print(json.dumps(header), flush=True)
+    cells = []
+    results = {"header": header, "cells": cells}
+    if args.cost_check:
+        results["cost_check"] = cost_check(args)
+        print(json.dumps(results["cost_check"]), flush=True)
     for name in args.models:
         torch.manual_seed(0)
         model = torchvision.models.get_model(name, num_classes=10).eval()
-        x1 = torch.randn(1, 3, 224, 224)
         an = fairfx.analyze(
-            model, x1, synthetic(200), samples_per_class=8, projections=16, progress=False
-        )
-        plan = an.plan_for(params=args.params)
-        pruned = an.compress(plan).eval()
-        macs_ratio = plan.cost.macs / plan.base.macs
-        variants = [("eager", model, pruned)]
-        if not args.no_compile:
-            variants.append(("compile", torch.compile(model), torch.compile(pruned)))
-        for mode, orig, small in variants:
-            for batch in (1, 8):
-                x = torch.randn(batch, 3, 224, 224)
-                t_orig = latency_ms(orig, x, repeats=args.repeats, warmup=3)
-                t_small = latency_ms(small, x, repeats=args.repeats, warmup=3)
-                rows.append(
-                    [
-                        name,
-                        mode,
-                        str(batch),
-                        f"{t_orig:.1f}",
-                        f"{t_small:.1f}",
-                        f"{t_orig / t_small:.2f}x",
-                        f"{1 / macs_ratio:.2f}x",
-                        f"{plan.params_kept:.2f}",
-                    ]
-                )
-                print(" | ".join(rows[-1]), flush=True)
-    print()
-    header = ["model", "mode", "batch", "original ms", "pruned ms", "speedup", "MACs ratio"]
-    print(table([*header, "params kept"], rows))
-    print(f"\nthreads={args.threads}, medians of {args.repeats} runs, torch {torch.__version__}")
+            model, torch.randn(1, 3, 224, 224), synthetic(args.images), samples_per_class=4,
+            projections=16, progress=False,
+        )  # fmt: skip
+        for mode in args.modes:
+            for batch in args.batches:
+                cells.append(latency_cell(an, name, batch, mode, args))
+                print(json.dumps(cells[-1]), flush=True)
+                for budget in ({"params": 0.5}, {"flops": 0.5}):
+                    cells.append(budget_cells(an, model, name, budget, batch, mode, args))
+                    print(json.dumps(cells[-1]), flush=True)
+                _write(args.out, results)
+    results["load_average_at_end"] = os.getloadavg()
+    _write(args.out, results)
+    print(report(results))
+
+
+def _write(path: str, results: dict) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(results, indent=1, default=str))
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.0f}%"
+
+
+def report(results: dict) -> str:
+    """Markdown tables of a results file (also: python benchmarks/bench_latency.py --report)."""
+    lines = [
+        "| model | mode | batch | target | achieved | predicted | within 5% | MACs ratio |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for c in results["cells"]:
+        if c["plan"][0] == "latency":
+            ok = "yes" if c["met"] else "no"
+            lines.append(
+                f"| {c['model']} | {c['mode']} | {c['batch']} | {c['plan'][1]:.2f} | "
+                f"{c['achieved']:.3f} | {c['predicted']:.3f} | {ok} | {c['macs_ratio']:.2f}x |"
+            )
+    lines += [
+        "",
+        "| model | mode | batch | plan | MACs ratio | speedup | share | deployed speedup | "
+        "share | deployed vs original |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for c in results["cells"]:
+        if c["plan"][0] != "latency":
+            lines.append(
+                f"| {c['model']} | {c['mode']} | {c['batch']} | {c['plan'][0]}={c['plan'][1]} | "
+                f"{c['macs_ratio']:.2f}x | {c['speedup']:.2f}x | {_pct(c['share'])} | "
+                f"{c['deploy_speedup']:.2f}x | {_pct(c['deploy_share'])} | "
+                f"{c['deploy_vs_original']:.2f}x |"
+            )
+    h = results["header"]
+    lines.append(
+        f"\n`{h['command']}`; {h['machine']}, {h['threads']} threads, medians of "
+        f"{h['repeats']}, load average at start {h['load_average_at_start']}"
+    )
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:2] == ["--report"]:
+        print(report(json.loads(Path(sys.argv[2]).read_text())))
+    else:
+        main()

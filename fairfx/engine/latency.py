@@ -10,8 +10,10 @@ linearly; a layer pruned on both sides is predicted as ``t_full * r_out(co) * r_
 conv's work is the product of its two widths). Depthwise and grouped convs, whose input and
 output widths move together, get one joint curve.
 
-Everything else (additions, pooling, attention, reshapes) is ``rest``: the whole model's median
-time minus the layers' sum, held constant; the planner measures the pruned model and corrects
+Everything else (additions, pooling, attention, reshapes) is ``rest``: the whole model's time
+minus the layers' sum, held constant. Every time in the table is the fastest of its repeats: an
+isolated op's own cost, the statistic least disturbed by other jobs on a shared machine (the
+planner's whole-model comparisons use medians); the planner measures the pruned model and corrects
 for what the table misses (:mod:`fairfx.method.latency_plan`).
 
 The table also looks for the kernels' width steps: on a few mid-width layers it times w, w-1,
@@ -313,7 +315,7 @@ def _measure(gm, inputs, scale, key, mode, repeats, progress) -> LatencyTable:
     distinct = {layer.sig: layer for layer in layers}
     jobs = [(s, cfg) for s, layer in distinct.items() for cfg in _configs(layer)]
     model = torch.compile(gm) if mode == "compile" else gm
-    whole = median_ms(model, inputs, repeats=max(3, repeats // 2), warmup=2)
+    whole = median_ms(model, inputs, repeats=max(3, repeats // 2), warmup=2, fastest=True)
     # A time estimate first: the whole model's time per MAC times the MACs to be measured.
     macs = sum(_macs(distinct[s], *cfg) for s, cfg in jobs)
     full = sum(_macs(layer, layer.ci, layer.co) for layer in layers) or 1
@@ -328,7 +330,7 @@ def _measure(gm, inputs, scale, key, mode, repeats, progress) -> LatencyTable:
     for sig, (ci, co) in bar:
         layer = distinct[sig]
         bench = _bench_module(gm, layer, ci, co)
-        t = median_ms(bench, (_input(layer, ci),), repeats=repeats, warmup=2)
+        t = median_ms(bench, (_input(layer, ci),), repeats=repeats, warmup=2, fastest=True)
         curves.setdefault(sig, []).append([ci, co, t])
     step, evidence = _find_step(gm, layers, curves, repeats)
     info = {
@@ -367,7 +369,9 @@ def _find_step(gm, layers: Sequence[Layer], curves, repeats: int) -> tuple[int, 
         times = {}
         for d in (0, 1, 3, 7, 15):
             bench = _bench_module(gm, lay, lay.ci, w - d)
-            times[w - d] = median_ms(bench, (_input(lay, lay.ci),), repeats=repeats, warmup=2)
+            times[w - d] = median_ms(
+                bench, (_input(lay, lay.ci),), repeats=repeats, warmup=2, fastest=True
+            )
         step = next(
             (s for s in STEPS if times[w - s + 1] >= times[w] * (1 - 0.25 * (s - 1) / w)), 1
         )

@@ -50,12 +50,19 @@ def _once(fn: Callable[..., Any], inputs: Sequence[Any]) -> float:
 
 @torch.no_grad()
 def median_ms(
-    fn: Callable[..., Any], inputs: Sequence[Any], *, repeats: int = 7, warmup: int = 2
+    fn: Callable[..., Any],
+    inputs: Sequence[Any],
+    *,
+    repeats: int = 7,
+    warmup: int = 2,
+    fastest: bool = False,
 ) -> float:
-    """Median milliseconds of ``fn(*inputs)`` over ``repeats`` runs after ``warmup`` runs."""
+    """Median milliseconds of ``fn(*inputs)`` over ``repeats`` runs after ``warmup`` runs, or
+    the fastest run (``fastest``: an isolated op's own cost, least disturbed by other load)."""
     for _ in range(warmup):
         fn(*inputs)
-    return statistics.median(_once(fn, inputs) for _ in range(max(1, repeats)))
+    times = [_once(fn, inputs) for _ in range(max(1, repeats))]
+    return min(times) if fastest else statistics.median(times)
 
 
 @torch.no_grad()

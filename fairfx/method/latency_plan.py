@@ -173,8 +173,7 @@ def plan_for_latency(
             best = (units, predicted, achieved)
         if achieved is None or abs(achieved - latency) <= tolerance * latency:
             break
-        # The table misses what it does not time: correct the goal by measured/predicted.
-        new_goal = float(np.clip(latency * predicted / max(achieved, 1e-9), 0.01, 1.0))
+        new_goal = _next_goal(history, latency)
         if abs(new_goal - goal) < 1e-4:
             why = why or "the correction no longer moves the plan"
             break
@@ -214,6 +213,20 @@ def plan_for_latency(
         },
     )
     return plan
+
+
+def _next_goal(history: list[dict[str, Any]], latency: float) -> float:
+    """The next table goal. The table misses what it does not time, so the first correction
+    scales the goal by predicted/measured; from then on a secant through the last two
+    (goal, achieved) points, which converges where the scaling alone creeps."""
+    last = history[-1]
+    goal = latency * last["predicted"] / max(last["achieved"], 1e-9)
+    if len(history) >= 2:
+        prev = history[-2]
+        slope = (last["achieved"] - prev["achieved"]) / (last["goal"] - prev["goal"] or 1e-12)
+        if slope > 1e-6:  # achieved latency rises with the goal, as it should
+            goal = last["goal"] + (latency - last["achieved"]) / slope
+    return float(np.clip(goal, 0.01, 1.0))
 
 
 def _plan(graph: ChannelGraph, units: dict[int, np.ndarray], importance: str) -> Plan:
