@@ -13,7 +13,8 @@ scores come from a small synthetic calibration set. Then, per batch size and mod
   column, so the gain is pruning's, not folding's).
 
 Rules: the original and the pruned model run alternately, after warm-up, with the thread count
-fixed; medians of ``--repeats`` runs; ratios of medians from the same loop. ``--cost-check`` also
+fixed; medians of ``--repeats`` runs; speedups are medians of the per-pair ratios (each pair
+back to back, so load that comes and goes cancels). ``--cost-check`` also
 times one ``fairfx.analyze`` of ResNet-50 at 224 on 320 images against measuring its table.
 
     python benchmarks/bench_latency.py                       # all six, batch 1 and 8, eager
@@ -71,22 +72,22 @@ def budget_cells(an, model, name, budget, batch, mode, args) -> dict:
     pruned = an.compress(plan).eval()
     x = batch_inputs(an.graph.analysis.captured.inputs, batch)
     macs_ratio = plan.base.macs / max(plan.cost.macs, 1)
-    t0, t1 = paired_ms(
+    t0, t1, r = paired_ms(
         _compiled(model, mode), _compiled(pruned, mode), x, repeats=args.repeats,
         threads=args.threads,
     )  # fmt: skip
     original_d = deployment_form(an.graph.analysis.gm)
     pruned_d = deployment_form(pruned)
-    d0, d1 = paired_ms(
+    d0, d1, rd = paired_ms(
         _compiled(original_d, mode), _compiled(pruned_d, mode), x, repeats=args.repeats,
         threads=args.threads,
     )  # fmt: skip
     return {
         "model": name, "batch": batch, "mode": mode, "plan": next(iter(budget.items())),
         "macs_ratio": macs_ratio, "params_kept": plan.params_kept,
-        "ms": [t0, t1], "speedup": t0 / t1, "share": share(t0 / t1, macs_ratio),
-        "deploy_ms": [d0, d1], "deploy_speedup": d0 / d1,
-        "deploy_share": share(d0 / d1, macs_ratio),
+        "ms": [t0, t1], "speedup": 1 / r, "share": share(1 / r, macs_ratio),
+        "deploy_ms": [d0, d1], "deploy_speedup": 1 / rd,
+        "deploy_share": share(1 / rd, macs_ratio),
         "deploy_vs_original": t0 / d1,
     }  # fmt: skip
 

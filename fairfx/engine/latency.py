@@ -183,8 +183,9 @@ class LatencyTable:
     layers: dict[str, dict[str, Any]]  # node -> {"sig", "ci", "co", "joint"}
     curves: dict[str, list[list[float]]]  # sig -> [[ci, co, ms], ...]
     whole_ms: float
-    rest_ms: float
+    rest_ms: float  # the ops between the timed layers, at full width
     step: int
+    overhead_ms: float = 0.0  # per-call dispatch of every graph node: does not shrink
     step_evidence: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
     note: str = ""
@@ -202,14 +203,22 @@ class LatencyTable:
         r_in = _interp(*_axis(pts, 1, info["co"], 0), ci) / t_full if info["ci"] > 3 else 1.0
         return t_full * r_out * r_in
 
-    def predict_ms(self, widths: Mapping[str, tuple[int, int]] | None = None) -> float:
-        """Predicted ms with the given (input, output) widths per layer node (others full)."""
+    def layers_ms(self, widths: Mapping[str, tuple[int, int]] | None = None) -> float:
+        """The timed layers' predicted ms at the given (input, output) widths (others full)."""
         widths = widths or {}
-        total = self.rest_ms
+        total = 0.0
         for node, info in self.layers.items():
             ci, co = widths.get(node, (info["ci"], info["co"]))
             total += self.layer_ms(node, ci, co)
         return total
+
+    def predict_ms(self, widths: Mapping[str, tuple[int, int]] | None = None) -> float:
+        """Predicted ms of the whole model: the layers, the dispatch overhead, and the rest
+        (elementwise ops, pooling, joins: their work follows the activations' widths, so it
+        is scaled by the layers' own predicted fraction)."""
+        layers = self.layers_ms(widths)
+        scale = layers / max(self.layers_ms(), 1e-12) if widths else 1.0
+        return layers + self.overhead_ms + self.rest_ms * scale
 
     def fraction(self, widths: Mapping[str, tuple[int, int]]) -> float:
         """Predicted latency of the pruned widths as a fraction of the unpruned model's."""
@@ -222,6 +231,7 @@ class LatencyTable:
             "curves": self.curves,
             "whole_ms": self.whole_ms,
             "rest_ms": self.rest_ms,
+            "overhead_ms": self.overhead_ms,
             "step": self.step,
             "step_evidence": self.step_evidence,
             "seconds": self.seconds,
@@ -302,6 +312,7 @@ def _from_payload(p: dict[str, Any]) -> LatencyTable:
         curves=p["curves"],
         whole_ms=float(p["whole_ms"]),
         rest_ms=float(p["rest_ms"]),
+        overhead_ms=float(p.get("overhead_ms", 0.0)),
         step=int(p["step"]),
         step_evidence=list(p.get("step_evidence", [])),
         seconds=float(p.get("seconds", 0.0)),
@@ -315,7 +326,7 @@ def _measure(gm, inputs, scale, key, mode, repeats, progress) -> LatencyTable:
     distinct = {layer.sig: layer for layer in layers}
     jobs = [(s, cfg) for s, layer in distinct.items() for cfg in _configs(layer)]
     model = torch.compile(gm) if mode == "compile" else gm
-    whole = median_ms(model, inputs, repeats=max(3, repeats // 2), warmup=2, fastest=True)
+    whole = median_ms(model, inputs, repeats=2 * repeats, warmup=2, fastest=True)
     # A time estimate first: the whole model's time per MAC times the MACs to be measured.
     macs = sum(_macs(distinct[s], *cfg) for s, cfg in jobs)
     full = sum(_macs(layer, layer.ci, layer.co) for layer in layers) or 1
@@ -340,7 +351,11 @@ def _measure(gm, inputs, scale, key, mode, repeats, progress) -> LatencyTable:
         for lay in layers
     }  # fmt: skip
     table = LatencyTable(key, info, curves, whole, 0.0, step, evidence)
-    table.rest_ms = max(0.0, whole - table.predict_ms())
+    calls = sum(n.op in ("call_module", "call_function", "call_method") for n in gm.graph.nodes)
+    tiny = nn.Identity()
+    per_call = median_ms(tiny, (torch.zeros(1),), repeats=50, warmup=5, fastest=True)
+    table.overhead_ms = min(calls * per_call, whole)
+    table.rest_ms = max(0.0, whole - table.layers_ms() - table.overhead_ms)
     table.seconds = time.perf_counter() - start
     return table
 

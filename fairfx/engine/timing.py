@@ -74,8 +74,10 @@ def paired_ms(
     repeats: int = 15,
     warmup: int = 3,
     threads: int | None = None,
-) -> tuple[float, float]:
-    """Medians (ms) of ``first`` and ``second`` run alternately, with fixed threads."""
+) -> tuple[float, float, float]:
+    """Medians (ms) of ``first`` and ``second`` run alternately, with fixed threads, and the
+    median of the per-pair ratios second/first: each pair runs back to back, so load that comes
+    and goes over seconds cancels in the ratio (a ratio of two medians keeps it)."""
     with fixed_threads(threads):
         for _ in range(warmup):
             first(*inputs)
@@ -84,7 +86,8 @@ def paired_ms(
         for _ in range(max(1, repeats)):
             a.append(_once(first, inputs))
             b.append(_once(second, inputs))
-    return statistics.median(a), statistics.median(b)
+    ratios = [y / max(x, 1e-12) for x, y in zip(a, b, strict=True)]
+    return statistics.median(a), statistics.median(b), statistics.median(ratios)
 
 
 __all__ = ["batch_inputs", "fixed_threads", "median_ms", "paired_ms"]

@@ -161,8 +161,9 @@ def plan_for_latency(
         if measure:
             pruned = graph.rewrite(units).eval()
             run_pruned = torch.compile(pruned) if mode == "compile" else pruned
-            t0, t1 = paired_ms(run_original, run_pruned, inputs, repeats=repeats, threads=threads)
-            achieved = t1 / t0
+            t0, t1, achieved = paired_ms(
+                run_original, run_pruned, inputs, repeats=repeats, threads=threads
+            )
             history.append(
                 {"goal": goal, "predicted": predicted, "achieved": achieved, "ms": [t0, t1]}
             )
@@ -226,7 +227,8 @@ def _next_goal(history: list[dict[str, Any]], latency: float) -> float:
         slope = (last["achieved"] - prev["achieved"]) / (last["goal"] - prev["goal"] or 1e-12)
         if slope > 1e-6:  # achieved latency rises with the goal, as it should
             goal = last["goal"] + (latency - last["achieved"]) / slope
-    return float(np.clip(goal, 0.01, 1.0))
+    # A trust region: one noisy measurement must not throw the goal across the range.
+    return float(np.clip(goal, max(0.01, last["goal"] / 2), min(1.0, last["goal"] * 2)))
 
 
 def _plan(graph: ChannelGraph, units: dict[int, np.ndarray], importance: str) -> Plan:
