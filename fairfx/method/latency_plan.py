@@ -29,7 +29,7 @@ from ..engine.latency import LatencyTable, layer_widths
 from ..engine.latency import measure as measure_table
 from ..engine.timing import batch_inputs, paired_ms
 from .allocation import counts, round_kept
-from .planning import Plan, _ranking
+from .planning import Plan, _ranking, ignored_groups
 from .tod import removal_order
 
 
@@ -231,10 +231,28 @@ def _next_goal(history: list[dict[str, Any]], latency: float) -> float:
     return float(np.clip(goal, max(0.01, last["goal"] / 2), min(1.0, last["goal"] * 2)))
 
 
+def plan_from_options(graph: ChannelGraph, scores: Mapping[int, Any], options: Any) -> Plan:
+    """The latency plan for a ``PlanOptions`` whose ``latency`` is set (what ``planning.plan``
+    dispatches to): its batch size, latency mode and the shared planning options."""
+    return plan_for_latency(
+        graph,
+        scores,
+        options.latency,
+        batch_size=getattr(options, "batch_size", None),
+        mode=getattr(options, "latency_mode", "eager"),
+        importance=options.importance,
+        group_rule=options.group_rule,
+        round_to=options.round_to,
+        ignored=ignored_groups(graph, options.ignored_layers),
+        seed=options.seed,
+        progress=getattr(options, "progress", True),
+    )
+
+
 def _plan(graph: ChannelGraph, units: dict[int, np.ndarray], importance: str) -> Plan:
     base: Cost = graph.cost()
     removed = {g: graph.groups[g].size - len(u) for g, u in units.items()}
     return Plan(units, None, importance, None, removed, graph.cost(units), base)
 
 
-__all__ = ["plan_for_latency", "table_plan", "unit_times"]
+__all__ = ["plan_for_latency", "plan_from_options", "table_plan", "unit_times"]
