@@ -16,7 +16,8 @@ attention: the whole model's time minus the layers and the dispatch), scaled wit
 predicted fraction since their work follows the activations' widths. Every time in the table
 is the fastest of its repeats: an isolated op's own cost, the statistic least disturbed by
 other jobs on a shared machine (the planner's whole-model comparisons use medians). The planner
-measures the pruned model and corrects for what the table misses (:mod:`fairfx.method.latency_plan`).
+measures the pruned model and corrects for what the table misses
+(:mod:`fairfx.method.latency_plan`).
 
 The table also looks for the kernels' width steps: on a few mid-width layers it times w, w-1,
 w-3, w-7 and w-15 channels (w a multiple of 16). When removing s-1 channels below a multiple
