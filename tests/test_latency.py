@@ -18,8 +18,9 @@ from torch import nn
 import fairfx
 from fairfx.engine import latency_cache
 from fairfx.engine.deploy import deployment_form
-from fairfx.engine.latency import layer_widths, measure
+from fairfx.engine.latency import graph_table, predicted_fraction
 from fairfx.method.latency_plan import plan_for_latency, table_plan
+from fairfx.method.plan_options import PlanOptions
 
 
 def _net() -> nn.Module:
@@ -61,8 +62,7 @@ def analysis():
 
 
 def _table(an, **kw):
-    a = an.graph.analysis
-    return measure(a.gm, a.captured.inputs, repeats=1, threads=1, progress=False, **kw)
+    return graph_table(an.graph, repeats=1, threads=1, progress=False, **kw)
 
 
 def test_table_is_cached_and_reloaded(analysis, tmp_path) -> None:
@@ -109,13 +109,15 @@ def test_plan_meets_the_tables_prediction_on_its_width_step(analysis) -> None:
     _, _, an = analysis
     table = _table(an)
     for target in (0.8, 0.5, 0.3):
-        units, predicted = table_plan(an.graph, an.scores, table, target, round_to=8)
-        widths = layer_widths(an.graph.analysis, an.graph.kept_slots(units), table)
-        assert predicted == pytest.approx(table.fraction(widths))
+        options = PlanOptions(latency=target, round_to=8)
+        units, predicted = table_plan(an.graph, an.scores, table, target, options)
+        assert predicted == pytest.approx(predicted_fraction(an.graph, units, table))
         assert predicted <= target + 1e-9 or all(len(u) == 8 for u in units.values())
         for gid, u in units.items():  # widths snapped to the step (or the group kept whole)
             assert len(u) % 8 == 0 or len(u) == an.graph.groups[gid].size
-    plan = plan_for_latency(an.graph, an.scores, 0.5, table=table, measure=False)
+    plan = plan_for_latency(
+        an.graph, an.scores, PlanOptions(latency=0.5), table=table, measure=False
+    )
     assert plan.extra["latency"]["achieved"] is None and "not measured" in plan.note
     assert plan.extra["latency"]["predicted"] <= 0.5 + 1e-9
     assert plan.cost.macs < plan.base.macs
@@ -127,14 +129,15 @@ def test_measure_and_correct_loop_stops_and_reports(analysis) -> None:
     _, _, an = analysis
     table = _table(an)
     common = dict(table=table, repeats=1, threads=1, progress=False)
+    half = PlanOptions(latency=0.5)
     # An unreachable tolerance: the loop runs its iterations and says it did not get there.
-    plan = plan_for_latency(an.graph, an.scores, 0.5, tolerance=1e-12, iterations=2, **common)
+    plan = plan_for_latency(an.graph, an.scores, half, tolerance=1e-12, iterations=2, **common)
     info = plan.extra["latency"]
     assert 1 <= len(info["iterations"]) <= 2 and not info["met"]
     assert "not within" in plan.note and info["achieved"] > 0
     assert all(len(step["ms"]) == 2 for step in info["iterations"])
     # Any result is within a huge tolerance: one measurement, reported as met.
-    plan = plan_for_latency(an.graph, an.scores, 0.5, tolerance=100.0, **common)
+    plan = plan_for_latency(an.graph, an.scores, half, tolerance=100.0, **common)
     assert len(plan.extra["latency"]["iterations"]) == 1 and plan.extra["latency"]["met"]
     assert "achieved" in plan.note
 
@@ -173,3 +176,40 @@ def test_rest_and_prediction_are_consistent(analysis) -> None:
     half = {n: (max(1, v["ci"] // 2), max(1, v["co"] // 2)) for n, v in table.layers.items()}
     assert table.predict_ms(half) <= full + 1e-9
     assert np.isfinite(full)
+
+
+def test_latency_through_plan_options_analysis_and_compress(analysis) -> None:
+    model, x, an = analysis
+    plan = an.plan(latency=0.6, batch_size=2)
+    info = plan.extra["latency"]
+    assert info["target"] == 0.6 and info["batch"] == 2 and info["iterations"]
+    assert plan.extra["allocation"] == "latency" and "measured latency" in plan.note
+    assert an.plan_for(latency=0.6).extra["latency"]["batch"] == 1  # the example input's
+    pruned = fairfx.compress(
+        model,
+        x[:1],
+        data=[(x, torch.arange(12) % 3)],
+        latency=0.6,
+        samples_per_class=4,
+        projections=8,
+        progress=False,
+    )
+    assert pruned.meta["fairfx"]["plan"]["allocation"] == "latency"
+    assert pruned.meta["fairfx"]["verify"]["passed"]
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"latency": 0}, "latency must be a number in"),
+        ({"latency": 1.5}, "latency must be a number in"),
+        ({"latency": 0.5, "params": 0.5}, "takes no params="),
+        ({"latency": 0.5, "allocation": "uniform"}, "takes no allocation="),
+        ({"latency": 0.5, "batch_size": 0}, "batch_size must be an integer >= 1"),
+        ({"latency": 0.5, "latency_mode": "compiled"}, "did you mean 'compile'"),
+        ({"alpha": 0.01, "batch_size": 8}, "give latency="),
+    ],
+)
+def test_latency_options_are_checked_in_one_line(fields, message) -> None:
+    with pytest.raises(fairfx.PlanError, match=message):
+        PlanOptions(**fields)

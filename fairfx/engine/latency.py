@@ -143,6 +143,24 @@ def layer_widths(analysis: Any, kept_slot: np.ndarray, table: LatencyTable) -> d
     return out
 
 
+# ------------------------------------------------------------------ a channel graph's view
+def graph_inputs(graph: Any, batch: int | None = None) -> tuple[Any, ...]:
+    """The captured example inputs of a channel graph, at ``batch`` (default: as captured)."""
+    return batch_inputs(graph.analysis.captured.inputs, batch)
+
+
+def graph_table(graph: Any, **options: Any) -> LatencyTable:
+    """:func:`measure` for a channel graph's captured model and example inputs."""
+    return measure(graph.analysis.gm, graph.analysis.captured.inputs, **options)
+
+
+def predicted_fraction(graph: Any, units: Mapping[int, Any], table: LatencyTable) -> float:
+    """The table's predicted latency of a plan ``{group id: kept units}``, as a fraction of
+    the unpruned model's."""
+    kept = graph.kept_slots(units)
+    return table.fraction(layer_widths(graph.analysis, kept, table))
+
+
 # ------------------------------------------------------------------ measuring
 def measure(
     gm: fx.GraphModule,
@@ -232,4 +250,12 @@ def _measure(gm, inputs, scale, key, mode, repeats, progress) -> LatencyTable:
     return table
 
 
-__all__ = ["MODES", "LatencyTable", "layer_widths", "measure"]
+__all__ = [
+    "MODES",
+    "LatencyTable",
+    "graph_inputs",
+    "graph_table",
+    "layer_widths",
+    "measure",
+    "predicted_fraction",
+]

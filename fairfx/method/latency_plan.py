@@ -23,17 +23,20 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..engine.cost import Cost
-from ..engine.groups import ChannelGraph
-from ..engine.latency import LatencyTable, layer_widths
-from ..engine.latency import measure as measure_table
-from ..engine.timing import batch_inputs, paired_ms
+from ..engine.groups import GroupGraph
+from ..engine.latency import LatencyTable, graph_inputs, graph_table, predicted_fraction
+from ..engine.timing import paired_ms
 from .allocation import counts, round_kept
-from .planning import Plan, _ranking, ignored_groups
+from .plan_options import PlanOptions
+from .planning import Plan, _ranking
 from .tod import removal_order
 
+# How close the measured latency must come to the target, and how many measurements it may take.
+TOLERANCE = 0.05
+ITERATIONS = 4
 
-def unit_times(graph: ChannelGraph, table: LatencyTable, groups: set[int]) -> dict[int, float]:
+
+def unit_times(graph: GroupGraph, table: LatencyTable, groups: set[int]) -> dict[int, float]:
     """Milliseconds one unit of each group saves: the table's predicted saving of halving the
     group (every layer it touches, both sides), per unit removed."""
     full = table.predict_ms()
@@ -41,54 +44,47 @@ def unit_times(graph: ChannelGraph, table: LatencyTable, groups: set[int]) -> di
     for gid in sorted(groups):
         n = graph.groups[gid].size
         half = max(1, n // 2)
-        kept = graph.kept_slots({gid: np.arange(half)})
-        saved = full - table.predict_ms(layer_widths(graph.analysis, kept, table))
+        saved = full * (1 - predicted_fraction(graph, {gid: np.arange(half)}, table))
         out[gid] = max(saved / max(n - half, 1), 1e-9)
     return out
 
 
-def _units(graph, scores, removal, rankings, ignored, step) -> dict[int, np.ndarray]:
-    units, priority = {}, np.zeros(len(graph.roots))
-    for gid in sorted(scores):
-        n = len(scores[gid].u)
-        kept = n if gid in ignored else round_kept(n - removal[gid], n, step)
-        units[gid] = np.sort(removal_order(rankings[gid])[n - kept :])
-        priority[graph.group_classes[gid]] = scores[gid].u
-    return graph.restore_empty(units, priority[graph.roots])
-
-
 def table_plan(
-    graph: ChannelGraph,
+    graph: GroupGraph,
     scores: Mapping[int, Any],
     table: LatencyTable,
     target: float,
-    *,
-    importance: str = "fair",
-    group_rule: str = "joint",
-    round_to: int | None = None,
+    options: PlanOptions,
     ignored: set[int] | None = None,
-    seed: int = 0,
     steps: int = 20,
 ) -> tuple[dict[int, np.ndarray], float]:
     """Kept units whose table-predicted latency fraction is closest to ``target`` (the
     closest at or below it when one exists), and that prediction."""
     ignored = ignored or set()
-    step = round_to or table.step
-    rankings = {g: _ranking(scores[g], g, importance, seed) for g in scores}
+    step = options.round_to or table.step
+    rankings = {g: _ranking(graph, scores[g], g, options) for g in scores}
     eligible = {g for g in scores if g not in ignored}
     price = unit_times(graph, table, eligible)
+    priority = {g: np.asarray(scores[g].u, dtype=np.float64) for g in scores}
     tried: dict[tuple, tuple[dict[int, np.ndarray], float]] = {}
 
     def build(ratio: float, alpha: float) -> float:
         removal = counts(
             scores, rankings, eligible, allocation="hybrid_cost", alpha=alpha, ratio=ratio,
-            group_rule=group_rule, unit_cost=price,
+            group_rule=options.group_rule, unit_cost=price,
         )  # fmt: skip
-        units = _units(graph, scores, removal, rankings, ignored, step)
+        units = {}
+        for gid in sorted(scores):
+            n = len(scores[gid].u)
+            m = removal[gid]
+            if options.max_ratio is not None:
+                m = min(m, int(options.max_ratio * n + 1e-9))
+            kept = n if gid in ignored else round_kept(n - m, n, step)
+            units[gid] = np.sort(removal_order(rankings[gid])[n - kept :])
+        units = graph.restore_empty(units, priority)
         sig = tuple(sorted((g, len(u)) for g, u in units.items()))
         if sig not in tried:
-            widths = layer_widths(graph.analysis, graph.kept_slots(units), table)
-            tried[sig] = (units, table.fraction(widths))
+            tried[sig] = (units, predicted_fraction(graph, units, table))
         return tried[sig][1]
 
     def bisect(make: Callable[[float], float], lo: float, hi: float) -> None:
@@ -99,67 +95,54 @@ def table_plan(
             else:
                 hi = mid
 
-    if build(0.999, 0.5) > target:  # ToD(0.5) bounds keep too much: widen them
+    bound = options.alpha if options.alpha is not None else 0.5
+    if build(0.999, bound) > target and options.alpha is None:  # widen the ToD bounds
         bisect(lambda a: build(0.999, a), 0.5, 0.999)
     else:
-        bisect(lambda r: build(r, 0.5), 0.0, 0.999)
-    best = min(tried.values(), key=lambda uf: (uf[1] > target + 1e-9, abs(uf[1] - target)))
-    return best
+        bisect(lambda r: build(r, bound), 0.0, 0.999)
+    return min(tried.values(), key=lambda uf: (uf[1] > target + 1e-9, abs(uf[1] - target)))
 
 
 def plan_for_latency(
-    graph: ChannelGraph,
+    graph: GroupGraph,
     scores: Mapping[int, Any],
-    latency: float,
+    options: PlanOptions,
+    ignored: set[int] | None = None,
     *,
-    batch_size: int | None = None,
-    mode: str = "eager",
-    threads: int | None = None,
     table: LatencyTable | None = None,
     measure: bool = True,
-    tolerance: float = 0.05,
-    iterations: int = 4,
+    tolerance: float = TOLERANCE,
+    iterations: int = ITERATIONS,
     repeats: int = 15,
-    importance: str = "fair",
-    group_rule: str = "joint",
-    round_to: int | None = None,
-    ignored: set[int] | None = None,
-    seed: int = 0,
+    threads: int | None = None,
     progress: bool = True,
 ) -> Plan:
-    """The plan whose measured latency is ``latency`` of the original's (within ``tolerance``).
+    """The plan whose measured latency is ``options.latency`` of the original's (within
+    ``tolerance``), at ``options.batch_size`` and in ``options.latency_mode``.
 
     ``table``: a latency table to plan from (default: measured now, or loaded from the cache).
     ``measure=False`` plans from the table alone (a table measured on another machine: timing
     here would say nothing about that device).
     """
-    inputs = batch_inputs(graph.analysis.captured.inputs, batch_size)
+    latency, mode = float(options.latency), options.latency_mode
+    inputs = graph_inputs(graph, options.batch_size)
     if table is None:
-        table = measure_table(
-            graph.analysis.gm,
-            graph.analysis.captured.inputs,
-            batch=batch_size,
-            threads=threads,
-            mode=mode,
-            progress=progress,
+        table = graph_table(
+            graph, batch=options.batch_size, threads=threads, mode=mode, progress=progress
         )
-    common = dict(
-        importance=importance, group_rule=group_rule, round_to=round_to, ignored=ignored,
-        seed=seed,
-    )  # fmt: skip
-    original = graph.analysis.gm.eval()
-    run_original = torch.compile(original) if mode == "compile" else original
+    run_original = graph.captured.eval()
+    if mode == "compile" and measure:
+        run_original = torch.compile(run_original)
     history: list[dict[str, Any]] = []
-    goal = latency
+    goal, why = latency, ""
     best: tuple[dict[int, np.ndarray], float, float | None] | None = None
-    why = ""
     for it in range(max(1, iterations) if measure else 1):
-        units, predicted = table_plan(graph, scores, table, goal, **common)
+        units, predicted = table_plan(graph, scores, table, goal, options, ignored)
         if predicted > goal * (1 + tolerance) and it == 0:
             why = f"the table's widest cut predicts {predicted:.3f}, above the target"
         achieved = None
         if measure:
-            pruned = graph.rewrite(units).eval()
+            pruned = graph.prune(units).eval()
             run_pruned = torch.compile(pruned) if mode == "compile" else pruned
             t0, t1, achieved = paired_ms(
                 run_original, run_pruned, inputs, repeats=repeats, threads=threads
@@ -181,24 +164,13 @@ def plan_for_latency(
         goal = new_goal
     assert best is not None
     units, predicted, achieved = best
-    plan = _plan(graph, units, importance)
     met = achieved is not None and abs(achieved - latency) <= tolerance * latency
-    if achieved is None:
-        plan.note = (
-            f"target {latency:.3f} of latency, table predicts {predicted:.3f} (not measured)"
-        )
-    else:
-        plan.note = (
-            f"target {latency:.3f} of measured latency, achieved {achieved:.3f} "
-            f"(predicted {predicted:.3f}) after {len(history)} measurement(s)"
-        )
-        if not met:
-            plan.note += f"; not within {tolerance:.0%}: " + (
-                why or "iterations ran out (timing noise or steps between widths)"
-            )
+    plan = _plan(graph, units, options)
+    plan.note = _note(latency, predicted, achieved, len(history), met, tolerance, why)
     plan.extra.update(
         allocation="latency",
-        round_to=round_to or table.step,
+        round_to=options.round_to or table.step,
+        ignored_groups=sorted(ignored or ()),
         target={"latency": latency},
         latency={
             "target": latency,
@@ -206,7 +178,7 @@ def plan_for_latency(
             "predicted": predicted,
             "met": met,
             "iterations": history,
-            "batch": len(inputs[0]) if isinstance(inputs[0], torch.Tensor) else None,
+            "batch": table.key.get("batch"),
             "threads": table.key.get("threads"),
             "mode": mode,
             "table": table.path,
@@ -214,6 +186,19 @@ def plan_for_latency(
         },
     )
     return plan
+
+
+def _note(latency, predicted, achieved, n, met, tolerance, why) -> str:
+    if achieved is None:
+        return f"target {latency:.3f} of latency, table predicts {predicted:.3f} (not measured)"
+    note = (
+        f"target {latency:.3f} of measured latency, achieved {achieved:.3f} "
+        f"(predicted {predicted:.3f}) after {n} measurement(s)"
+    )
+    if not met:
+        reason = why or "iterations ran out (timing noise or steps between widths)"
+        note += f"; not within {tolerance:.0%}: {reason}"
+    return note
 
 
 def _next_goal(history: list[dict[str, Any]], latency: float) -> float:
@@ -231,28 +216,10 @@ def _next_goal(history: list[dict[str, Any]], latency: float) -> float:
     return float(np.clip(goal, max(0.01, last["goal"] / 2), min(1.0, last["goal"] * 2)))
 
 
-def plan_from_options(graph: ChannelGraph, scores: Mapping[int, Any], options: Any) -> Plan:
-    """The latency plan for a ``PlanOptions`` whose ``latency`` is set (what ``planning.plan``
-    dispatches to): its batch size, latency mode and the shared planning options."""
-    return plan_for_latency(
-        graph,
-        scores,
-        options.latency,
-        batch_size=getattr(options, "batch_size", None),
-        mode=getattr(options, "latency_mode", "eager"),
-        importance=options.importance,
-        group_rule=options.group_rule,
-        round_to=options.round_to,
-        ignored=ignored_groups(graph, options.ignored_layers),
-        seed=options.seed,
-        progress=getattr(options, "progress", True),
-    )
-
-
-def _plan(graph: ChannelGraph, units: dict[int, np.ndarray], importance: str) -> Plan:
-    base: Cost = graph.cost()
+def _plan(graph: GroupGraph, units: dict[int, np.ndarray], options: PlanOptions) -> Plan:
     removed = {g: graph.groups[g].size - len(u) for g, u in units.items()}
-    return Plan(units, None, importance, None, removed, graph.cost(units), base)
+    importance = options.importance if isinstance(options.importance, str) else "custom"
+    return Plan(units, None, importance, None, removed, graph.cost(units), graph.cost())
 
 
-__all__ = ["plan_for_latency", "plan_from_options", "table_plan", "unit_times"]
+__all__ = ["ITERATIONS", "TOLERANCE", "plan_for_latency", "table_plan", "unit_times"]

@@ -30,6 +30,8 @@ DATA_FREE = ("l1", "random")
 DEFAULT_BUDGET_ALLOCATION = "hybrid_cost"
 # Allocation of a budget when the importance needs no data (no R to weigh units by).
 DATA_FREE_BUDGET_ALLOCATION = "uniform"
+# How a latency target is measured: the eager module, or under torch.compile.
+LATENCY_MODES = ("eager", "compile")
 
 
 def is_number(value: Any) -> bool:
@@ -84,6 +86,11 @@ class PlanOptions:
         layer_ratios: ``{module name: fraction removed}``: the groups a named layer produces
             lose exactly that fraction (overrides the allocation for them).
         seed: seeds the ``random`` importance.
+        latency: kept fraction of the model's measured latency on this machine, in (0, 1]
+            (:mod:`fairfx.method.latency_plan`: a measured latency table, then the pruned model
+            measured and the plan corrected until within 5%).
+        batch_size: the batch the latency is measured at (default: the example input's).
+        latency_mode: ``eager`` or ``compile`` (measured under ``torch.compile``).
     """
 
     alpha: float | None = None
@@ -98,6 +105,9 @@ class PlanOptions:
     max_ratio: float | None = None
     layer_ratios: Mapping[str, float] | None = None
     seed: int = 0
+    latency: float | None = None
+    batch_size: int | None = None
+    latency_mode: str = "eager"
 
     def __post_init__(self) -> None:
         if self.params is not None and self.flops is not None:
@@ -144,11 +154,34 @@ class PlanOptions:
                 _fraction(f"layer_ratios[{name!r}]", r, closed_top=False)
         if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)):
             raise PlanError(f"seed must be an integer, got {self.seed!r}")
+        if self.latency is not None:
+            _fraction("latency", self.latency, closed_top=True, hint=" (the kept fraction)")
+        if self.batch_size is not None and (
+            isinstance(self.batch_size, bool)
+            or not isinstance(self.batch_size, (int, np.integer))
+            or self.batch_size < 1
+        ):
+            raise PlanError(f"batch_size must be an integer >= 1, got {self.batch_size!r}")
+        check_choice("latency_mode", self.latency_mode, LATENCY_MODES)
+        if self.latency is None and (self.batch_size is not None or self.latency_mode != "eager"):
+            raise PlanError(
+                "batch_size= and latency_mode= say how a latency target is measured; give "
+                "latency= (the kept fraction of measured latency) with them"
+            )
         self._check_knobs()
 
     def _check_knobs(self) -> None:
         """Exactly one way of counting, and the allocation agrees with it."""
         allocation = self.resolved_allocation
+        if self.latency is not None:
+            others = [n for n in ("params", "flops", "ratio") if getattr(self, n) is not None]
+            if others or self.allocation not in (None, "hybrid_cost"):
+                what = f"{others[0]}=" if others else f"allocation={self.allocation!r}"
+                raise PlanError(
+                    f"latency= is a target of its own (R per measured millisecond, bounded by "
+                    f"ToD); it takes no {what}"
+                )
+            return
         if self.budget is not None:
             if self.ratio is not None:
                 raise PlanError(
@@ -191,6 +224,8 @@ class PlanOptions:
     def resolved_allocation(self) -> str:
         if self.allocation is not None:
             return self.allocation
+        if self.latency is not None:
+            return "hybrid_cost"  # with milliseconds as the cost (fairfx.method.latency_plan)
         if self.budget is not None:
             return DATA_FREE_BUDGET_ALLOCATION if self.data_free else DEFAULT_BUDGET_ALLOCATION
         if self.ratio is not None and self.alpha is None:
@@ -208,7 +243,7 @@ class PlanOptions:
         keywords are refused with the closest valid name."""
         _refuse_unknown(options)
         if budget:
-            if options.get("params") is None and options.get("flops") is None:
+            if all(options.get(k) is None for k in ("params", "flops", "latency")):
                 raise PlanError(
                     "give exactly one budget: params=fraction of parameters to keep or "
                     "flops=fraction of FLOPs (MACs) to keep"

@@ -146,6 +146,11 @@ def plan(graph: GroupGraph, scores: Mapping[int, Any] | None, options: PlanOptio
             )
         scores = data_free_scores(graph)
     ignored = ignored_groups(graph, options.ignored_layers)
+    if options.latency is not None:
+        # Imported here: the latency planner builds on this module's Plan and rankings.
+        from .latency_plan import plan_for_latency
+
+        return plan_for_latency(graph, scores, options, ignored)
     if options.budget is not None:
         return _plan_for_budget(graph, scores, options, ignored)
     return _make_plan(graph, scores, options, ignored, alpha=options.alpha, ratio=options.ratio)
