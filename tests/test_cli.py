@@ -396,7 +396,9 @@ def test_usage_errors_keep_argparse_exit_code(capsys) -> None:
     with pytest.raises(SystemExit) as exc:
         main(["compress", "--model", MODEL, "--data", "x", "--out", "m.pt2"])  # no target
     assert exc.value.code == 2
-    assert "one of the arguments --alpha --params --flops is required" in capsys.readouterr().err
+    assert "one of the arguments --alpha --params --flops --latency is required" in (
+        capsys.readouterr().err
+    )
     with pytest.raises(SystemExit) as exc:
         main(["compress", "--model", MODEL, "--data", "x", "--out", "m", "--alpha", "abc"])
     assert exc.value.code == 2

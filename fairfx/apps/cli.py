@@ -244,7 +244,27 @@ def build_parser() -> argparse.ArgumentParser:
     target.add_argument("--alpha", type=float, help="Tolerance of Difference, in [0, 1)")
     target.add_argument("--params", type=float, help="fraction of parameters to keep, (0, 1]")
     target.add_argument("--flops", type=float, help="fraction of MACs to keep, (0, 1]")
+    target.add_argument(
+        "--latency",
+        type=float,
+        help="fraction of the model's measured latency on this machine to keep, (0, 1] "
+        "(docs/latency.md)",
+    )
+    c.add_argument(
+        "--latency-batch", type=int, help="batch size --latency is measured at (default 1)"
+    )
+    c.add_argument(
+        "--latency-mode",
+        default="eager",
+        help="measure --latency eagerly or under torch.compile: eager (default) or compile",
+    )
     c.add_argument("--out", required=True, help="exported program (.pt2, torch.export.save)")
+    c.add_argument(
+        "--no-deploy",
+        action="store_true",
+        help="export the pruned module as it is, not its deployment form (BatchNorm folded "
+        "into the convs, channels_last)",
+    )
     c.add_argument("--report", help="write a JSON report here")
     c.add_argument("--plot", help="write a PNG of kept channels per group (needs matplotlib)")
     c.add_argument(

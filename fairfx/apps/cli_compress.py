@@ -12,7 +12,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..engine.artifact import META_FILE, metadata_json
+from ..engine.artifact import DEPLOY, META_FILE, metadata_json
+from ..engine.deploy import deployment_form
 from ..errors import FairfxError, PlanError
 from ..files import json_default, write_text
 from .cli_inputs import (
@@ -73,6 +74,8 @@ def _memory_line(graph: Any, loader: Any, args: Any) -> str:
 
 
 def _target(options: Any) -> str:
+    if options.latency is not None:
+        return f"keep {options.latency:g} of the measured latency"
     if options.alpha is not None and options.budget is None:
         return f"alpha {options.alpha:g}"
     name, value = options.budget
@@ -239,13 +242,16 @@ def cmd_compress(args: argparse.Namespace) -> int:
 
     t = time.perf_counter()
     say(f"exporting to {out}")
+    # The deployment form (BatchNorm folded, channels_last; docs/latency.md) unless --no-deploy.
+    shipped = pruned if args.no_deploy else deployment_form(pruned, **DEPLOY)
     try:
         export = export_and_check(
-            pruned,
+            shipped,
             example,
             out,
-            extra={META_FILE: metadata_json(pruned)},  # fairfx.load_pruned reads it
+            extra={META_FILE: metadata_json(shipped)},  # fairfx.load_pruned reads it
         )
+        export["deploy"] = shipped.meta["fairfx"].get("deploy")
     except OSError as exc:  # checked up front, so a full disk or a folder removed meanwhile
         raise UserError(f"cannot write --out {out}: {_first_line(exc)}", code=1) from exc
     except Exception as exc:

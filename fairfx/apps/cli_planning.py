@@ -25,6 +25,9 @@ FLAGS = {
     "allocation": "--allocation",
     "rounds": "--rounds",
     "ignored_layers": "--ignore",
+    "latency_mode": "--latency-mode",
+    "batch_size": "--latency-batch",
+    "latency": "--latency",
 }
 _NAMES = re.compile(r"\b(" + "|".join(FLAGS) + r")\b=?")
 
@@ -38,7 +41,12 @@ def plan_options(args: argparse.Namespace, **target: Any) -> PlanOptions:
     """The PlanOptions of the flags (``target``: ``alpha=``, ``params=`` or ``flops=``, for
     ``fairfx plan``'s rows; by default the single target of ``fairfx compress``)."""
     if not target:
-        target = {k: getattr(args, k) for k in ("alpha", "params", "flops")}
+        target = {k: getattr(args, k, None) for k in ("alpha", "params", "flops", "latency")}
+    # Passed whenever given, so PlanOptions refuses them without --latency.
+    if getattr(args, "latency_batch", None) is not None:
+        target["batch_size"] = args.latency_batch
+    if getattr(args, "latency_mode", "eager") != "eager":
+        target["latency_mode"] = args.latency_mode
     rounds = getattr(args, "rounds", 1)
     fields = {
         "allocation": getattr(args, "allocation", None),

@@ -86,7 +86,11 @@ def _compose_keep(before: dict[str, list[int]], now: dict[str, list[int]]) -> di
 
 def _round_options(options: PlanOptions, done: list[dict[str, Any]], i: int, k: int) -> PlanOptions:
     """Round i's options: a budget relative to the current model, so that after it the model
-    keeps ``total ** (i / k)`` of the original cost (geometric split)."""
+    keeps ``total ** (i / k)`` of the original cost (geometric split). A latency target is
+    measured against the model each round starts from, so each round keeps ``total ** (1 / k)``
+    of it."""
+    if options.latency is not None and k > 1:
+        return options.replace(latency=options.latency ** (1 / k))
     if options.budget is None or k == 1:
         return options
     name, total = options.budget
