@@ -213,3 +213,41 @@ def test_latency_through_plan_options_analysis_and_compress(analysis) -> None:
 def test_latency_options_are_checked_in_one_line(fields, message) -> None:
     with pytest.raises(fairfx.PlanError, match=message):
         PlanOptions(**fields)
+
+
+CLI_MODEL = """
+import torch
+from torch import nn
+
+
+def tiny():
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
+        nn.Conv2d(32, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 3),
+    )
+"""
+
+
+def test_cli_compress_to_a_latency_target_exports_the_deployment_form(
+    tmp_path, monkeypatch, capsys
+) -> None:
+    from fairfx.apps.cli import main
+
+    (tmp_path / "latency_cli_model.py").write_text(CLI_MODEL)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    torch.manual_seed(0)
+    torch.save((torch.randn(18, 3, 12, 12), torch.arange(18) % 3), tmp_path / "data.pt")
+    out, report = tmp_path / "small.pt2", tmp_path / "report.json"
+    args = ["compress", "--model", "latency_cli_model:tiny", "--data", str(tmp_path / "data.pt")]
+    args += ["--latency", "0.7", "--out", str(out), "--report", str(report), "--quiet"]
+    assert main(args) == 0, capsys.readouterr().err
+    record = json.loads(report.read_text())
+    assert record["plan"]["allocation"] == "latency" and record["verify"]["passed"]
+    assert "measured latency" in record["plan"]["note"]
+    assert record["export"]["equal"] and len(record["export"]["deploy"]["fold_bn"]) == 2
+    loaded = fairfx.load_pruned(out)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in loaded.modules())
+    bad = [*args[:5], "--alpha", "0.01", "--latency-batch", "4", "--out", str(out), "--quiet"]
+    assert main(bad) == 2 and "--latency" in capsys.readouterr().err
