@@ -17,4 +17,7 @@ def test_demo_runs_and_reports_latency_of_both_models(tmp_path) -> None:
     for row in saved["latency_ms"].values():
         assert row["original"] > 0 and row["pruned"] > 0
     assert saved["export"]["equal"]
+    side = saved["latency_plan"]  # the latency plan next to the MAC-budget plan
+    assert 0 < side["target"] <= 1 and side["note"] and 0 <= side["accuracy"] <= 1
+    assert (tmp_path / "latency_table.json").exists()
     assert (tmp_path / "kept_channels.png").exists() and (tmp_path / "pruned.pt2").exists()

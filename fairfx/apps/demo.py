@@ -15,7 +15,9 @@ minutes (most of it ``torch.compile``; ``--no-compile`` skips that part):
 5. measures latency of the original and the pruned model, eager and ``torch.compile``, at batch
    1 and 8 (the two alternating, medians), and prints a table (accuracy on the held-out test
    split, parameters, MACs, latency, times), writes ``report.json`` and a PNG of the kept
-   channels per layer.
+   channels per layer;
+6. plans for the latency the MAC-budget plan reached (eager, batch 1) with a latency plan
+   (``docs/latency.md``) and reports the two one-shot, side by side.
 """
 
 from __future__ import annotations
@@ -33,7 +35,10 @@ import fairfx
 from fairfx.apps import digits
 from fairfx.apps.report import export_and_check, group_rows, paired_latency_ms, plot_kept, table
 from fairfx.engine.artifact import META_FILE, metadata_json
+from fairfx.engine.latency import graph_table
 from fairfx.files import save_payload, write_text
+from fairfx.method.latency_plan import plan_for_latency
+from fairfx.method.plan_options import PlanOptions
 
 
 def _trained(split: digits.Split, cache: Path, args: argparse.Namespace):
@@ -105,6 +110,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     t5 = time.perf_counter()
     latency = _latency(model, tuned, split, not args.no_compile)
     t6 = time.perf_counter()
+    side = _latency_plan(analysis, latency["eager_b1"], split, out)
     s = plan.summary()
     rows = group_rows(analysis, plan)
     how = f"alpha={args.alpha}" if args.alpha is not None else f"MACs kept {plan.macs_kept:.2f}"
@@ -127,6 +133,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "export": export,
         "groups": rows,
         "calibration": analysis.record,
+        "latency_plan": side,
     }
     write_text(out / "report.json", json.dumps(result, indent=2, default=str))
     print()
@@ -165,8 +172,54 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         f"export {'round-trips' if export['equal'] else 'DIFFERS'} "
         f"(max diff {export['max_abs_diff']:.2g}, batches {export['batches']})"
     )
+    print(
+        f"\nlatency plan at the same target ({side['target']:.2f} of the eager batch-1 "
+        f"latency; docs/latency.md): {side['note']}"
+    )
+    print(
+        table(
+            ["one-shot, batch 1 eager", "plan", "MACs kept", "latency kept", "test accuracy"],
+            [
+                [
+                    "MAC budget",
+                    how,
+                    f"{plan.macs_kept:.2f}",
+                    f"{side['target']:.2f}",
+                    f"{one_shot:.3f}",
+                ],
+                [
+                    "latency plan",
+                    f"latency={side['target']:.2f}",
+                    f"{side['macs_kept']:.2f}",
+                    "-" if side["achieved"] is None else f"{side['achieved']:.2f}",
+                    f"{side['accuracy']:.3f}",
+                ],
+            ],
+        )
+    )
     print(f"wrote {out / 'report.json'}, {out / 'kept_channels.png'}, {out / 'pruned.pt2'}")
     return result
+
+
+def _latency_plan(analysis, eager_b1, split, out: Path) -> dict[str, Any]:
+    """A latency plan for the latency the MAC-budget plan reached (eager, batch 1): one-shot
+    accuracy next to that plan's, the question being which spends the same time better."""
+    target = min(1.0, eager_b1[1] / eager_b1[0])
+    graph = analysis.graph
+    table = graph_table(graph, batch=1, path=out / "latency_table.json", progress=False)
+    options = PlanOptions(latency=target, batch_size=1)
+    lat = plan_for_latency(graph, analysis.scores, options, table=table, progress=False)
+    pruned = analysis.compress(lat)
+    info = lat.extra["latency"]
+    return {
+        "target": target,
+        "achieved": info["achieved"],
+        "predicted": info["predicted"],
+        "note": lat.note,
+        "macs_kept": lat.macs_kept,
+        "params_kept": lat.params_kept,
+        "accuracy": digits.accuracy(pruned, split.x_test, split.y_test),
+    }
 
 
 def parser() -> argparse.ArgumentParser:
