@@ -61,7 +61,7 @@ def table_plan(
     """Kept units whose table-predicted latency fraction is closest to ``target`` (the
     closest at or below it when one exists), and that prediction."""
     ignored = ignored or set()
-    step = options.round_to or table.step
+    step = options.round_to  # else the table's step, as far as each group's size allows
     rankings = {g: _ranking(graph, scores[g], g, options) for g in scores}
     eligible = {g for g in scores if g not in ignored}
     price = unit_times(graph, table, eligible)
@@ -79,7 +79,7 @@ def table_plan(
             m = removal[gid]
             if options.max_ratio is not None:
                 m = min(m, int(options.max_ratio * n + 1e-9))
-            kept = n if gid in ignored else round_kept(n - m, n, step)
+            kept = n if gid in ignored else round_kept(n - m, n, step or _group_step(table, n))
             units[gid] = np.sort(removal_order(rankings[gid])[n - kept :])
         units = graph.restore_empty(units, priority)
         sig = tuple(sorted((g, len(u)) for g, u in units.items()))
@@ -101,6 +101,15 @@ def table_plan(
     else:
         bisect(lambda r: build(r, bound), 0.0, 0.999)
     return min(tried.values(), key=lambda uf: (uf[1] > target + 1e-9, abs(uf[1] - target)))
+
+
+def _group_step(table: LatencyTable, size: int) -> int:
+    """The table's width step for a group of ``size`` units: halved until the group holds at
+    least four steps (a 16-channel group rounded to 16 could not be pruned at all)."""
+    step = table.step
+    while step > 1 and size < 4 * step:
+        step //= 2
+    return step
 
 
 def plan_for_latency(
