@@ -103,6 +103,10 @@ def test_another_batch_machine_or_a_broken_file_measures_again(analysis, tmp_pat
     assert "unreadable" in _table(an, path=path).note
     path.write_text(json.dumps({"format": "something else"}))
     assert "not a fairfx latency table" in _table(an, path=path).note
+    payload = json.loads(path.read_text())
+    payload["curves"] = {}
+    path.write_text(json.dumps(payload))
+    assert "damaged table" in _table(an, path=path).note
 
 
 def test_plan_meets_the_tables_prediction_on_its_width_step(analysis) -> None:

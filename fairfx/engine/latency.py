@@ -185,9 +185,12 @@ def measure(
         file = Path(path) if path is not None else latency_cache.default_path(key)
         payload, why = latency_cache.read(file, key, any_machine=any_machine)
         if payload is not None:
-            table = _from_payload(payload)
-            table.path = str(file)
-            return table
+            try:
+                table = _from_payload(payload)
+                table.path = str(file)
+                return table
+            except (KeyError, TypeError, ValueError, IndexError) as exc:
+                why = f"{file} holds a damaged table ({type(exc).__name__}); measured again"
         table = _measure(gm, batch_inputs(inputs, batch), batch / n0, key, mode, repeats, progress)
         table.note = why
         latency_cache.write(file, table.payload())
@@ -196,7 +199,9 @@ def measure(
 
 
 def _from_payload(p: dict[str, Any]) -> LatencyTable:
-    return LatencyTable(
+    """The table of a cached payload; every layer's curve is read once, so a damaged file
+    fails here (and is measured again) rather than in the middle of a plan."""
+    table = LatencyTable(
         key=p["key"],
         layers=p["layers"],
         curves=p["curves"],
@@ -208,6 +213,8 @@ def _from_payload(p: dict[str, Any]) -> LatencyTable:
         seconds=float(p.get("seconds", 0.0)),
         note="loaded from cache",
     )
+    table.predict_ms()
+    return table
 
 
 def _measure(gm, inputs, scale, key, mode, repeats, progress) -> LatencyTable:
