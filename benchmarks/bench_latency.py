@@ -42,11 +42,12 @@ import torchvision
 
 import fairfx
 from fairfx.engine.deploy import deployment_form
-from fairfx.engine.latency import measure
+from fairfx.engine.latency import graph_inputs, graph_table
 from fairfx.engine.latency_cache import machine
-from fairfx.engine.timing import batch_inputs, paired_ms
+from fairfx.engine.timing import paired_ms
 from fairfx.files import atomic_path
 from fairfx.method.latency_plan import plan_for_latency
+from fairfx.method.plan_options import PlanOptions
 
 MODELS = ["resnet50", "mobilenet_v2", "densenet121", "efficientnet_b0", "convnext_tiny", "vit_b_16"]
 
@@ -70,13 +71,13 @@ def budget_cells(an, model, name, budget, batch, mode, args) -> dict:
     """Speedup of a params/flops plan, as pruned and in the deployment form."""
     plan = an.plan_for(**budget)
     pruned = an.compress(plan).eval()
-    x = batch_inputs(an.graph.analysis.captured.inputs, batch)
+    x = graph_inputs(an.graph, batch)
     macs_ratio = plan.base.macs / max(plan.cost.macs, 1)
     t0, t1, r = paired_ms(
         _compiled(model, mode), _compiled(pruned, mode), x, repeats=args.repeats,
         threads=args.threads,
     )  # fmt: skip
-    original_d = deployment_form(an.graph.analysis.gm)
+    original_d = deployment_form(an.graph.captured)
     pruned_d = deployment_form(pruned)
     d0, d1, rd = paired_ms(
         _compiled(original_d, mode), _compiled(pruned_d, mode), x, repeats=args.repeats,
@@ -94,10 +95,10 @@ def budget_cells(an, model, name, budget, batch, mode, args) -> dict:
 
 def latency_cell(an, name, batch, mode, args) -> dict:
     start = time.perf_counter()
+    options = PlanOptions(latency=args.target, batch_size=batch, latency_mode=mode)
     plan = plan_for_latency(
-        an.graph, an.scores, args.target, batch_size=batch, mode=mode, threads=args.threads,
-        repeats=args.repeats, progress=False,
-    )  # fmt: skip
+        an.graph, an.scores, options, threads=args.threads, repeats=args.repeats, progress=False
+    )
     info = plan.extra["latency"]
     return {
         "model": name, "batch": batch, "mode": mode, "plan": ["latency", args.target],
@@ -117,11 +118,10 @@ def cost_check(args) -> dict:
     an = fairfx.analyze(model, x, synthetic(320), progress=False)
     analyze_s = time.perf_counter() - start
     out = {"analyze_seconds": analyze_s}
-    a = an.graph.analysis
     for batch in args.batches:
         start = time.perf_counter()
-        table = measure(
-            a.gm, a.captured.inputs, batch=batch, threads=args.threads, progress=False,
+        table = graph_table(
+            an.graph, batch=batch, threads=args.threads, progress=False,
             path=Path(args.cache or ".") / f"fairfx_cost_check_b{batch}.json",
         )  # fmt: skip
         out[f"table_seconds_b{batch}"] = time.perf_counter() - start
