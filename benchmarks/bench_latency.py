@@ -83,7 +83,13 @@ def budget_cells(an, model, name, budget, batch, mode, args) -> dict:
         _compiled(original_d, mode), _compiled(pruned_d, mode), x, repeats=args.repeats,
         threads=args.threads,
     )  # fmt: skip
+    extra = {}
+    if args.ablation:  # what each part of the deployment form buys, on the pruned model
+        folded = deployment_form(pruned, channels_last=False)
+        extra["fold_gain"] = 1 / paired_ms(pruned, folded, x, repeats=args.repeats)[2]
+        extra["channels_last_gain"] = 1 / paired_ms(folded, pruned_d, x, repeats=args.repeats)[2]
     return {
+        **extra,
         "model": name, "batch": batch, "mode": mode, "plan": next(iter(budget.items())),
         "macs_ratio": macs_ratio, "params_kept": plan.params_kept,
         "ms": [t0, t1], "speedup": 1 / r, "share": share(1 / r, macs_ratio),
@@ -139,6 +145,11 @@ def main() -> None:
     p.add_argument("--target", type=float, default=0.5)
     p.add_argument("--images", type=int, default=40, help="synthetic calibration images")
     p.add_argument("--cost-check", action="store_true")
+    p.add_argument(
+        "--ablation",
+        action="store_true",
+        help="also time BatchNorm folding alone and channels_last on top, on the pruned model",
+    )
     p.add_argument("--cache", default=None, help="latency table folder ($FAIRFX_CACHE)")
     p.add_argument("--out", default="benchmarks/results/latency.json")
     args = p.parse_args()
@@ -219,6 +230,18 @@ def report(results: dict) -> str:
                 f"{c['deploy_speedup']:.2f}x | {_pct(c['deploy_share'])} | "
                 f"{c['deploy_vs_original']:.2f}x |"
             )
+    ablation = [c for c in results["cells"] if "fold_gain" in c]
+    if ablation:
+        lines += [
+            "",
+            "| model | batch | plan | BatchNorm folded (vs pruned) | + channels_last (vs folded) |",
+            "|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {c['model']} | {c['batch']} | {c['plan'][0]}={c['plan'][1]} | "
+            f"{c['fold_gain']:.2f}x | {c['channels_last_gain']:.2f}x |"
+            for c in ablation
+        ]
     h = results["header"]
     lines.append(
         f"\n`{h['command']}`; {h['machine']}, {h['threads']} threads, medians of "
