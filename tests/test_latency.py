@@ -139,7 +139,7 @@ def test_measure_and_correct_loop_stops_and_reports(analysis) -> None:
     info = plan.extra["latency"]
     assert 1 <= len(info["iterations"]) <= 2 and not info["met"]
     assert "not within" in plan.note and info["achieved"] > 0
-    assert all(len(step["ms"]) == 2 for step in info["iterations"])
+    assert all(len(step["ms"]) == 2 and step["pairs"] >= 1 for step in info["iterations"])
     # Any result is within a huge tolerance: one measurement, reported as met.
     plan = plan_for_latency(an.graph, an.scores, half, tolerance=100.0, **common)
     assert len(plan.extra["latency"]["iterations"]) == 1 and plan.extra["latency"]["met"]
@@ -255,3 +255,14 @@ def test_cli_compress_to_a_latency_target_exports_the_deployment_form(
     assert not any(isinstance(m, nn.BatchNorm2d) for m in loaded.modules())
     bad = [*args[:5], "--alpha", "0.01", "--latency-batch", "4", "--out", str(out), "--quiet"]
     assert main(bad) == 2 and "--latency" in capsys.readouterr().err
+
+
+def test_paired_ratio_measures_until_precise_or_out_of_pairs() -> None:
+    from fairfx.engine.timing import paired_ratio
+
+    x = (torch.randn(2, 8),)
+    fast, slow = nn.Identity(), nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 8))
+    done = paired_ratio(fast, slow, x, repeats=5, max_repeats=40, precision=float("inf"))
+    assert done["pairs"] == 5 and done["ratio"] > 0 and done["first_ms"] > 0
+    capped = paired_ratio(fast, slow, x, repeats=5, max_repeats=15, precision=0.0)
+    assert capped["pairs"] == 15 and capped["stderr"] >= 0

@@ -90,4 +90,48 @@ def paired_ms(
     return statistics.median(a), statistics.median(b), statistics.median(ratios)
 
 
-__all__ = ["batch_inputs", "fixed_threads", "median_ms", "paired_ms"]
+@torch.no_grad()
+def paired_ratio(
+    first: Callable[..., Any],
+    second: Callable[..., Any],
+    inputs: Sequence[Any],
+    *,
+    repeats: int = 15,
+    max_repeats: int = 60,
+    precision: float = 0.01,
+    warmup: int = 3,
+    threads: int | None = None,
+) -> dict[str, float]:
+    """The median ratio second/first over alternating pairs, measured in rounds of ``repeats``
+    pairs until its standard error is at most ``precision`` or ``max_repeats`` pairs ran.
+
+    The standard error of a median is about 1.25 sigma / sqrt(n), with sigma estimated from
+    the interquartile range (IQR / 1.35), so it holds against the outliers a shared machine
+    produces. Returns ``{"first_ms", "second_ms", "ratio", "stderr", "pairs"}``.
+    """
+    a: list[float] = []
+    b: list[float] = []
+    with fixed_threads(threads):
+        for _ in range(warmup):
+            first(*inputs)
+            second(*inputs)
+        while True:
+            for _ in range(max(1, repeats)):
+                a.append(_once(first, inputs))
+                b.append(_once(second, inputs))
+            ratios = sorted(y / max(x, 1e-12) for x, y in zip(a, b, strict=True))
+            n = len(ratios)
+            iqr = ratios[(3 * n) // 4] - ratios[n // 4] if n >= 4 else float("inf")
+            stderr = 1.25 * (iqr / 1.35) / n**0.5
+            if stderr <= precision or n >= max_repeats:
+                break
+    return {
+        "first_ms": statistics.median(a),
+        "second_ms": statistics.median(b),
+        "ratio": statistics.median(ratios),
+        "stderr": stderr,
+        "pairs": n,
+    }
+
+
+__all__ = ["batch_inputs", "fixed_threads", "median_ms", "paired_ms", "paired_ratio"]

@@ -17,6 +17,7 @@ says which, and ``plan.extra["latency"]`` holds every iteration.
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -25,7 +26,7 @@ import torch
 
 from ..engine.groups import GroupGraph
 from ..engine.latency import LatencyTable, graph_inputs, graph_table, predicted_fraction
-from ..engine.timing import paired_ms
+from ..engine.timing import paired_ratio
 from .allocation import counts, round_kept
 from .plan_options import PlanOptions
 from .planning import Plan, _ranking
@@ -153,12 +154,19 @@ def plan_for_latency(
         if measure:
             pruned = graph.prune(units).eval()
             run_pruned = torch.compile(pruned) if mode == "compile" else pruned
-            t0, t1, achieved = paired_ms(
-                run_original, run_pruned, inputs, repeats=repeats, threads=threads
-            )
+            # Enough pairs to resolve a fifth of the tolerance, within 4x the base count.
+            m = paired_ratio(
+                run_original, run_pruned, inputs, repeats=repeats, max_repeats=4 * repeats,
+                precision=tolerance * latency / 5, threads=threads,
+            )  # fmt: skip
+            achieved = m["ratio"]
             history.append(
-                {"goal": goal, "predicted": predicted, "achieved": achieved, "ms": [t0, t1]}
-            )
+                {
+                    "goal": goal, "predicted": predicted, "achieved": achieved,
+                    "ms": [m["first_ms"], m["second_ms"]], "stderr": m["stderr"],
+                    "pairs": m["pairs"],
+                }
+            )  # fmt: skip
         else:
             history.append({"goal": goal, "predicted": predicted})
         score = abs((achieved if achieved is not None else predicted) - latency)
@@ -175,6 +183,7 @@ def plan_for_latency(
     units, predicted, achieved = best
     met = achieved is not None and abs(achieved - latency) <= tolerance * latency
     plan = _plan(graph, units, options)
+    why = why or _noise(history, latency, tolerance)
     plan.note = _note(latency, predicted, achieved, len(history), met, tolerance, why)
     plan.extra.update(
         allocation="latency",
@@ -208,6 +217,18 @@ def _note(latency, predicted, achieved, n, met, tolerance, why) -> str:
         reason = why or "iterations ran out (timing noise or steps between widths)"
         note += f"; not within {tolerance:.0%}: {reason}"
     return note
+
+
+def _noise(history: list[dict[str, Any]], latency: float, tolerance: float) -> str:
+    """Why the loop could not converge when the machine's timing noise is the reason."""
+    errs = [h["stderr"] for h in history if "stderr" in h]
+    if errs and statistics.median(errs) > tolerance * latency / 2:
+        return (
+            f"timing noise on this machine (standard error of the measured ratio "
+            f"{statistics.median(errs):.3f}) is too large for a {tolerance:.0%} tolerance; "
+            "measure on a quiet machine"
+        )
+    return ""
 
 
 def _next_goal(history: list[dict[str, Any]], latency: float) -> float:
