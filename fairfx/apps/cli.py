@@ -263,7 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-deploy",
         action="store_true",
         help="export the pruned module as it is, not its deployment form (BatchNorm folded "
-        "into the convs, channels_last)",
+        "into the convs; docs/latency.md)",
     )
     c.add_argument("--report", help="write a JSON report here")
     c.add_argument("--plot", help="write a PNG of kept channels per group (needs matplotlib)")
