@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..engine.groups import GroupGraph
+from ..engine.group_graph import GroupGraph
 from ..engine.latency import LatencyTable, graph_inputs, graph_table, predicted_fraction
 from ..engine.timing import paired_ratio
 from .allocation import counts, round_kept
