@@ -266,3 +266,20 @@ def test_paired_ratio_measures_until_precise_or_out_of_pairs() -> None:
     assert done["pairs"] == 5 and done["ratio"] > 0 and done["first_ms"] > 0
     capped = paired_ratio(fast, slow, x, repeats=5, max_repeats=15, precision=0.0)
     assert capped["pairs"] == 15 and capped["stderr"] >= 0
+
+
+def test_planning_for_latency_leaves_a_training_model_untouched(tmp_path) -> None:
+    model = _net().train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x = torch.randn(12, 3, 8, 8)
+    an = fairfx.analyze(
+        model, x[:2], [(x, torch.arange(12) % 3)], samples_per_class=4, projections=8,
+        progress=False,
+    )  # fmt: skip
+    table = _table(an, path=tmp_path / "t.json")
+    plan_for_latency(
+        an.graph, an.scores, PlanOptions(latency=0.7), table=table, repeats=1, iterations=1,
+        progress=False,
+    )  # fmt: skip
+    assert model.training
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())

@@ -27,6 +27,7 @@ planner rounds kept counts to it (an automatic ``round_to``).
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -222,7 +223,8 @@ def _measure(gm, inputs, scale, key, mode, repeats, progress) -> LatencyTable:
     layers = find_layers(gm, scale)
     distinct = {layer.sig: layer for layer in layers}
     jobs = [(s, cfg) for s, layer in distinct.items() for cfg in configs(layer)]
-    model = torch.compile(gm) if mode == "compile" else gm
+    own = copy.deepcopy(gm).eval()  # never run the user's shared tensors in train mode
+    model = torch.compile(own) if mode == "compile" else own
     whole = median_ms(model, inputs, repeats=2 * repeats, warmup=2, fastest=True)
     # A time estimate first: the whole model's time per MAC times the MACs to be measured.
     todo = sum(macs(distinct[s], *cfg) for s, cfg in jobs)

@@ -17,6 +17,7 @@ says which, and ``plan.extra["latency"]`` holds every iteration.
 
 from __future__ import annotations
 
+import copy
 import statistics
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -140,7 +141,9 @@ def plan_for_latency(
         table = graph_table(
             graph, batch=options.batch_size, threads=threads, mode=mode, progress=progress
         )
-    run_original = graph.captured.eval()
+    # A copy: the captured graph shares the user's tensors, and a model left in train mode
+    # would update its BatchNorm statistics while being timed.
+    run_original = copy.deepcopy(graph.captured).eval()
     if mode == "compile" and measure:
         run_original = torch.compile(run_original)
     history: list[dict[str, Any]] = []
