@@ -283,3 +283,17 @@ def test_planning_for_latency_leaves_a_training_model_untouched(tmp_path) -> Non
     )  # fmt: skip
     assert model.training
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+
+
+def test_the_correction_stays_inside_a_bracket() -> None:
+    from fairfx.method.latency_plan import _next_goal
+
+    seen = [
+        {"goal": 0.5, "predicted": 0.48, "achieved": 0.64},
+        {"goal": 0.37, "predicted": 0.37, "achieved": 0.59},
+        {"goal": 0.19, "predicted": 0.18, "achieved": 0.35},
+        {"goal": 0.30, "predicted": 0.30, "achieved": 0.37},
+    ]
+    goal = _next_goal(seen, 0.5)
+    assert 0.30 < goal < 0.37  # between the largest fast-enough and the smallest too-slow goal
+    assert 0.25 <= _next_goal(seen[:1], 0.5) < 0.5  # the first step scales, within /2

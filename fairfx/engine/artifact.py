@@ -32,7 +32,7 @@ from .group_graph import prune
 META_FILE = "fairfx.json"
 FORMAT = "fairfx.pruned/1"
 # The deployment form save_pruned writes by default (measured in docs/latency.md).
-DEPLOY = {"fold_bn": True, "channels_last": False}
+DEPLOY = {"fold_bn": True, "channels_last": True}
 
 
 def export_program(
@@ -79,7 +79,8 @@ def save_pruned(
         example_input: a batch of the model's input (batch >= 2, so export keeps the batch
             dimension dynamic and the program runs at any batch size, 1 included).
         deploy: save the deployment form (:func:`fairfx.engine.deploy.deployment_form` with
-            ``DEPLOY``: BatchNorm folded into the preceding conv; docs/latency.md), which runs
+            ``DEPLOY``: BatchNorm folded into the preceding conv, channels_last weights;
+            docs/latency.md), which runs
             faster on CPU and computes the same outputs; False saves the module as it is (keep
             it when the way back should still have its BatchNorm layers to fine-tune).
 

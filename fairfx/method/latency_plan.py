@@ -35,7 +35,7 @@ from .tod import removal_order
 
 # How close the measured latency must come to the target, and how many measurements it may take.
 TOLERANCE = 0.05
-ITERATIONS = 4
+ITERATIONS = 6
 
 
 def unit_times(graph: GroupGraph, table: LatencyTable, groups: set[int]) -> dict[int, float]:
@@ -235,9 +235,21 @@ def _noise(history: list[dict[str, Any]], latency: float, tolerance: float) -> s
 
 
 def _next_goal(history: list[dict[str, Any]], latency: float) -> float:
-    """The next table goal. The table misses what it does not time, so the first correction
-    scales the goal by predicted/measured; from then on a secant through the last two
-    (goal, achieved) points, which converges where the scaling alone creeps."""
+    """The next table goal. Once one measured plan came out above the target and one below,
+    the goal is interpolated inside that bracket (regula falsi, kept off its ends): a pruned
+    model's latency is not smooth in its widths, and a secant outside a bracket can swing past
+    it. Before that: the first correction scales the goal by predicted/measured (the table
+    misses what it does not time), later ones follow the secant of the last two points, within
+    a trust region (one noisy measurement must not throw the goal across the range)."""
+    above = [h for h in history if h["achieved"] > latency]
+    below = [h for h in history if h["achieved"] <= latency]
+    if above and below:
+        hi = min(above, key=lambda h: h["goal"])  # the smallest goal still too slow
+        lo = max(below, key=lambda h: h["goal"])  # the largest goal already fast enough
+        if lo["goal"] < hi["goal"]:
+            t = (latency - lo["achieved"]) / max(hi["achieved"] - lo["achieved"], 1e-9)
+            t = float(np.clip(t, 0.1, 0.9))
+            return lo["goal"] + t * (hi["goal"] - lo["goal"])
     last = history[-1]
     goal = latency * last["predicted"] / max(last["achieved"], 1e-9)
     if len(history) >= 2:
@@ -245,7 +257,6 @@ def _next_goal(history: list[dict[str, Any]], latency: float) -> float:
         slope = (last["achieved"] - prev["achieved"]) / (last["goal"] - prev["goal"] or 1e-12)
         if slope > 1e-6:  # achieved latency rises with the goal, as it should
             goal = last["goal"] + (latency - last["achieved"]) / slope
-    # A trust region: one noisy measurement must not throw the goal across the range.
     return float(np.clip(goal, max(0.01, last["goal"] / 2), min(1.0, last["goal"] * 2)))
 
 
