@@ -45,8 +45,6 @@ from .edits import ModuleEdit
 from .latency_layers import bench_input, bench_module, configs, find_layers, find_step, macs
 from .timing import batch_inputs, fixed_threads, median_ms
 
-MODES = ("eager", "compile")
-
 
 @dataclass
 class LatencyTable:
@@ -260,7 +258,6 @@ def _measure(gm, inputs, scale, key, mode, repeats, progress) -> LatencyTable:
 
 
 __all__ = [
-    "MODES",
     "LatencyTable",
     "graph_inputs",
     "graph_table",
