@@ -33,6 +33,7 @@ FOLDS = {
 }
 
 _RECALIBRATED = "fairfx_bn_before_recalibration"  # written by fairfx.method.recalibrate
+FOLDED = "_bn_folded"  # suffix of a layer with its BatchNorm folded in
 
 
 def _fold_for(layer: nn.Module, norm: nn.Module) -> Any:
@@ -56,14 +57,19 @@ def fold_batchnorm(gm: fx.GraphModule) -> list[tuple[str, str]]:
         if fold is None:
             continue
         fused = fold(layer.eval(), norm.eval())
+        # The fused layer gets a name of its own: it computes what the norm computed, and
+        # fairfx.verify must not compare it with the original's layer output of that name.
         parent, _, leaf = prev.target.rpartition(".")
-        setattr(gm.get_submodule(parent) if parent else gm, leaf, fused)
+        owner = gm.get_submodule(parent) if parent else gm
+        setattr(owner, f"{leaf}{FOLDED}", fused)
+        folded.append((prev.target, node.target))
+        prev.target = f"{prev.target}{FOLDED}"
         node.replace_all_uses_with(prev)
         gm.graph.erase_node(node)
-        folded.append((prev.target, node.target))
-    for _, norm_name in folded:
-        parent, _, leaf = norm_name.rpartition(".")
-        delattr(gm.get_submodule(parent) if parent else gm, leaf)
+    for names in folded:
+        for name in names:
+            parent, _, leaf = name.rpartition(".")
+            delattr(gm.get_submodule(parent) if parent else gm, leaf)
     gm.graph.lint()
     gm.recompile()
     return folded
