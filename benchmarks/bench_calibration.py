@@ -245,7 +245,7 @@ def child_prefilled(classes: int, outputs: int, real: int, dtype: str, batch: in
         state_dtype=dtype,
     )
     sizes = point_sizes(graph, "post_act", 128)
-    prods = {n: graph.analysis.layouts[n].slots.shape[0] for n in producer_outputs(graph)}
+    prods = {n: graph.channel_pass.layouts[n].slots.shape[0] for n in producer_outputs(graph)}
     g = torch.Generator().manual_seed(1)
     rng = np.random.default_rng(1)
     labels = torch.arange(real) % classes

@@ -161,17 +161,17 @@ def _replay_exact(model, x, removed_out, got) -> str:
     graph = build(model, x)
     keep = {}
     for name, idxs in removed_out.items():
-        prod = graph.analysis.producer_index.get(name)
+        prod = graph.channel_pass.producer_index.get(name)
         if prod is None:
             return f"not checked: {name} is no fairfx producer"
-        n = len(graph.analysis.producers[prod].slots)
+        n = len(graph.channel_pass.producers[prod].slots)
         keep[name] = sorted(set(range(n)) - set(int(i) for i in idxs))
     try:
         units = graph.units_from_keep(keep)
     except fairfx.PlanError as exc:
         return f"not checkable: {str(exc)[:70]}"
     ref = flat_tensors(
-        masked_output(graph, graph.kept_slots(units), graph.analysis.captured.inputs)
+        masked_output(graph, graph.kept_slots(units), graph.channel_pass.captured.inputs)
     )
     diff = float((ref[0] - got).abs().max())
     tol = 1e-4 * float(ref[0].abs().max())

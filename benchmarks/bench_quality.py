@@ -217,7 +217,7 @@ class Runner:
     def prune(self, slug: str, budget: float, rec: dict) -> nn.Module:
         _, kind, opts = METHODS[slug]
         if kind == "fairfx":
-            an = self.analysis(opts["observe"])
+            an = self.channel_pass(opts["observe"])
             with timed_block() as tp_:
                 plan = an.plan_for(
                     params=budget,

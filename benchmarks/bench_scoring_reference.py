@@ -114,7 +114,7 @@ def observed_modules(an, model: nn.Module, names: list[str]):
     from fairfx.method.scoring import observation_points
 
     index = {n: i for i, (n, _) in enumerate(model.named_modules())}
-    nodes = {n.name: n for n in an.graph.analysis.gm.graph.nodes}
+    nodes = {n.name: n for n in an.graph.channel_pass.gm.graph.nodes}
     out = {}
     for p in observation_points(an.graph, "post_act"):
         node = nodes[p.node]

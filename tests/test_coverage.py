@@ -161,7 +161,7 @@ def test_computed_weight_conv_is_listed_blocked_with_reason() -> None:
     assert "conv.gain" in conv.reason and "conv.weight" in conv.reason
     assert _by_producer(groups)["mid"].prunable  # what it feeds is still tracked and prunable
     graph = build(model, x)
-    assert unlisted_parameters(graph.analysis.gm, graph.groups) == []
+    assert unlisted_parameters(graph.channel_pass.gm, graph.groups) == []
     prune_and_verify(model, x)
 
 
@@ -183,7 +183,7 @@ def test_weights_of_an_op_without_rule_are_listed() -> None:
     for name in ("emb", "proj"):
         assert not groups[name].prunable and "no channel rule ties" in groups[name].reason
     assert groups["fc"].prunable
-    assert unlisted_parameters(graph.analysis.gm, graph.groups) == []
+    assert unlisted_parameters(graph.channel_pass.gm, graph.groups) == []
 
 
 HANDMADE = [
@@ -205,7 +205,7 @@ HANDMADE = [
 def test_every_parameter_is_in_a_group(factory, shape) -> None:
     model = factory().eval()
     graph = build(model, torch.randn(shape))
-    assert unlisted_parameters(graph.analysis.gm, graph.groups) == []
+    assert unlisted_parameters(graph.channel_pass.gm, graph.groups) == []
     for g in graph.groups:
         assert g.prunable or g.reason
 

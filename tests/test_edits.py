@@ -66,7 +66,7 @@ def test_every_edit_kind_follows_one_protocol() -> None:
     from fairfx.engine.group_graph import build
 
     graph = build(torchvision.models.shufflenet_v2_x0_5().eval(), torch.randn(2, 3, 32, 32))
-    edits = graph.analysis.edits
+    edits = graph.channel_pass.edits
     assert {type(e) for e in edits} >= {ArgEdit, ModuleEdit}
     for e in edits:
         assert e.phase in ("graph", "tensors")

@@ -79,7 +79,7 @@ def test_flatten_into_linear_rewrites_view_constant() -> None:
 
 def _sabotage(graph, kind: type, change) -> None:
     """Replace every edit of ``kind`` in ``graph`` with ``change(edit)``: a simulated rule bug."""
-    a = graph.analysis
+    a = graph.channel_pass
     a.edits = [change(e) if isinstance(e, kind) else e for e in a.edits]
 
 

@@ -35,7 +35,7 @@ def test_pruned_bert_finetunes_with_dropout(hf) -> None:
     tokens = torch.randint(1, 60, (64, 8), generator=gen)
     labels = (tokens[:, 0] < 30).long()  # the class is in the first token
     graph = build(model, tokens[:2])
-    gm = graph.analysis.gm
+    gm = graph.channel_pass.gm
     assert gm.meta["fairfx_capture"] == "torch.export"
     drops = [n for n in gm.graph.nodes if n.op == "call_module"]
     assert drops and all(isinstance(gm.get_submodule(n.target), nn.Dropout) for n in drops)
@@ -57,7 +57,7 @@ def test_exported_batch_norm_updates_running_statistics(hf) -> None:
     model = hf.ResNetForImageClassification(cfg).eval()
     x = torch.randn(4, 3, 32, 32)
     graph = build(model, x)
-    assert graph.analysis.gm.meta["fairfx_eval_only"] == []
+    assert graph.channel_pass.gm.meta["fairfx_eval_only"] == []
     pruned = _half(graph)
     assert fairfx.verify(model, pruned, x).passed
     norms = [m for m in pruned.modules() if isinstance(m, nn.BatchNorm2d)]
@@ -92,7 +92,7 @@ class ExportOnly(nn.Module):
 def test_dropout_of_unknown_origin_stays_eval_and_is_listed() -> None:
     model, x = ExportOnly().eval(), torch.randn(2, 6)
     graph = build(model, x)
-    gm = graph.analysis.gm
+    gm = graph.channel_pass.gm
     assert gm.meta["fairfx_capture"] == "torch.export"
     assert isinstance(gm.get_submodule("drop"), nn.Dropout)
     (frozen,) = gm.meta["fairfx_eval_only"]

@@ -69,7 +69,7 @@ def test_hf_prune_verify_export(hf, name: str) -> None:
     model, x, attention = make(hf, name)
     model.eval()
     graph = build(model, x)
-    assert graph.analysis.gm.meta["fairfx_capture"] == "torch.export"
+    assert graph.channel_pass.gm.meta["fairfx_capture"] == "torch.export"
     heads = [g for g in graph.groups if g.unit == "head"]
     if attention:
         assert len(heads) == 2 and all(g.prunable for g in heads)

@@ -29,7 +29,7 @@ def test_swin_heads_go_whole(v2: bool) -> None:
     model, x = _swin(v2), torch.randn(2, 3, 32, 32)
     graph = build(model, x)
     with torch.no_grad():  # the opened attention computes what torchvision's computes
-        assert torch.allclose(graph.analysis.gm(x), model(x), atol=1e-6)
+        assert torch.allclose(graph.channel_pass.gm(x), model(x), atol=1e-6)
     heads = [g for g in graph.groups if g.unit == "head"]
     assert [g.size for g in heads] == [2, 2, 4, 4] and all(g.prunable for g in heads)
     bias = "cpb_mlp.2" if v2 else "relative_position_bias_table"

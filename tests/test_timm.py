@@ -38,7 +38,7 @@ def test_timm_prune_verify_export(timm, name: str) -> None:
     model = timm.create_model(name, pretrained=False, num_classes=10, **options).eval()
     x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
     graph = build(model, x)
-    assert graph.analysis.gm.meta.get("fairfx_capture", "symbolic_trace") == path
+    assert graph.channel_pass.gm.meta.get("fairfx_capture", "symbolic_trace") == path
     blocked = [g for g in graph.groups if not g.prunable]
     if heads or name != "levit_128s":
         assert [g.reason for g in blocked] == ["reaches the model output"]

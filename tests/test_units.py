@@ -79,7 +79,9 @@ def test_grouped_conv_units_map_to_channels_and_plans_by_id_verify() -> None:
             per_unit = g.channels(producer)
             assert len(per_unit) == g.size
             flat = sorted(c for unit in per_unit for c in unit)
-            width = len(graph.analysis.producers[graph.analysis.producer_index[producer]].slots)
+            width = len(
+                graph.channel_pass.producers[graph.channel_pass.producer_index[producer]].slots
+            )
             assert flat == list(range(width))  # the units partition the producer's channels
         keep = list(range(0, g.size, 2))
         by_id = graph.prune({g.id: keep})

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .analysis import ChannelAnalysis
+from .channel_pass import ChannelPass
 from .rewrite import count_params, rebuild
 from .shapes import ShapeInterpreter
 
@@ -26,7 +26,7 @@ class Cost:
 
 
 @torch.no_grad()
-def slot_cost(a: ChannelAnalysis, kept_slot: np.ndarray) -> Cost:
+def slot_cost(a: ChannelPass, kept_slot: np.ndarray) -> Cost:
     """Cost of the captured model pruned to a slot keep-mask, computed on the meta device.
 
     Graphs that cannot run on meta (a ``torch.export`` capture makes ``arange(...,
@@ -44,7 +44,7 @@ def slot_cost(a: ChannelAnalysis, kept_slot: np.ndarray) -> Cost:
     return Cost(count_params(gm), counter.get_total_flops() // 2)
 
 
-def _fake_cost(a: ChannelAnalysis, kept_slot: np.ndarray) -> Cost:
+def _fake_cost(a: ChannelPass, kept_slot: np.ndarray) -> Cost:
     from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.utils.flop_counter import FlopCounterMode
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch.fx as fx
 
-from .analysis import ChannelAnalysis
+from .channel_pass import ChannelPass
 from .rules.common import describe
 
 _WIDTH_ATTRS = ("out_channels", "out_features", "embedding_dim", "num_features", "embed_dim")
@@ -42,7 +42,7 @@ def _owned(name: str, owners: set[str]) -> bool:
     return any(".".join(parts[:i]) in owners for i in range(1, len(parts) + 1))
 
 
-def account_for_parameters(a: ChannelAnalysis) -> list[str]:
+def account_for_parameters(a: ChannelPass) -> list[str]:
     """Make every unaccounted parameter's op a blocked producer; returns the names added."""
     owners = {p.name for p in a.producers}
     owners |= {e.weights for e in a.edits if e.weights is not None}
@@ -69,7 +69,7 @@ def account_for_parameters(a: ChannelAnalysis) -> list[str]:
     return added
 
 
-def _width(a: ChannelAnalysis, user: fx.Node, names: list[str]) -> int:
+def _width(a: ChannelPass, user: fx.Node, names: list[str]) -> int:
     """The op's output width where it says one, else the first dimension of its parameter."""
     if user.op == "call_module":
         m = a.module(user.target)

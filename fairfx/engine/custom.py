@@ -34,8 +34,8 @@ import torch.fx as fx
 from torch import nn
 
 from ..errors import FairfxError
-from .analysis import ChannelAnalysis
 from .capture import CUSTOM_LEAVES, copy_structure
+from .channel_pass import ChannelPass
 from .edits import ModuleEdit, replace_tensor, select
 from .rules import MODULE_RULES
 from .rules.common import describe, unknown
@@ -54,7 +54,7 @@ class LayerRule:
     channel_dim: int = 1
     sizes: Mapping[str, str] = field(default_factory=dict)
 
-    def __call__(self, a: ChannelAnalysis, node: fx.Node) -> Layout | None:
+    def __call__(self, a: ChannelPass, node: fx.Node) -> Layout | None:
         """The rule-table entry: ``rule(analysis, node) -> layout``."""
         x = node.args[0] if node.args else None
         m = a.module(node.target)
@@ -101,7 +101,7 @@ class LayerRule:
         return ""
 
 
-def _refuse(a: ChannelAnalysis, node: fx.Node, lay: Layout | None, why: str, dim: int) -> Layout:
+def _refuse(a: ChannelPass, node: fx.Node, lay: Layout | None, why: str, dim: int) -> Layout:
     """A call the registered rule does not fit: its channels stay, with the reason."""
     reason = f"{describe(a, node)} does not match its registered rule: {why}"
     if lay is not None:

@@ -24,7 +24,7 @@ class GraphQueries:
     """Mixin of :class:`~fairfx.engine.group_graph.GroupGraph` (which provides ``unit_index`` and
     ``producer_units``): read-only questions about it."""
 
-    analysis: Any
+    channel_pass: Any
     groups: list[Any]
     _nodes: dict[str, fx.Node] | None
     _unit_maps: list[UnitMap] | None
@@ -32,7 +32,7 @@ class GraphQueries:
     def unit_maps(self) -> list[UnitMap]:
         """Every call of every prunable group's producers, with its unit maps (computed once)."""
         if self._unit_maps is None:
-            a = self.analysis
+            a = self.channel_pass
             nodes = {n.name: n for n in a.gm.graph.nodes}
             maps = []
             for group in self.groups:
@@ -64,7 +64,7 @@ class GraphQueries:
         One point per producer call (``observe="post_act"``); :meth:`read_points` instead keeps
         walking through joins (``cat``, residual ``add``) and returns every tensor a consumer
         reads (``observe="consumer"``)."""
-        layouts = self.analysis.layouts
+        layouts = self.channel_pass.layouts
         cur, lay = node, layouts[node.name]
         while len(cur.users) == 1:
             user = next(iter(cur.users))
@@ -80,25 +80,25 @@ class GraphQueries:
     @property
     def captured(self) -> fx.GraphModule:
         """The captured model (shares the user's weights; never modify it)."""
-        return self.analysis.gm
+        return self.channel_pass.gm
 
     def node(self, name: str) -> fx.Node:
         """The captured graph's node called ``name`` (one name map per graph)."""
         if self._nodes is None:
-            self._nodes = {n.name: n for n in self.analysis.gm.graph.nodes}
+            self._nodes = {n.name: n for n in self.channel_pass.gm.graph.nodes}
         return self._nodes[name]
 
     def node_shapes(self) -> dict[str, Any]:
         """Recorded shape of every node (None where it is not one tensor)."""
-        return {n.name: n.meta.get("fairfx_shape") for n in self.analysis.gm.graph.nodes}
+        return {n.name: n.meta.get("fairfx_shape") for n in self.channel_pass.gm.graph.nodes}
 
     def channel_tensors(self) -> list[str]:
         """Names of the nodes whose tensors carry tracked channels."""
-        return list(self.analysis.layouts)
+        return list(self.channel_pass.layouts)
 
     def output_shape(self) -> Any:
         """Recorded shape of the model's output when it is one tensor, else None."""
-        out = self.analysis.gm.graph.find_nodes(op="output")[0].args[0]
+        out = self.channel_pass.gm.graph.find_nodes(op="output")[0].args[0]
         return out.meta.get("fairfx_shape") if isinstance(out, fx.Node) else None
 
     def read_points(self, node_name: str, gid: int) -> list[tuple[str, int, np.ndarray]]:
@@ -106,7 +106,7 @@ class GraphQueries:
         call: walk through anything that carries them on the same axis (per-channel ops,
         ``cat``, residual ``add``) and keep the tensors some other op reads (a conv, a linear, a
         reshape). Each as ``(node name, channel axis, unit of each position)``."""
-        layouts = self.analysis.layouts
+        layouts = self.channel_pass.layouts
         dim = layouts[node_name].dim
         start = self.node(node_name)
         seen, todo, points = {node_name}, [start], []
@@ -140,9 +140,9 @@ class GraphQueries:
     def producer_weight(self, name: str) -> tuple[torch.Tensor | None, int]:
         """The weight that makes producer ``name``'s output channels and its output-channel
         axis (``(None, 0)`` for a producer without one, e.g. an embedding lookup's table)."""
-        gm = self.analysis.gm
-        prod = self.analysis.producers[self.analysis.producer_index[name]]
-        for edit in self.analysis.edits:  # a weight read as a graph parameter: its sliced axis
+        gm = self.channel_pass.gm
+        prod = self.channel_pass.producers[self.channel_pass.producer_index[name]]
+        for edit in self.channel_pass.edits:  # a weight read as a graph parameter: its sliced axis
             if isinstance(edit, ParamEdit) and edit.channel_slots is prod.slots:
                 return gm.get_parameter(edit.target), edit.dim
         try:

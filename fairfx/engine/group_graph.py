@@ -24,8 +24,8 @@ import torch
 import torch.fx as fx
 
 from ..errors import PlanError
-from .analysis import ChannelAnalysis
 from .capture import capture
+from .channel_pass import ChannelPass
 from .cost import Cost, slot_cost
 from .coverage import account_for_parameters
 from .graph_queries import GraphQueries
@@ -40,30 +40,30 @@ G = TypeVar("G", bound="GroupGraph")
 class GroupGraph(GraphQueries):
     """Groups of one captured model, with the conversions between channels, units and slots."""
 
-    def __init__(self, analysis: ChannelAnalysis) -> None:
-        self.analysis = analysis
+    def __init__(self, channels: ChannelPass) -> None:
+        self.channel_pass = channels
         self._source: Callable[[], Any] = lambda: None  # the user's model, set by build
         self._costs: dict[bytes, Cost] = {}
         self._unit_maps: list[UnitMap] | None = None
         self._params_before: int | None = None  # counted at the first rewrite
         self._nodes: dict[str, fx.Node] | None = None
-        roots = analysis.table.roots()
+        roots = channels.table.roots()
         self.roots = roots
-        blocked = analysis.blocked_reasons(roots)
-        inexact = analysis.inexact_reasons(roots)
-        index = analysis.producer_index
-        head_roots = set(roots[analysis.head_slots].tolist())
+        blocked = channels.blocked_reasons(roots)
+        inexact = channels.inexact_reasons(roots)
+        index = channels.producer_index
+        head_roots = set(roots[channels.head_slots].tolist())
         import networkx as nx  # at the first graph, not at `import fairfx` (0.2 s)
 
         comps = sorted(
-            nx.connected_components(analysis.coupling), key=lambda c: min(index[n] for n in c)
+            nx.connected_components(channels.coupling), key=lambda c: min(index[n] for n in c)
         )
         self.groups: list[ChannelGroup] = []
         self.group_classes: list[np.ndarray] = []
         self.group_of_producer: dict[str, int] = {}
         for gid, comp in enumerate(comps):
             names = sorted(comp, key=index.__getitem__)
-            slots = np.concatenate([analysis.producers[index[n]].slots for n in names])
+            slots = np.concatenate([channels.producers[index[n]].slots for n in names])
             classes = unique(roots[slots])
             reasons = [blocked[c] for c in classes.tolist() if c in blocked]
             notes = [inexact[c] for c in classes.tolist() if c in inexact]
@@ -93,7 +93,7 @@ class GroupGraph(GraphQueries):
         for gid, classes in enumerate(self.group_classes):
             self.group_of_root[classes] = gid
         group_of_slot = self.group_of_root[self.roots]
-        readers = self.analysis.consumers_by_group(group_of_slot)
+        readers = self.channel_pass.consumers_by_group(group_of_slot)
         members = self._members(group_of_slot)
         self.groups = [
             dataclasses.replace(
@@ -110,7 +110,7 @@ class GroupGraph(GraphQueries):
     def _members(self, group_of_slot: np.ndarray) -> dict[int, list[str]]:
         """Targets of the edits that slice each group's channels (producers excluded)."""
         out: dict[int, list[str]] = {}
-        for edit in self.analysis.edits:
+        for edit in self.channel_pass.edits:
             parts = edit.slots()
             if not parts:
                 continue
@@ -147,7 +147,7 @@ class GroupGraph(GraphQueries):
 
     def units_from_keep(self, keep: Mapping[str, Sequence[int]]) -> dict[int, np.ndarray]:
         """Translate ``{producer name: output channels to keep}`` into kept units per group."""
-        a = self.analysis
+        a = self.channel_pass
         chosen: dict[int, dict[int, bool]] = {}
         origin: dict[int, str] = {}
         for name, channels in keep.items():
@@ -189,7 +189,7 @@ class GroupGraph(GraphQueries):
     def empty_tensors(self, kept_slot: np.ndarray) -> list[tuple[str, np.ndarray]]:
         """Tensors a plan would leave without any channel (a split piece, a concat branch)."""
         out = []
-        for name, lay in self.analysis.layouts.items():
+        for name, lay in self.channel_pass.layouts.items():
             for item in _iter_layouts(lay):
                 if item.size and not kept_slot[item.slots].any():
                     out.append((name, item.slots))
@@ -229,7 +229,7 @@ class GroupGraph(GraphQueries):
         out: dict[str, list[int]] = {}
         for gid in sorted(units):
             for name in self.groups[gid].producers:
-                prod = self.analysis.producers[self.analysis.producer_index[name]]
+                prod = self.channel_pass.producers[self.channel_pass.producer_index[name]]
                 out[name] = np.flatnonzero(kept_slot[prod.slots]).tolist()
         return out
 
@@ -238,9 +238,9 @@ class GroupGraph(GraphQueries):
         """The smaller GraphModule for ``{group id: kept unit indices}``; plan in ``.meta``."""
         kept_slot = self.kept_slots(units)
         self.check_nonempty(kept_slot)
-        gm = rewrite(self.analysis, kept_slot)
+        gm = rewrite(self.channel_pass, kept_slot)
         if self._params_before is None:
-            self._params_before = count_params(self.analysis.gm)
+            self._params_before = count_params(self.channel_pass.gm)
         gm.meta["fairfx"] = {
             "keep": self.keep_from_units(units),
             "units": {int(g): np.asarray(u).tolist() for g, u in units.items()},
@@ -283,7 +283,7 @@ class GroupGraph(GraphQueries):
         kept_slot = self.kept_slots(units or {})
         key = np.packbits(kept_slot).tobytes()
         if key not in self._costs:
-            self._costs[key] = slot_cost(self.analysis, kept_slot)
+            self._costs[key] = slot_cost(self.channel_pass, kept_slot)
         return self._costs[key]
 
     def check_nonempty(self, kept_slot: np.ndarray) -> None:
@@ -297,7 +297,7 @@ class GroupGraph(GraphQueries):
 
     def producer_units(self, name: str) -> np.ndarray:
         """Unit (within its group) of each output channel of producer ``name``."""
-        a = self.analysis
+        a = self.channel_pass
         return self.unit_index(
             self.group_of_producer[name], a.producers[a.producer_index[name]].slots
         )
@@ -323,9 +323,9 @@ def build(model: torch.nn.Module, example_input: Any, kind: type[G] = GroupGraph
     """Capture ``model`` and run the channel pass once: the analysed graph every entry point
     costs and rewrites from (``kind`` a subclass, e.g. the planning facade
     ``fairfx.ChannelGraph``)."""
-    analysis = ChannelAnalysis(capture(model, example_input), rule_for)
-    account_for_parameters(analysis)  # no op with weights may be missing from the groups
-    graph = kind(analysis)
+    channels = ChannelPass(capture(model, example_input), rule_for)
+    account_for_parameters(channels)  # no op with weights may be missing from the groups
+    graph = kind(channels)
     graph._source = weakref.ref(model)
     return graph
 

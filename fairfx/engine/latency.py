@@ -145,19 +145,19 @@ def layer_widths(analysis: Any, kept_slot: np.ndarray, table: LatencyTable) -> d
 # ------------------------------------------------------------------ a channel graph's view
 def graph_inputs(graph: Any, batch: int | None = None) -> tuple[Any, ...]:
     """The captured example inputs of a channel graph, at ``batch`` (default: as captured)."""
-    return batch_inputs(graph.analysis.captured.inputs, batch)
+    return batch_inputs(graph.channel_pass.captured.inputs, batch)
 
 
 def graph_table(graph: Any, **options: Any) -> LatencyTable:
     """:func:`measure` for a channel graph's captured model and example inputs."""
-    return measure(graph.analysis.gm, graph.analysis.captured.inputs, **options)
+    return measure(graph.channel_pass.gm, graph.channel_pass.captured.inputs, **options)
 
 
 def predicted_fraction(graph: Any, units: Mapping[int, Any], table: LatencyTable) -> float:
     """The table's predicted latency of a plan ``{group id: kept units}``, as a fraction of
     the unpruned model's."""
     kept = graph.kept_slots(units)
-    return table.fraction(layer_widths(graph.analysis, kept, table))
+    return table.fraction(layer_widths(graph.channel_pass, kept, table))
 
 
 # ------------------------------------------------------------------ measuring

@@ -50,9 +50,9 @@ class MaskedInterpreter(fx.Interpreter):
     def __init__(
         self, graph: GroupGraph, kept_slot: np.ndarray, compare: _Compare | None = None
     ) -> None:
-        super().__init__(graph.analysis.gm)
-        self.layouts = graph.analysis.layouts
-        self.masked = graph.analysis.masked
+        super().__init__(graph.channel_pass.gm)
+        self.layouts = graph.channel_pass.layouts
+        self.masked = graph.channel_pass.masked
         self.kept_slot = kept_slot
         self.compare = compare or _Compare({}, 0.0)
 
@@ -172,7 +172,7 @@ def masked_output(
     compare: _Compare | None = None,
 ) -> Any:
     """The masked original's output; ``compare`` checks intermediates along the way."""
-    gm = graph.analysis.gm
+    gm = graph.channel_pass.gm
     was = gm.training
     gm.eval()
     try:
@@ -245,15 +245,15 @@ def verify(
     graph = build(model, example_input)
     units = graph.units_from_keep(info["keep"]) if info["keep"] else {}
     kept_slot = graph.kept_slots(units)
-    inputs = graph.analysis.captured.inputs
+    inputs = graph.channel_pass.captured.inputs
     work = copy.deepcopy(pruned).eval()
     # After fairfx.recalibrate the BatchNorm statistics differ from the original's on purpose;
     # the rewrite is proved with the statistics it produced (kept in meta by recalibrate).
     for name, buffers in getattr(pruned, "meta", {}).get(_RECALIBRATED, {}).items():
         for key, value in buffers.items():
             work.get_submodule(name).get_buffer(key).copy_(value)
-    laid = {k for k, v in graph.analysis.layouts.items() if isinstance(v, Layout)}
-    aligned = _aligned(graph.analysis.gm.graph, work.graph)
+    laid = {k for k, v in graph.channel_pass.layouts.items() if isinstance(v, Layout)}
+    aligned = _aligned(graph.channel_pass.gm.graph, work.graph)
     recorder = _Record(work, {p: o for p, o in aligned.items() if o in laid})
     got = flat_tensors(recorder.run(*inputs))
     compare = _Compare(recorder.values, rtol)

@@ -22,8 +22,8 @@ import torch
 import torch.fx as fx
 
 from ..errors import FairfxError, first_line
-from .analysis import ChannelAnalysis
 from .capture import copy_structure, tensors_of
+from .channel_pass import ChannelPass
 from .edits import EditSite, scratch_buffers
 from .shapes import ShapeInterpreter, meta_twin
 from .slots import Layout
@@ -33,7 +33,7 @@ def count_params(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def rewrite(a: ChannelAnalysis, kept_slot: np.ndarray) -> fx.GraphModule:
+def rewrite(a: ChannelPass, kept_slot: np.ndarray) -> fx.GraphModule:
     """The pruned GraphModule for a slot keep-mask, its sizes checked (see the module docstring)."""
     gm, changed = rebuild(a, kept_slot)
     check_sizes(a, gm, kept_slot, changed)
@@ -41,7 +41,7 @@ def rewrite(a: ChannelAnalysis, kept_slot: np.ndarray) -> fx.GraphModule:
 
 
 def rebuild(
-    a: ChannelAnalysis, kept_slot: np.ndarray, *, tensors: str = "own"
+    a: ChannelPass, kept_slot: np.ndarray, *, tensors: str = "own"
 ) -> tuple[fx.GraphModule, set[str]]:
     """The pruned copy of the captured graph and the names of the modules and nodes it changed.
 
@@ -164,7 +164,7 @@ class _SizeCheck(ShapeInterpreter):
 
     def __init__(
         self,
-        a: ChannelAnalysis,
+        a: ChannelPass,
         gm: fx.GraphModule,
         kept_slot: np.ndarray,
         changed: set[str],
@@ -216,7 +216,7 @@ _NOT_YOURS = (
 
 @torch.no_grad()
 def check_sizes(
-    a: ChannelAnalysis, gm: fx.GraphModule, kept_slot: np.ndarray, changed: set[str]
+    a: ChannelPass, gm: fx.GraphModule, kept_slot: np.ndarray, changed: set[str]
 ) -> None:
     """Every channel axis must have exactly the kept count: catches a wrong or missed edit.
 

@@ -17,7 +17,7 @@ import torch
 import torch.fx as fx
 import torch.nn.functional as F
 
-from ..analysis import ChannelAnalysis
+from ..channel_pass import ChannelPass
 from . import aten, functional, heads, indexing, joins, norms, reductions, shape
 from .common import (
     along_dim,
@@ -33,15 +33,15 @@ from .modules import MODULE_RULES as _MODULES
 
 MODULE_RULES = {**_MODULES, **reductions.MODULE_RULES}
 
-Rule = Callable[[ChannelAnalysis, fx.Node], Any]
+Rule = Callable[[ChannelPass, fx.Node], Any]
 
 
-def _get_attr(a: ChannelAnalysis, node: fx.Node) -> None:
+def _get_attr(a: ChannelPass, node: fx.Node) -> None:
     a.param_src[node.name] = node.target
     return None
 
 
-def _output(a: ChannelAnalysis, node: fx.Node) -> None:
+def _output(a: ChannelPass, node: fx.Node) -> None:
     a.block_inputs(node, "reaches the model output")
     return None
 
@@ -138,7 +138,7 @@ def register_torchvision() -> None:
     MODULE_RULES[ops.StochasticDepth] = passthrough
 
 
-def rule_for(a: ChannelAnalysis, node: fx.Node) -> Rule:
+def rule_for(a: ChannelPass, node: fx.Node) -> Rule:
     """The rule for one node; :func:`~fairfx.engine.rules.common.unknown` when there is none."""
     register_torchvision()
     if node.op in PLACEHOLDER_RULES:

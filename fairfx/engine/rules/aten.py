@@ -13,7 +13,7 @@ from typing import Any
 import torch
 import torch.fx as fx
 
-from ..analysis import ChannelAnalysis
+from ..channel_pass import ChannelPass
 from ..edits import ArgEdit
 from . import functional, heads, joins, reductions, shape
 from .common import along_dim, elementwise, no_channels, passthrough, reduce_dims, spatial, unknown
@@ -21,7 +21,7 @@ from .common import along_dim, elementwise, no_channels, passthrough, reduce_dim
 aten = torch.ops.aten
 
 
-def _on_other_axis(a: ChannelAnalysis, node: fx.Node) -> Any:
+def _on_other_axis(a: ChannelPass, node: fx.Node) -> Any:
     """slice/select along an axis other than the channel axis (which they would cut) pass."""
     lay, shp = a.layout(node.args[0]), a.shape(node.args[0])
     if lay is None:
@@ -32,7 +32,7 @@ def _on_other_axis(a: ChannelAnalysis, node: fx.Node) -> Any:
     return shape.index_shape(a, node)
 
 
-def _slice(a: ChannelAnalysis, node: fx.Node) -> Any:
+def _slice(a: ChannelPass, node: fx.Node) -> Any:
     """``slice`` along the channel axis (Phi-3's fused ``qkv_proj`` cut into q, k and v) hands
     the piece its slots, with the bounds rewritten to the kept counts before them, as Python
     slicing does (:func:`~fairfx.engine.rules.shape.getitem`); along another axis it passes."""
@@ -65,7 +65,7 @@ def _bounds_rewriter(start: int, stop: int, slots: Any):
     return rewrite
 
 
-def _gather_rows(a: ChannelAnalysis, node: fx.Node) -> Any:
+def _gather_rows(a: ChannelPass, node: fx.Node) -> Any:
     """``table[idx]`` of a 2-D parameter, rows picked by an index tensor, is an embedding lookup:
     the table's columns are new channels on the last axis (the per-head relative position bias
     of Swin and BEiT, ``table[index]`` of shape [positions, heads]). Any other advanced index

@@ -12,11 +12,11 @@ from __future__ import annotations
 import torch.fx as fx
 from torch import nn
 
-from ..analysis import ChannelAnalysis
+from ..channel_pass import ChannelPass
 from ..mha import can_split
 
 
-def multihead_attention(a: ChannelAnalysis, node: fx.Node) -> None:
+def multihead_attention(a: ChannelPass, node: fx.Node) -> None:
     m = a.module(node.target)
     if can_split(m):  # only a GraphModule the user traced keeps an openable one as a leaf
         why = "a leaf of the GraphModule passed in (pass the model itself to open it)"

@@ -7,12 +7,12 @@ from typing import Any
 import numpy as np
 import torch.fx as fx
 
-from ..analysis import ChannelAnalysis
+from ..channel_pass import ChannelPass
 from ..edits import ParamEdit
 from ..slots import Layout
 
 
-def describe(a: ChannelAnalysis, node: fx.Node) -> str:
+def describe(a: ChannelPass, node: fx.Node) -> str:
     """How an op is named in messages: the module type and path, or the function name."""
     if node.op == "call_module":
         return f"{type(a.module(node.target)).__name__} module '{node.target}'"
@@ -22,7 +22,7 @@ def describe(a: ChannelAnalysis, node: fx.Node) -> str:
     return f"function {name}() at node '{node.name}'"
 
 
-def unknown(a: ChannelAnalysis, node: fx.Node) -> None:
+def unknown(a: ChannelPass, node: fx.Node) -> None:
     """No rule: keep every channel that reaches the op; never guess. The message names the
     user's layer the op sits in, and how to describe that layer to fairfx."""
     where = _enclosing_layer(node)
@@ -46,7 +46,7 @@ def _enclosing_layer(node: fx.Node) -> tuple[str, str] | None:
     return (name, path) if path else None
 
 
-def no_channels(a: ChannelAnalysis, node: fx.Node) -> None:
+def no_channels(a: ChannelPass, node: fx.Node) -> None:
     """Shape queries and scalar arithmetic: the result carries no channels."""
     return None
 
@@ -55,7 +55,7 @@ def first_tensor(node: fx.Node) -> Any:
     return node.args[0] if node.args else next(iter(node.kwargs.values()), None)
 
 
-def passthrough(a: ChannelAnalysis, node: fx.Node) -> Layout | None:
+def passthrough(a: ChannelPass, node: fx.Node) -> Layout | None:
     """Channel-separable ops that keep the shape (activations, dropout, identity, casts)."""
     x = first_tensor(node)
     lay = a.layout(x)
@@ -71,7 +71,7 @@ def passthrough(a: ChannelAnalysis, node: fx.Node) -> Layout | None:
     return lay
 
 
-def spatial(a: ChannelAnalysis, node: fx.Node) -> Layout | None:
+def spatial(a: ChannelPass, node: fx.Node) -> Layout | None:
     """Pooling, upsampling and padding of an NC... tensor: channel axis 1 passes through."""
     x = first_tensor(node)
     lay = a.layout(x)
@@ -84,7 +84,7 @@ def spatial(a: ChannelAnalysis, node: fx.Node) -> Layout | None:
 
 
 def couple(
-    a: ChannelAnalysis, node: fx.Node, tensors: list[Any], out_shape: tuple[int, ...]
+    a: ChannelPass, node: fx.Node, tensors: list[Any], out_shape: tuple[int, ...]
 ) -> Layout | None:
     """Tensors combined position by position (add, mul, where, cat on another axis).
 
@@ -138,7 +138,7 @@ def couple(
     return Layout(d, ref)
 
 
-def elementwise(a: ChannelAnalysis, node: fx.Node) -> Layout | None:
+def elementwise(a: ChannelPass, node: fx.Node) -> Layout | None:
     """Broadcasting arithmetic: add, sub, mul, div, where, maximum, in-place variants."""
     out = a.shape(node)
     tensors = [t for t in list(node.args) + list(node.kwargs.values()) if isinstance(t, fx.Node)]
@@ -150,7 +150,7 @@ def elementwise(a: ChannelAnalysis, node: fx.Node) -> Layout | None:
     return couple(a, node, tensors, out)
 
 
-def reduce_dims(a: ChannelAnalysis, node: fx.Node) -> Layout | None:
+def reduce_dims(a: ChannelPass, node: fx.Node) -> Layout | None:
     """mean/sum/amax over axes: fine over spatial axes, blocks when the channel axis is reduced."""
     x = first_tensor(node)
     lay, shp = a.layout(x), a.shape(x)
@@ -170,7 +170,7 @@ def reduce_dims(a: ChannelAnalysis, node: fx.Node) -> Layout | None:
     return Layout(lay.dim - shift, lay.slots)
 
 
-def along_dim(a: ChannelAnalysis, node: fx.Node) -> Layout | None:
+def along_dim(a: ChannelPass, node: fx.Node) -> Layout | None:
     """softmax/log_softmax/cumsum along one axis: pass-through unless it is the channel axis."""
     x = first_tensor(node)
     lay, shp = a.layout(x), a.shape(x)
@@ -182,7 +182,7 @@ def along_dim(a: ChannelAnalysis, node: fx.Node) -> Layout | None:
     return passthrough(a, node)
 
 
-def param_alias(a: ChannelAnalysis, node: fx.Node) -> Layout | None:
+def param_alias(a: ChannelPass, node: fx.Node) -> Layout | None:
     """expand/to/contiguous of a parameter stay that parameter (right-aligned) for slicing."""
     x = first_tensor(node)
     target = a.param(x)

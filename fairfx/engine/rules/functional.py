@@ -8,7 +8,7 @@ import numpy as np
 import torch.fx as fx
 import torch.nn.functional as F
 
-from ..analysis import ChannelAnalysis
+from ..channel_pass import ChannelPass
 from ..edits import ArgEdit, ParamEdit
 from ..masking import masked_layer_norm
 from ..slots import Layout
@@ -38,7 +38,7 @@ def _reader_name(node: fx.Node, target: str) -> str:
     return path if path and not target.startswith(f"{path}.") else owner
 
 
-def _weighted(a: ChannelAnalysis, node: fx.Node, in_axis: int | None) -> Layout | None:
+def _weighted(a: ChannelPass, node: fx.Node, in_axis: int | None) -> Layout | None:
     """Shared body of F.linear / F.conv*d: input axis sliced on weight dim 1, new output slots."""
     x, w, b = node.args[0], _arg(node, 1, "weight"), _arg(node, 2, "bias")
     wt = a.param(w)
@@ -68,7 +68,7 @@ def _weighted(a: ChannelAnalysis, node: fx.Node, in_axis: int | None) -> Layout 
 
 
 def _computed_weight(
-    a: ChannelAnalysis, node: fx.Node, w: fx.Node, lay: Layout | None, axis: int, n: int
+    a: ChannelPass, node: fx.Node, w: fx.Node, lay: Layout | None, axis: int, n: int
 ) -> Layout:
     """A weight computed in forward (weight standardization, as in timm's ScaledStdConv2d):
     it cannot be sliced, so the op is a producer whose channels stay, named after the module
@@ -88,7 +88,7 @@ def _computed_weight(
     return Layout(axis, out)
 
 
-def params_behind(a: ChannelAnalysis, node: fx.Node, limit: int = 64) -> list[str]:
+def params_behind(a: ChannelPass, node: fx.Node, limit: int = 64) -> list[str]:
     """The parameters and buffers a computed tensor is made from (get_attr nodes upstream)."""
     seen: set[str] = set()
     found: list[str] = []
@@ -119,11 +119,11 @@ def _common_owner(targets: list[str]) -> str | None:
     return ".".join(common) or None
 
 
-def linear(a: ChannelAnalysis, node: fx.Node) -> Layout | None:
+def linear(a: ChannelPass, node: fx.Node) -> Layout | None:
     return _weighted(a, node, None)
 
 
-def conv(a: ChannelAnalysis, node: fx.Node) -> Layout | None:
+def conv(a: ChannelPass, node: fx.Node) -> Layout | None:
     groups = a.value(_arg(node, 6, "groups", 1))
     if groups == 1:
         return _weighted(a, node, 1)
@@ -133,7 +133,7 @@ def conv(a: ChannelAnalysis, node: fx.Node) -> Layout | None:
     return _grouped(a, node, groups)
 
 
-def _grouped(a: ChannelAnalysis, node: fx.Node, groups: Any) -> Layout | None:
+def _grouped(a: ChannelPass, node: fx.Node, groups: Any) -> Layout | None:
     """A grouped conv (RegNet, ResNeXt), weight ``[out, in/groups, *k]``: every group must keep
     the same input offsets and the same number of outputs, so input column ``j`` of every group
     is one unit, and so is output row ``j`` of every group; ``groups`` stays as it is."""
@@ -164,7 +164,7 @@ def _grouped(a: ChannelAnalysis, node: fx.Node, groups: Any) -> Layout | None:
     return Layout(1, out)
 
 
-def _depthwise(a: ChannelAnalysis, node: fx.Node, groups: Any) -> Layout | None:
+def _depthwise(a: ChannelPass, node: fx.Node, groups: Any) -> Layout | None:
     """Depthwise ``conv(x, w, groups=C)`` with one filter per channel: output follows input."""
     x, w, b = node.args[0], _arg(node, 1, "weight"), _arg(node, 2, "bias")
     lay, wshape = a.layout(x), a.shape(w)
@@ -192,7 +192,7 @@ def _groups_rewriter(slots: np.ndarray):
     return rewrite
 
 
-def embedding(a: ChannelAnalysis, node: fx.Node, weight_pos: int = 1) -> Layout | None:
+def embedding(a: ChannelPass, node: fx.Node, weight_pos: int = 1) -> Layout | None:
     """A lookup table ``[vocab, dim]``: its ``dim`` columns are new channels on the last axis.
 
     A table tied to an output projection (``lm_head.weight is wte.weight``) is one tensor read
@@ -208,7 +208,7 @@ def embedding(a: ChannelAnalysis, node: fx.Node, weight_pos: int = 1) -> Layout 
     return Layout(len(out) - 1, slots)
 
 
-def addmm(a: ChannelAnalysis, node: fx.Node) -> Layout | None:
+def addmm(a: ChannelPass, node: fx.Node) -> Layout | None:
     """``addmm(bias, x, w)`` with ``w`` of shape ``[in, out]`` (GPT-2's Conv1D)."""
     b, x, w = node.args[:3]
     wt, bt, wshape = a.param(w), a.param(b), a.shape(w)
@@ -229,7 +229,7 @@ _F_BN_ARGS = ((1, "running_mean"), (2, "running_var"), (3, "weight"), (4, "bias"
 _ATEN_BN_ARGS = ((1, "weight"), (2, "bias"), (3, "running_mean"), (4, "running_var"))
 
 
-def batch_norm(a: ChannelAnalysis, node: fx.Node, fields=_F_BN_ARGS) -> Layout | None:
+def batch_norm(a: ChannelPass, node: fx.Node, fields=_F_BN_ARGS) -> Layout | None:
     """F.batch_norm (``aten_batch_norm`` for ATen's argument order): per-channel, sliced."""
     lay = a.layout(node.args[0])
     if lay is None:
@@ -247,11 +247,11 @@ def batch_norm(a: ChannelAnalysis, node: fx.Node, fields=_F_BN_ARGS) -> Layout |
     return passthrough(a, node)
 
 
-def aten_batch_norm(a: ChannelAnalysis, node: fx.Node) -> Layout | None:
+def aten_batch_norm(a: ChannelPass, node: fx.Node) -> Layout | None:
     return batch_norm(a, node, _ATEN_BN_ARGS)
 
 
-def layer_norm(a: ChannelAnalysis, node: fx.Node) -> Layout | None:
+def layer_norm(a: ChannelPass, node: fx.Node) -> Layout | None:
 
     x = node.args[0]
     lay, shp = a.layout(x), a.shape(x)

@@ -21,7 +21,7 @@ import torch
 import torch.fx as fx
 import torch.nn.functional as F
 
-from ..analysis import ChannelAnalysis
+from ..channel_pass import ChannelPass
 from ..slots import Layout
 from .common import describe, unknown
 from .functional import params_behind
@@ -31,7 +31,7 @@ def _arg(node: fx.Node, pos: int, name: str, default: Any = None) -> Any:
     return node.kwargs.get(name, node.args[pos] if len(node.args) > pos else default)
 
 
-def matmul(a: ChannelAnalysis, node: fx.Node) -> Layout | None:
+def matmul(a: ChannelPass, node: fx.Node) -> Layout | None:
     """``x @ y`` with channels on a batch axis of both (heads), or on the rows of ``x`` / the
     columns of ``y``; channels on the contracted axis of both are consumed."""
     x, y = node.args[0], node.args[1]
@@ -88,7 +88,7 @@ def _plain_operand_varies(a, node, dim, ro, lx, ly) -> bool:
     return False
 
 
-def sdpa(a: ChannelAnalysis, node: fx.Node) -> Layout | None:
+def sdpa(a: ChannelPass, node: fx.Node) -> Layout | None:
     """``scaled_dot_product_attention(q, k, v, attn_mask, ...)`` with channels on the heads axis."""
     q, k, v = (_arg(node, i, n) for i, n in enumerate(("query", "key", "value")))
     lays = [a.layout(t) for t in (q, k, v)]

@@ -9,13 +9,13 @@ from typing import Any
 import torch
 import torch.fx as fx
 
-from ..analysis import ChannelAnalysis
+from ..channel_pass import ChannelPass
 from ..slots import Layout
 from ..windows import shift_mask, window_merge, window_partition
 from .common import no_channels, unknown
 
 
-def _last_axis(a: ChannelAnalysis, node: fx.Node) -> Layout | None:
+def _last_axis(a: ChannelPass, node: fx.Node) -> Layout | None:
     """Windows are cut from, or put back into, the token axes: channels stay on the last."""
     lay, shp, out = a.layout(node.args[0]), a.shape(node.args[0]), a.shape(node)
     if lay is None:
@@ -25,7 +25,7 @@ def _last_axis(a: ChannelAnalysis, node: fx.Node) -> Layout | None:
     return Layout(len(out) - 1, lay.slots)
 
 
-def index_select(a: ChannelAnalysis, node: fx.Node) -> Layout | None:
+def index_select(a: ChannelPass, node: fx.Node) -> Layout | None:
     """``index_select(x, dim, index)`` picks positions along ``dim``: channels elsewhere stay."""
     lay, shp = a.layout(node.args[0]), a.shape(node.args[0])
     if lay is None:

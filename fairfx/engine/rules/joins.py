@@ -15,17 +15,17 @@ import numpy as np
 import torch
 import torch.fx as fx
 
-from ..analysis import ChannelAnalysis
+from ..channel_pass import ChannelPass
 from ..edits import ArgEdit
 from ..slots import Layout
 from .common import couple, describe, unknown
 
 
-def _dim_arg(a: ChannelAnalysis, node: fx.Node, pos: int, default: int) -> Any:
+def _dim_arg(a: ChannelPass, node: fx.Node, pos: int, default: int) -> Any:
     return a.value(node.kwargs.get("dim", node.args[pos] if len(node.args) > pos else default))
 
 
-def cat(a: ChannelAnalysis, node: fx.Node) -> Layout | None:
+def cat(a: ChannelPass, node: fx.Node) -> Layout | None:
     """Concatenation along the channel axis offsets each part; along another axis it couples."""
     tensors = list(node.args[0] if node.args else node.kwargs["tensors"])
     out = a.shape(node)
@@ -49,7 +49,7 @@ def cat(a: ChannelAnalysis, node: fx.Node) -> Layout | None:
     return Layout(dim, np.concatenate(parts))
 
 
-def split(a: ChannelAnalysis, node: fx.Node) -> Any:
+def split(a: ChannelPass, node: fx.Node) -> Any:
     """split/chunk along the channel axis: each piece keeps its slots; sizes come from the plan."""
     x = node.args[0]
     lay, shp = a.layout(x), a.shape(x)
@@ -67,7 +67,7 @@ def split(a: ChannelAnalysis, node: fx.Node) -> Any:
     return tuple(Layout(dim, c) for c in chunks)
 
 
-def unbind(a: ChannelAnalysis, node: fx.Node) -> Any:
+def unbind(a: ChannelPass, node: fx.Node) -> Any:
     """unbind along another axis: every piece keeps the channels (the axis before it shifts)."""
     x = node.args[0]
     lay, shp = a.layout(x), a.shape(x)

@@ -12,8 +12,8 @@ import numpy as np
 import torch.fx as fx
 from torch import nn
 
-from ..analysis import ChannelAnalysis
 from ..capture import copy_structure
+from ..channel_pass import ChannelPass
 from ..edits import ModuleEdit, replace_tensor, select_axes
 from ..masking import masked_layer_norm
 from ..slots import Layout
@@ -61,7 +61,7 @@ def _shrink_conv(mode: str, m: nn.Module, in_keep, out_keep) -> nn.Module:
     return new
 
 
-def conv(a: ChannelAnalysis, node: fx.Node) -> Layout | None:
+def conv(a: ChannelPass, node: fx.Node) -> Layout | None:
     m = a.module(node.target)
     name = node.target
     lay = a.layout(node.args[0])
@@ -108,7 +108,7 @@ def _shrink_linear(m: nn.Module, in_keep, out_keep) -> nn.Module:
     return new
 
 
-def linear(a: ChannelAnalysis, node: fx.Node) -> Layout | None:
+def linear(a: ChannelPass, node: fx.Node) -> Layout | None:
     m = a.module(node.target)
     name = node.target
     x = node.args[0]
@@ -156,7 +156,7 @@ _BN_FIELDS = ("weight", "bias", "running_mean", "running_var")
 def per_channel(fields: tuple[str, ...], size_attr: str):
     """BatchNorm, InstanceNorm, PReLU: per-channel parameters on axis 1, exact under pruning."""
 
-    def rule(a: ChannelAnalysis, node: fx.Node) -> Layout | None:
+    def rule(a: ChannelPass, node: fx.Node) -> Layout | None:
         lay = a.layout(node.args[0])
         if lay is None:
             return None
@@ -183,7 +183,7 @@ def _shrink_group_norm(m: nn.GroupNorm, in_keep, out_keep) -> nn.Module:
     return new
 
 
-def group_norm(a: ChannelAnalysis, node: fx.Node) -> Layout | None:
+def group_norm(a: ChannelPass, node: fx.Node) -> Layout | None:
     """GroupNorm statistics are per norm group: only whole norm groups may go (then it is exact)."""
     lay = a.layout(node.args[0])
     if lay is None:
@@ -207,7 +207,7 @@ def _shrink_layer_norm(m: nn.LayerNorm, in_keep, out_keep) -> nn.Module:
     return new
 
 
-def layer_norm(a: ChannelAnalysis, node: fx.Node) -> Layout | None:
+def layer_norm(a: ChannelPass, node: fx.Node) -> Layout | None:
     """LayerNorm over the channel axis: prunable, but statistics change (not oracle-exact)."""
 
     x = node.args[0]
@@ -227,7 +227,7 @@ def layer_norm(a: ChannelAnalysis, node: fx.Node) -> Layout | None:
     return passthrough(a, node)
 
 
-def softmax_module(a: ChannelAnalysis, node: fx.Node) -> Layout | None:
+def softmax_module(a: ChannelPass, node: fx.Node) -> Layout | None:
     lay, shp = a.layout(node.args[0]), a.shape(node.args[0])
     if lay is None:
         return None
@@ -237,7 +237,7 @@ def softmax_module(a: ChannelAnalysis, node: fx.Node) -> Layout | None:
     return passthrough(a, node)
 
 
-def flatten_module(a: ChannelAnalysis, node: fx.Node) -> Layout | None:
+def flatten_module(a: ChannelPass, node: fx.Node) -> Layout | None:
     from .shape import index_shape
 
     return index_shape(a, node)

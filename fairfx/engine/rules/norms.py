@@ -17,7 +17,7 @@ import torch
 import torch.fx as fx
 import torch.nn.functional as F
 
-from ..analysis import ChannelAnalysis
+from ..channel_pass import ChannelPass
 from ..slots import Layout
 from .common import describe, elementwise, passthrough, unknown
 
@@ -26,7 +26,7 @@ def _arg(node: fx.Node, pos: int, name: str, default: Any) -> Any:
     return node.kwargs.get(name, node.args[pos] if len(node.args) > pos else default)
 
 
-def _reduce(a: ChannelAnalysis, node: fx.Node, dims: Any, keepdim: Any, order: Any) -> Any:
+def _reduce(a: ChannelPass, node: fx.Node, dims: Any, keepdim: Any, order: Any) -> Any:
     """Channels through a reduction over ``dims``: consumed when their axis is reduced."""
     x = node.args[0] if node.args else node.kwargs.get("input")
     lay, shp = a.layout(x), a.shape(x)
@@ -45,18 +45,18 @@ def _reduce(a: ChannelAnalysis, node: fx.Node, dims: Any, keepdim: Any, order: A
     return Layout(lay.dim - shift, lay.slots)
 
 
-def sum_all(a: ChannelAnalysis, node: fx.Node) -> Any:
+def sum_all(a: ChannelPass, node: fx.Node) -> Any:
     """ATen's ``sum(x, dtype)`` over every axis."""
     return _reduce(a, node, None, False, 1)
 
 
-def vector_norm(a: ChannelAnalysis, node: fx.Node) -> Any:
+def vector_norm(a: ChannelPass, node: fx.Node) -> Any:
     """``linalg.vector_norm(x, ord, dim, keepdim)``."""
     order = node.kwargs.get("ord", node.args[1] if len(node.args) > 1 else 2)
     return _reduce(a, node, _arg(node, 2, "dim", None), _arg(node, 3, "keepdim", False), order)
 
 
-def power(a: ChannelAnalysis, node: fx.Node) -> Any:
+def power(a: ChannelPass, node: fx.Node) -> Any:
     """``x.pow(e)`` / ``torch.pow(x, e)``: per element, so channels pass (a tensor exponent
     is combined position by position, as in arithmetic)."""
     exponent = _arg(node, 1, "exponent", None)
@@ -65,7 +65,7 @@ def power(a: ChannelAnalysis, node: fx.Node) -> Any:
     return passthrough(a, node)
 
 
-def normalize(a: ChannelAnalysis, node: fx.Node) -> Any:
+def normalize(a: ChannelPass, node: fx.Node) -> Any:
     """``F.normalize(x, p, dim)``: each vector along ``dim`` divided by its p-norm."""
     x = node.args[0] if node.args else node.kwargs.get("input")
     lay, shp = a.layout(x), a.shape(x)

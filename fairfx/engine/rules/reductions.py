@@ -29,21 +29,21 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from ..analysis import ChannelAnalysis
 from ..capture import copy_structure
+from ..channel_pass import ChannelPass
 from ..edits import ArgEdit, ModuleEdit, ParamEdit, replace_tensor, select
 from ..slots import Layout
 from .common import first_tensor, passthrough, reduce_dims, unknown
 
 
-def _reduced_dims(a: ChannelAnalysis, node: fx.Node, rank: int) -> set[int] | None:
+def _reduced_dims(a: ChannelPass, node: fx.Node, rank: int) -> set[int] | None:
     dim = a.value(node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else None))
     if dim is None:
         return None
     return {(d + rank) % rank for d in (dim if isinstance(dim, (list, tuple)) else [dim])}
 
 
-def channel_reduce(a: ChannelAnalysis, node: fx.Node, *, mean: bool) -> Layout | None:
+def channel_reduce(a: ChannelPass, node: fx.Node, *, mean: bool) -> Layout | None:
     """``sum``/``mean`` over axes: exact over the channel axis (see the module docstring)."""
     x = first_tensor(node)
     lay, shp = a.layout(x), a.shape(x)
@@ -76,7 +76,7 @@ def _scale_after(n: fx.Node, factor: float) -> None:
     n.replace_all_uses_with(scaled, delete_user_cb=lambda user: user is not scaled)
 
 
-def _normalizes_channels(a: ChannelAnalysis, node: fx.Node, shape_arg: Any) -> bool | None:
+def _normalizes_channels(a: ChannelPass, node: fx.Node, shape_arg: Any) -> bool | None:
     """True when the norm's last axis is the channel axis, False when channels pass beside the
     normalized axes, None when it normalizes channels with other axes (not handled)."""
     lay, shp = a.layout(node.args[0]), a.shape(node.args[0])
@@ -87,7 +87,7 @@ def _normalizes_channels(a: ChannelAnalysis, node: fx.Node, shape_arg: Any) -> b
     return True if k == 1 and lay.dim == len(shp) - 1 else None
 
 
-def rms_norm(a: ChannelAnalysis, node: fx.Node) -> Layout | None:
+def rms_norm(a: ChannelPass, node: fx.Node) -> Layout | None:
     """``F.rms_norm(x, (C,), weight, eps)`` / ``aten.rms_norm`` over the channel axis: exact."""
     x = node.args[0]
     lay, shp = a.layout(x), a.shape(x)
@@ -142,7 +142,7 @@ def _shrink_rms_norm(m: nn.Module, keep: np.ndarray | None, _out: Any) -> nn.Mod
     return new
 
 
-def rms_norm_module(a: ChannelAnalysis, node: fx.Node) -> Layout | None:
+def rms_norm_module(a: ChannelPass, node: fx.Node) -> Layout | None:
     """``nn.RMSNorm`` over the channel axis: exact, the factor folded into its weight."""
     m = a.module(node.target)
     lay = a.layout(node.args[0])

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.fx as fx
 
-from ..analysis import ChannelAnalysis
+from ..channel_pass import ChannelPass
 from ..edits import ArgEdit
 from ..slots import Layout
 from .common import describe, unknown
@@ -30,7 +30,7 @@ _SIZE_ARGS.update(
 )
 
 
-def _concrete(a: ChannelAnalysis, arg: Any, x: fx.Node, probe: torch.Tensor) -> Any:
+def _concrete(a: ChannelPass, arg: Any, x: fx.Node, probe: torch.Tensor) -> Any:
     if arg is x:
         return probe
     if isinstance(arg, fx.Node):
@@ -40,7 +40,7 @@ def _concrete(a: ChannelAnalysis, arg: Any, x: fx.Node, probe: torch.Tensor) -> 
     return arg
 
 
-def _run_probe(a: ChannelAnalysis, node: fx.Node, x: fx.Node, probe: torch.Tensor) -> Any:
+def _run_probe(a: ChannelPass, node: fx.Node, x: fx.Node, probe: torch.Tensor) -> Any:
     args = _concrete(a, node.args, x, probe)
     kwargs = {k: _concrete(a, v, x, probe) for k, v in node.kwargs.items()}
     if node.op == "call_method":
@@ -118,7 +118,7 @@ def _row_sets(rows: np.ndarray, width: int) -> np.ndarray | list[np.ndarray] | N
     return np.split(pos, np.cumsum(counts)[:-1])
 
 
-def _tie(a: ChannelAnalysis, lay: Layout, sets: Any) -> np.ndarray:
+def _tie(a: ChannelPass, lay: Layout, sets: Any) -> np.ndarray:
     """Union the channel positions of each set and return the slot of each set's first."""
     if isinstance(sets, np.ndarray):  # [sets, k]: k positions each
         firsts = lay.slots[sets[:, 0]]
@@ -147,7 +147,7 @@ _PERMUTATIONS |= {torch.transpose, torch.movedim}
 _PERMUTATIONS |= {torch.ops.aten.permute.default, torch.ops.aten.transpose.int}
 
 
-def index_shape(a: ChannelAnalysis, node: fx.Node) -> Layout | None:
+def index_shape(a: ChannelPass, node: fx.Node) -> Layout | None:
     """view/reshape/flatten/permute/transpose/squeeze/unsqueeze/expand/pixel (un)shuffle."""
     x = node.args[0] if node.args else None
     lay = a.layout(x)
@@ -228,7 +228,7 @@ def _size_rewriter(first: int, u: int, slots: np.ndarray):
 # ----------------------------------------------------------------------------- getitem
 
 
-def getitem(a: ChannelAnalysis, node: fx.Node) -> Any:
+def getitem(a: ChannelPass, node: fx.Node) -> Any:
     container, index = node.args
     lay = a.layout(container)
     if isinstance(lay, (list, tuple)):
@@ -298,7 +298,7 @@ def _slice_rewriter(pos: int, start: int, stop: int, slots: np.ndarray):
     return rewrite
 
 
-def reshape_as(a: ChannelAnalysis, node: fx.Node) -> Layout | None:
+def reshape_as(a: ChannelPass, node: fx.Node) -> Layout | None:
     """``y.reshape_as(other)`` / ``view_as``: the shape comes from a tensor pruned with it.
 
     Sound only when ``other`` carries the same channels on the axis where ``y``'s land (LeViT's

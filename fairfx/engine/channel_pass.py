@@ -32,7 +32,7 @@ class Producer:
     nodes: list[str] = field(default_factory=list)
 
 
-class ChannelAnalysis:
+class ChannelPass:
     """Result of the channel pass over one captured graph."""
 
     def __init__(self, captured: Captured, rule_for: Callable[..., Any]) -> None:
@@ -111,7 +111,7 @@ class ChannelAnalysis:
         if isinstance(arg, fx.Node):
             return arg.meta.get("fairfx_value")
         if isinstance(arg, (list, tuple)):
-            return type(arg)(ChannelAnalysis.value(a) for a in arg)
+            return type(arg)(ChannelPass.value(a) for a in arg)
         return arg
 
     def module(self, target: str) -> Any:
