@@ -10,7 +10,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1] / "fairfx"
 # Engine internals a ChannelGraph keeps to itself (graph_queries.py answers for them).
-INTERNAL = {"analysis", "roots", "slots", "edits", "group_classes", "group_of_root", "layouts"}
+INTERNAL = {"analysis", "roots", "slots", "edits", "unit_roots", "group_of_root", "layouts"}
 
 
 def _files(layer: str) -> list[Path]:

@@ -59,7 +59,8 @@ class GroupGraph(GraphQueries):
             nx.connected_components(channels.coupling), key=lambda c: min(index[n] for n in c)
         )
         self.groups: list[ChannelGroup] = []
-        self.group_classes: list[np.ndarray] = []
+        # Per group, the root slot of each unit (a unit is one equivalence class of slots).
+        self.unit_roots: list[np.ndarray] = []
         self.group_of_producer: dict[str, int] = {}
         for gid, comp in enumerate(comps):
             names = sorted(comp, key=index.__getitem__)
@@ -83,14 +84,14 @@ class GroupGraph(GraphQueries):
                     unit="head" if head_roots.intersection(classes.tolist()) else "channel",
                 )
             )
-            self.group_classes.append(classes)
+            self.unit_roots.append(classes)
             for n in names:
                 self.group_of_producer[n] = gid
         self._attach_consumers()
 
     def _attach_consumers(self) -> None:
         self.group_of_root = np.full(len(self.roots), -1, dtype=np.int64)
-        for gid, classes in enumerate(self.group_classes):
+        for gid, classes in enumerate(self.unit_roots):
             self.group_of_root[classes] = gid
         group_of_slot = self.group_of_root[self.roots]
         readers = self.channel_pass.consumers_by_group(group_of_slot)
@@ -140,7 +141,7 @@ class GroupGraph(GraphQueries):
                 raise PlanError(
                     f"group {gid} ({group.producers[0]}) is not prunable: {group.reason}"
                 )
-            classes = self.group_classes[gid]
+            classes = self.unit_roots[gid]
             kept_root[classes] = False
             kept_root[classes[idx]] = True
         return kept_root[self.roots]
@@ -175,7 +176,7 @@ class GroupGraph(GraphQueries):
                 )
             # per unit of the group: -1 not named yet, 0 removed, 1 kept
             state = chosen.setdefault(gid, np.full(group.size, -1, dtype=np.int8))
-            pos = np.searchsorted(self.group_classes[gid], roots)
+            pos = np.searchsorted(self.unit_roots[gid], roots)
             seen = state[pos]
             if ((seen >= 0) & (seen != mask)).any():
                 raise PlanError(
@@ -207,7 +208,7 @@ class GroupGraph(GraphQueries):
         if priority:
             score = np.zeros(len(self.roots))
             for gid, values in priority.items():
-                score[self.group_classes[gid]] = values
+                score[self.unit_roots[gid]] = values
             score = score[self.roots]
         plan = {g: np.asarray(u) for g, u in units.items()}
         while True:
@@ -220,7 +221,7 @@ class GroupGraph(GraphQueries):
             gid = int(self.group_of_root[root])
             if gid < 0:  # only group channels can be removed, so this cannot happen
                 raise PlanError(f"node {empty[0][0]!r} lost channels that belong to no group")
-            unit = int(np.searchsorted(self.group_classes[gid], root))
+            unit = int(np.searchsorted(self.unit_roots[gid], root))
             plan[gid] = np.union1d(plan.get(gid, np.arange(self.groups[gid].size)), [unit])
 
     def keep_from_units(self, units: Mapping[int, Sequence[int]]) -> dict[str, list[int]]:
@@ -304,7 +305,7 @@ class GroupGraph(GraphQueries):
 
     def unit_index(self, gid: int, slots: np.ndarray) -> np.ndarray:
         """Unit index (within group ``gid``) of each slot; -1 for slots of other groups."""
-        classes = self.group_classes[gid]
+        classes = self.unit_roots[gid]
         r = self.roots[slots]
         pos = np.searchsorted(classes, r)
         pos = np.clip(pos, 0, len(classes) - 1)
