@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pickle
+import pickletools
 import re
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
@@ -45,21 +46,56 @@ def safe_load(path: PathLike, what: str, fix: str) -> Any:
     try:
         return torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
-        if found is None:  # a broken stream, not a refused object
+        held = refused_objects(exc) or _raw_pickle_globals(p)
+        if held is None:  # a broken stream, not a refused object
             detail = re.search(r"WeightsUnpickler error:\s*([^\n]+)", str(exc))
             text = detail.group(1).strip() if detail else _short(exc)
             raise FairfxError(
                 f"cannot read {p} as {what} (not a file torch.save wrote, or damaged: {text}); "
                 f"{fix}"
             ) from None
-        held = f" ({found.group(1)})"
         raise FairfxError(
-            f"{p} is not {what}: it holds Python objects{held} that a safe load "
+            f"{p} is not {what}: it holds Python objects ({held}) that a safe load "
             f"(torch.load weights_only=True) refuses to run; {fix}"
         ) from None
     except Exception as exc:  # not a torch file, truncated, ...
         raise FairfxError(f"cannot read {p} as {what} ({_short(exc)}); {fix}") from None
+
+
+# torch 2.14 words a refused global in two ways: an unknown one, and one from a blocked module.
+_REFUSED = (
+    re.compile(r"Unsupported global: GLOBAL (\S+)"),
+    re.compile(r"unsupported GLOBAL (\S+) whose module"),
+)
+
+
+def refused_objects(exc: BaseException) -> str | None:
+    """The Python object a ``weights_only`` load refused (``"posix.system"``), or None when
+    the error is not such a refusal."""
+    for pattern in _REFUSED:
+        found = pattern.search(str(exc))
+        if found:
+            return found.group(1)
+    return None
+
+
+def _raw_pickle_globals(path: Path) -> str | None:
+    """The globals a plain ``pickle.dumps`` file names (torch's safe loader stops at its first
+    opcode it does not know, before reading them); found by listing opcodes, nothing runs."""
+    try:
+        with path.open("rb") as f:
+            data = f.read(1 << 20)
+        names, strings = [], []
+        for op, arg, _ in pickletools.genops(data):
+            if isinstance(arg, str):
+                strings.append(arg)
+            if op.name == "GLOBAL":
+                names.append(str(arg).replace(" ", "."))
+            elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                names.append(".".join(strings[-2:]))
+    except Exception:  # not a pickle stream: no objects to name
+        return None
+    return ", ".join(dict.fromkeys(names)) or None
 
 
 def _short(exc: BaseException) -> str:

@@ -28,6 +28,7 @@ from ..files import atomic_path, json_default
 from .capture import as_inputs
 from .deploy import deployment_form
 from .group_graph import prune
+from .pt2_check import checked_archive
 
 META_FILE = "fairfx.json"
 FORMAT = "fairfx.pruned/1"
@@ -98,27 +99,58 @@ def save_pruned(
 
 
 def read_metadata(path: str | Path) -> tuple[torch.export.ExportedProgram, dict[str, Any]]:
-    """The exported program of a saved file and its fairfx metadata."""
+    """The exported program of a saved file and its fairfx metadata. The archive is checked
+    member by member before torch reads it (:mod:`fairfx.engine.pt2_check`): nothing in the
+    file can run code."""
     p = Path(path)
     if not p.is_file():
         raise FairfxError(f"{p} does not exist; fairfx.save_pruned writes these files")
+    archive = checked_archive(p)
     extra = {META_FILE: ""}
     try:
-        program = torch.export.load(str(p), extra_files=extra)
+        program = torch.export.load(archive, extra_files=extra)
     except Exception as exc:
         text = " ".join(str(exc).split())[:200] or type(exc).__name__
         raise FairfxError(f"cannot read {p} as a torch.export program: {text}") from None
     try:
         info = json.loads(extra[META_FILE]) if extra[META_FILE] else {}
     except json.JSONDecodeError:
-        info = {}
-    if "keep" not in info:
+        info = None
+    if not isinstance(info, dict) or "keep" not in info:
         raise FairfxError(
             f"{p} is a torch.export program without a fairfx plan; it was not written by "
             "fairfx.save_pruned or fairfx compress (load it with torch.export.load)"
         )
-    info["units"] = {int(g): u for g, u in info.get("units", {}).items()}
-    return program, info
+    return program, _checked_plan(p, info)
+
+
+def _index_lists(value: Any) -> bool:
+    return isinstance(value, dict) and all(
+        isinstance(v, list) and all(type(i) is int and i >= 0 for i in v) for v in value.values()
+    )
+
+
+def _checked_plan(path: Path, info: dict[str, Any]) -> dict[str, Any]:
+    """The stored plan with its format and shape checked: a file from a newer fairfx or an
+    edited plan is refused rather than read as something else."""
+    if info.get("format") != FORMAT:
+        raise FairfxError(
+            f"{path} holds a fairfx plan in format {info.get('format')!r}, this fairfx reads "
+            f"{FORMAT!r}; load it with the fairfx version that wrote it"
+        )
+    units = info.get("units", {})
+    if not _index_lists(info["keep"]) or not _index_lists(units):
+        raise FairfxError(
+            f"{path} has a malformed fairfx plan ('keep' and 'units' must map names to lists "
+            "of channel indices); the file was edited or damaged: save the model again"
+        )
+    if not all(str(g).isdigit() for g in units):
+        raise FairfxError(
+            f"{path} has a malformed fairfx plan (group ids in 'units' must be integers); the "
+            "file was edited or damaged: save the model again"
+        )
+    info["units"] = {int(g): u for g, u in units.items()}
+    return info
 
 
 def load_pruned(
