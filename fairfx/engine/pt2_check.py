@@ -63,16 +63,17 @@ _PY_TARGETS = frozenset(
 )
 _ATEN = re.compile(r"torch\.ops\.aten\.\w+\.\w+")
 # sympy names a serialized symbolic size uses; anything else in an expression is refused.
-_SYMPY_NAMES = frozenset(
-    {
-        "Symbol", "Integer", "Rational", "Float", "True", "False", "positive", "integer",
-        "real", "nonnegative", "finite", "oo", "Max", "Min", "Abs", "Eq", "Ne", "Lt", "Le",
-        "Gt", "Ge", "And", "Or", "Not", "FloorDiv", "ModularIndexing", "Where", "PythonMod",
-        "Mod", "CleanDiv", "CeilToInt", "FloorToInt", "CeilDiv", "LShift", "RShift",
-        "IntTrueDiv", "FloatTrueDiv", "ToFloat", "TruncToInt", "RoundToInt", "RoundDecimal",
-        "Identity",
-    }
-)  # fmt: skip
+# sympy's own classes and constants, then the torch.utils._sympy.functions that torch passes
+# to sympify (torch/_export/serde/serialize.py).
+_SYMPY_TEXT = """
+Symbol Integer Rational Float Add Mul Pow Abs Max Min oo zoo nan True False Equality Unequality
+StrictLessThan LessThan StrictGreaterThan GreaterThan Eq Ne Lt Le Gt Ge And Or Not
+positive integer real nonnegative finite
+FloorDiv ModularIndexing Where PythonMod Mod CleanDiv CeilToInt FloorToInt CeilDiv LShift RShift
+PowByNatural FloatPow FloatTrueDiv IntTrueDiv IsNonOverlappingAndDenseIndicator TruncToFloat
+TruncToInt RoundToInt RoundDecimal ToFloat Identity
+"""
+_SYMPY_NAMES = frozenset(_SYMPY_TEXT.split())
 _EXPR_TOKEN = re.compile(
     r"\s+|'[A-Za-z_]\w*'|\d+(?:\.\d+)?(?:e[-+]?\d+)?|\*\*|//|==|!=|<=|>=|[-+*/%(),<>=]|[A-Za-z_]\w*"
 )
