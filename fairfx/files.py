@@ -15,6 +15,7 @@ and two runs writing one path each leave a complete file.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import pickle
 import pickletools
@@ -143,6 +144,18 @@ def json_default(value: Any) -> Any:
     if isinstance(value, os.PathLike):
         return os.fspath(value)
     return str(value)
+
+
+def weights_fingerprint(model: torch.nn.Module) -> str:
+    """SHA-1 of a module's state (names, shapes, values): scores saved for one set of weights
+    are valid for it only, and a file records which one."""
+    h = hashlib.sha1()
+    for k, v in model.state_dict().items():
+        h.update(k.encode())
+        h.update(str(tuple(v.shape)).encode())
+        t = v.detach().cpu().contiguous().reshape(-1)  # raw bytes: bfloat16 has no numpy
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
 
 
 # ------------------------------------------------------------------------------- atomic writes

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import difflib
-import hashlib
 import importlib
 import importlib.util
 import sys
@@ -21,6 +20,7 @@ from torch import nn
 
 from ..errors import FairfxError, first_line
 from ..files import check_clashes, check_output, safe_load
+from ..files import weights_fingerprint as weights_fingerprint  # the CLI's name for it
 
 PROG = "fairfx"
 
@@ -156,16 +156,6 @@ def load_weights(model: nn.Module, path: str) -> None:
     if problems:
         raise UserError(f"--weights {path} does not match the model: " + "; ".join(problems))
     model.load_state_dict(state)
-
-
-def weights_fingerprint(model: nn.Module) -> str:
-    """SHA-1 of the model's state (names, shapes, values): saved scores are valid for it only."""
-    h = hashlib.sha1()
-    for k, v in model.state_dict().items():
-        h.update(k.encode())
-        h.update(str(tuple(v.shape)).encode())
-        h.update(v.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
 
 
 # ----------------------------------------------------------------------------------------- data

@@ -9,6 +9,7 @@ gradients, so it enables them itself: ``analyze`` under ``torch.no_grad()`` work
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ import torch
 
 from ..engine.group_graph import GroupGraph
 from ..errors import CalibrationError, FairfxError
+from ..files import weights_fingerprint
 
 
 def _bad(t: torch.Tensor) -> int:
@@ -107,6 +109,7 @@ def check_scores(graph: Any, scores: dict[int, Any]) -> None:
                     "calibration data (float16? an exploding model?); score in float32 on data "
                     "the model handles"
                 )
+    check_r_not_all_zero(graph, scores)
 
 
 def check_saved_groups(
@@ -134,3 +137,75 @@ def check_saved_groups(
                 f"{path} holds scores that do not fit this model's channel group {gid}; re-run "
                 "fairfx.analyze on this model"
             )
+
+
+def check_r_not_all_zero(graph: Any, scores: dict[int, Any]) -> None:
+    """R is the loss change when a unit is removed; zero for every unit means the loss
+    gradient reaches no prunable layer (a zero-initialised head: torchvision ViT and Swin
+    without weights), and a plan made from it would rank channels by nothing."""
+    if scores and all(not np.asarray(s.r).any() for s in scores.values()):
+        raise CalibrationError(
+            "the Reconstruction scores R are zero for every channel: the loss gradient does "
+            "not reach the prunable layers (a zero-initialised classifier head, e.g. a "
+            "torchvision ViT/Swin built without weights, or a loss that ignores the output), "
+            "so a plan would be meaningless; load trained weights and score again"
+        )
+
+
+_FIELDS = ("u", "r", "l1")
+
+
+def check_loaded_scores(path: str | Path, scores: dict[int, Any], saved: Any) -> None:
+    """A scores file read back must hold what Analysis.save writes: per group, finite 1-D
+    float arrays of one length (U, R, L1 and the per-member U and R), and a group list of
+    ``[producer names, size]``. An edited or damaged file is refused here, not later with a
+    traceback (or a plan sorted by NaN)."""
+
+    def bad(why: str) -> FairfxError:
+        return FairfxError(
+            f"{path} is a damaged fairfx scores file ({why}); write it again with "
+            "Analysis.save or fairfx compress --analysis"
+        )
+
+    if saved is not None and not (
+        isinstance(saved, list)
+        and all(
+            isinstance(g, (list, tuple))
+            and len(g) == 2
+            and isinstance(g[0], (list, tuple))
+            and all(isinstance(p, str) for p in g[0])
+            and type(g[1]) is int
+            and g[1] > 0
+            for g in saved
+        )
+    ):
+        raise bad("'groups' is not a list of [producer names, size]")
+    for gid, s in scores.items():
+        arrays = {f: getattr(s, f) for f in _FIELDS}
+        arrays.update({f"member_u[{k}]": v for k, v in s.member_u.items()})
+        arrays.update({f"member_r[{k}]": v for k, v in s.member_r.items()})
+        n = len(s.u) if getattr(s.u, "ndim", 0) == 1 else -1
+        for name, a in arrays.items():
+            if not isinstance(a, np.ndarray) or a.ndim != 1 or a.dtype.kind != "f":
+                raise bad(f"group {gid} {name} is not a 1-D float array")
+            if len(a) != n:
+                raise bad(f"group {gid} {name} has {len(a)} values, U has {n}")
+            if not np.isfinite(a).all():
+                raise bad(f"group {gid} {name} holds NaN/Inf")
+
+
+def check_fingerprint(path: str | Path, saved: Any, model: torch.nn.Module) -> None:
+    """Scores are valid for the weights they were computed on: refuse another set (same
+    architecture, other values), and say so when an older file cannot tell."""
+    if saved is None:
+        warnings.warn(
+            f"{path} records no weights fingerprint (written before fairfx kept one): make sure "
+            "the model has the weights the scores were computed with",
+            stacklevel=3,
+        )
+    elif saved != weights_fingerprint(model):
+        raise FairfxError(
+            f"{path} holds scores of other weights than this model's (same architecture, other "
+            "values): a plan from them would prune by another model's scores; pass the model "
+            "with the weights the scores were computed with, or score these weights again"
+        )

@@ -15,10 +15,12 @@ import torch
 import torch.fx as fx
 
 from ..errors import CalibrationError, FairfxError, PlanError
-from ..files import load_payload, plain, save_payload
+from ..files import load_payload, plain, save_payload, weights_fingerprint
 from . import distributed
 from .checks import (
+    check_fingerprint,
     check_grad_mode,
+    check_loaded_scores,
     check_prunable,
     check_saved_groups,
     check_scores,
@@ -184,14 +186,16 @@ def load_analysis(
         }
         record = dict(payload["record"])
         saved = payload["groups"]
-    except (KeyError, TypeError, AttributeError) as exc:
+    except (KeyError, TypeError, AttributeError, ValueError, RuntimeError) as exc:
         raise FairfxError(
             f"{path} is a damaged fairfx scores file ({type(exc).__name__}: {exc}); {_FIX}"
         ) from None
+    check_loaded_scores(path, scores, saved)
     graph = None
     if model is not None:
         graph = channel_graph(model, example_input)
         check_saved_groups(path, saved, graph, scores)
+        check_fingerprint(path, record.get("weights_sha1"), model)
     return Analysis(scores, graph, record, saved_groups=saved)
 
 
@@ -329,6 +333,7 @@ def analyze(
     check_scores(graph, scores)
     finalize_seconds = time.perf_counter() - pairs_start
     record = describe(state)
+    record["weights_sha1"] = weights_fingerprint(model)  # scores are valid for these weights
     record["memory"] = {
         "state_dtype": memory.state_dtype,
         "estimate_bytes": memory.total_bytes,
