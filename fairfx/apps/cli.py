@@ -32,6 +32,7 @@ from .cli_inputs import (
     _human,
     _one_line,
     _table,
+    check_input_shape,
     load_model,
     weights_fingerprint,
 )
@@ -100,6 +101,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
         args.model, args.weights, args.num_classes, parse_model_args(args.model_args)
     )
     shape = record.get("input_shape")
+    if shape is not None and args.image_size is None:
+        check_input_shape(path, shape)
     if args.image_size is not None or not shape:
         example = _example_from_size(args, args.image_size or 224)
     else:

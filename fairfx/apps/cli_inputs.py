@@ -10,6 +10,7 @@ import argparse
 import difflib
 import importlib
 import importlib.util
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -156,6 +157,26 @@ def load_weights(model: nn.Module, path: str) -> None:
     if problems:
         raise UserError(f"--weights {path} does not match the model: " + "; ".join(problems))
     model.load_state_dict(state)
+
+
+_MAX_SAMPLE = 1 << 26  # values in one input sample: far above any image or sequence scored
+
+
+def check_input_shape(path: Path, shape: object) -> None:
+    """The scores record's ``input_shape`` makes the example input: an edited one must not
+    ask for terabytes."""
+    ok = (
+        isinstance(shape, list)
+        and 1 <= len(shape) <= 4
+        and all(type(n) is int and n > 0 for n in shape)
+        and math.prod(shape) <= _MAX_SAMPLE
+    )
+    if not ok:
+        raise UserError(
+            f"--analysis {path}: its input_shape {str(shape)[:60]} is not one input sample's "
+            f"shape (1 to 4 positive sizes, at most {_MAX_SAMPLE} values); the file was edited "
+            "or damaged: give --image-size, or score again with fairfx compress --analysis"
+        )
 
 
 # ----------------------------------------------------------------------------------------- data

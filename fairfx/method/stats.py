@@ -269,10 +269,12 @@ class CalibrationState:
                 int(c): ClassStats(v["keys"].numpy().astype(np.int64), v["proj"], v["taylor"])
                 for c, v in state["per_class"].items()
             }
-            return cls(**state)
+            out = cls(**state)
+            _check_rows(out)
+            return out
         except FairfxError as exc:
             raise CalibrationError(str(exc)) from None
-        except (KeyError, TypeError, AttributeError) as exc:
+        except (KeyError, TypeError, AttributeError, ValueError, RuntimeError) as exc:
             raise CalibrationError(
                 f"{path} is a damaged fairfx calibration state ({type(exc).__name__}: {exc}); "
                 f"{_STATE_FIX}"
@@ -281,6 +283,22 @@ class CalibrationState:
     def ordered(self, c: int) -> ClassStats:
         """Class ``c``'s samples in key order."""
         return self.per_class[c].ordered()
+
+
+def _check_rows(state: CalibrationState) -> None:
+    """Every class of a loaded state holds at most ``samples_per_class`` distinct keys and a
+    row of every stored tensor for each (ValueError otherwise: an edited or damaged file)."""
+    if not isinstance(state.samples_per_class, int) or not isinstance(state.per_class, dict):
+        raise ValueError("samples_per_class or per_class has the wrong type")
+    for c, st in state.per_class.items():
+        n = len(st.keys)
+        if st.keys.ndim != 1 or n > state.samples_per_class or len(set(st.keys.tolist())) != n:
+            raise ValueError(f"class {c} keys are not up to samples_per_class distinct ints")
+        for store in (st.proj, st.taylor):
+            if not isinstance(store, dict) or not all(
+                isinstance(t, torch.Tensor) and t.dim() >= 1 and len(t) >= n for t in store.values()
+            ):
+                raise ValueError(f"class {c} rows are not tensors of {n} samples")
 
 
 def describe(state: CalibrationState) -> dict[str, Any]:
