@@ -15,13 +15,15 @@ and two runs writing one path each leave a complete file.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import hashlib
 import os
 import pickle
 import pickletools
 import re
+import signal
 import tempfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -168,6 +170,10 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
     temporary file is removed and ``path`` is left as it was.
     """
     target = Path(path)
+    if not target.parent.is_dir():
+        raise FairfxError(
+            f"cannot write {target}: folder {target.parent} does not exist; create it first"
+        )
     fd, name = tempfile.mkstemp(
         dir=target.parent, prefix=f".{target.name}.", suffix=f".tmp{target.suffix}"
     )
@@ -176,11 +182,57 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
     try:
         yield tmp
         _set_mode(tmp, target)
-        os.replace(tmp, target)
+        batch = _TOGETHER.get()
+        if batch is not None and target.resolve() in batch[0]:
+            batch[1][target.resolve()] = tmp  # renamed with the others at the end
+        else:
+            os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
+
+
+_TOGETHER: contextvars.ContextVar[tuple[set[Path], dict[Path, Path]] | None] = (
+    contextvars.ContextVar("fairfx_outputs_together", default=None)
+)
+
+
+@contextlib.contextmanager
+def outputs_together(paths: Iterable[PathLike | None]) -> Iterator[None]:
+    """Within the block, writes to ``paths`` (through :func:`atomic_path`) stay temporary
+    files; they replace their targets together when the block ends normally, and are removed
+    when it ends by an exception or an interrupt. A run stopped between two outputs so leaves
+    the old set (the old program with the old report), never a mix. Interrupts are held back
+    during the renames, which take microseconds."""
+    batch: tuple[set[Path], dict[Path, Path]] = (
+        {Path(p).resolve() for p in paths if p is not None},
+        {},
+    )
+    token = _TOGETHER.set(batch)
+    try:
+        yield
+    except BaseException:
+        for tmp in batch[1].values():
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+        raise
+    else:
+        with _signals_held():
+            for target, tmp in batch[1].items():
+                os.replace(tmp, target)
+    finally:
+        _TOGETHER.reset(token)
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    held = {signal.SIGINT, signal.SIGTERM}
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def _set_mode(tmp: Path, target: Path) -> None:

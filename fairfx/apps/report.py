@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..engine.artifact import export_program
+from ..engine.artifact import export_program, write_program
 from ..engine.oracle import flat_tensors
 from ..files import atomic_path, atomic_write
 
@@ -161,7 +161,7 @@ def export_and_check(
     # computes what ``module`` computes, so a mismatch or an interruption keeps the old file.
     try:
         with atomic_path(out) as tmp:
-            torch.export.save(program, str(tmp), extra_files=extra)
+            write_program(program, tmp, extra or {})  # a full disk: OSError, not an abort
             loaded = torch.export.load(str(tmp)).module()
             diffs = []
             for n in sizes:

@@ -15,7 +15,9 @@ loaded with the saved weights (fine-tuned ones included).
 
 from __future__ import annotations
 
+import io
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -41,8 +43,11 @@ def export_program(
 ) -> tuple[torch.export.ExportedProgram, str]:
     """``torch.export`` with a dynamic batch dimension on every tensor input; when the model
     fixes its batch size, a static export. Returns the program and a note (empty when the
-    batch is dynamic)."""
-    inputs = as_inputs(example_input)
+    batch is dynamic).
+
+    torch.export specializes a dimension of size 1, so a batch-1 example is exported at batch 2
+    (the sample repeated): the program then runs at any batch size, not at 1 only."""
+    inputs = _batch_two(as_inputs(example_input))
     batch = torch.export.Dim("batch", min=1)
     dynamic = tuple({0: batch} if isinstance(x, torch.Tensor) and x.dim() else None for x in inputs)
     module.eval()
@@ -50,8 +55,26 @@ def export_program(
         return torch.export.export(module, inputs, dynamic_shapes=dynamic), ""
     except Exception as exc:  # a model may fix its batch size; export statically then
         first = first_line(exc)
+        inputs = as_inputs(example_input)
         n = len(inputs[0]) if isinstance(inputs[0], torch.Tensor) and inputs[0].dim() else 1
         return torch.export.export(module, inputs), f"batch size fixed at {n}: {first}"[:300]
+
+
+def _batch_two(inputs: tuple[Any, ...]) -> tuple[Any, ...]:
+    """Tensor inputs whose leading (batch) size is 1 repeated to 2; others as they are."""
+    return tuple(
+        torch.cat([x, x]) if isinstance(x, torch.Tensor) and x.dim() and len(x) == 1 else x
+        for x in inputs
+    )
+
+
+def write_program(program: torch.export.ExportedProgram, path: Path, extra: dict[str, str]) -> None:
+    """``torch.export.save`` into memory, then one Python write to ``path``: a full disk is an
+    OSError here (torch's own file writer aborts the process on one)."""
+    buffer = io.BytesIO()
+    torch.export.save(program, buffer, extra_files=extra)
+    with path.open("wb") as f:
+        f.write(buffer.getbuffer())
 
 
 def metadata_json(pruned: nn.Module, **more: Any) -> str:
@@ -77,8 +100,9 @@ def save_pruned(
         path: the file to write (``.pt2``). Written to a temporary file and renamed: an
             interrupted save leaves any previous file intact.
         pruned: the pruned GraphModule; its ``meta["fairfx"]`` is saved with it.
-        example_input: a batch of the model's input (batch >= 2, so export keeps the batch
-            dimension dynamic and the program runs at any batch size, 1 included).
+        example_input: a batch of the model's input (a batch of 1 is exported at 2, so the
+            batch dimension stays dynamic and the program runs at any batch size; a model that
+            fixes its batch size is saved at that size, with a warning).
         deploy: save the deployment form (:func:`fairfx.engine.deploy.deployment_form` with
             ``DEPLOY``: BatchNorm folded into the preceding conv, channels_last weights;
             docs/latency.md), which runs
@@ -88,13 +112,29 @@ def save_pruned(
     Returns:
         ``{"path", "dynamic_batch", "note"}``: whether the batch stayed dynamic, and why not.
     """
+    target = Path(path)
+    if not target.parent.is_dir():
+        raise FairfxError(
+            f"save_pruned: folder {target.parent} does not exist; create it first ({target})"
+        )
     metadata_json(pruned)  # a module without a plan is refused before any work
     if deploy and isinstance(pruned, fx.GraphModule):
         pruned = deployment_form(pruned, **DEPLOY)
     meta = metadata_json(pruned)
     program, note = export_program(pruned, example_input)
-    with atomic_path(path) as tmp:
-        torch.export.save(program, str(tmp), extra_files={META_FILE: meta})
+    if note:
+        warnings.warn(
+            f"save_pruned: {note[:160]}; the saved program runs at that batch size only",
+            stacklevel=2,
+        )
+    try:
+        with atomic_path(target) as tmp:
+            write_program(program, tmp, {META_FILE: meta})
+    except OSError as exc:
+        raise FairfxError(
+            f"cannot write {target}: {exc.strerror or exc}; free space or choose another folder "
+            "(no partial file was left)"
+        ) from None
     return {"path": str(path), "dynamic_batch": not note, "note": note}
 
 

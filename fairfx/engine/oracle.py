@@ -24,6 +24,7 @@ import torch.fx as fx
 
 from ..errors import FairfxError
 from .group_graph import GroupGraph, build
+from .rewrite import rewrite
 from .slots import Layout
 
 
@@ -129,6 +130,7 @@ class VerifyReport:
     intermediates_compared: int = 0
     intermediate_failure: str = ""
     silent_outputs: list[int] = field(default_factory=list)
+    changed_since_pruning: list[str] = field(default_factory=list)
 
     def __str__(self) -> str:
         verdict = "PASS" if self.passed else "FAIL"
@@ -149,6 +151,14 @@ class VerifyReport:
             text += (
                 "; not provable by zero-masking (checked with renormalized LayerNorm): "
                 + "; ".join(self.inexact_groups)
+            )
+        changed = self.changed_since_pruning
+        if changed:
+            text += (
+                f"; the pruned model's weights changed since pruning ({len(changed)} tensor(s), "
+                f"e.g. {changed[0]!r}: fine-tuned?), so it no longer "
+                "equals the masked original; verify right after pruning (fairfx.compress records "
+                "that result in meta['fairfx']['verify'])"
             )
         return text
 
@@ -275,8 +285,12 @@ def verify(
         if not g.exact and g.id in units and len(units[g.id]) < g.size
     ]
     silent = [i for i, r in enumerate(reference) if _silent(r)]
+    passed = diff <= tol and not compare.failed
+    recal = getattr(pruned, "meta", {}).get(_RECALIBRATED, {})
+    skip = {f"{name}.{key}" for name, buffers in recal.items() for key in buffers}
+    changed = [] if passed else _changed_since_pruning(graph, kept_slot, work, skip)
     return VerifyReport(
-        diff <= tol and not compare.failed,
+        passed,
         diff,
         tol,
         len(reference),
@@ -284,4 +298,24 @@ def verify(
         compare.count,
         compare.failed,
         silent,
+        changed,
     )
+
+
+def _changed_since_pruning(
+    graph: GroupGraph, kept_slot: np.ndarray, pruned: torch.nn.Module, skip: set[str]
+) -> list[str]:
+    """Tensors of ``pruned`` that differ from a fresh rewrite of the original with the same
+    plan: what training or editing after pruning changed (a failed check then says why).
+    ``skip``: buffers fairfx.recalibrate set on purpose."""
+    fresh = rewrite(graph.analysis, kept_slot).state_dict()
+    now = pruned.state_dict()
+    return [
+        k
+        for k, v in now.items()
+        if k in fresh
+        and k not in skip
+        and v.shape == fresh[k].shape
+        and v.is_floating_point()
+        and not torch.equal(v, fresh[k])
+    ]
