@@ -19,11 +19,13 @@ from pathlib import Path
 import torch
 
 from ..errors import FairfxError
+from ..files import outputs_together
 from ..method.allocation import ALLOCATIONS
 from ..method.plan_options import PlanOptions
 from ..method.scoring import OBSERVE
 from ..version import __version__
 from .cli_compress import _load_scores, cmd_compress
+from .cli_guard import OneLineParser, Terminated, terminate_as_interrupt
 from .cli_inputs import (
     PROG,
     UserError,
@@ -216,7 +218,7 @@ def _planning_args(p: argparse.ArgumentParser, allocation: bool = True) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog=PROG,
         description="FAIR-Pruner structural pruning as a torch.fx pass.",
     )
@@ -382,8 +384,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    # The program, report and plot of one run replace the old ones together (or not at all).
+    results = [getattr(args, flag, None) for flag in ("out", "report", "plot")]
     try:
-        return args.func(args)
+        with terminate_as_interrupt(), outputs_together(results):
+            return args.func(args)
     except UserError as exc:
         print(f"{PROG}: error: {_one_line(exc)}", file=sys.stderr)
         return exc.code
@@ -393,6 +398,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:  # unreadable images, a full disk: the system's own message
         print(f"{PROG}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
+    except Terminated:
+        print(f"{PROG}: terminated (SIGTERM); no output was changed", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
