@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import FairfxError
-from .labels import LABEL_KEYS, split_dict
+from .labels import LABEL_KEYS, describe_batch, split_dict
 
 HISTORY_ATTRIBUTE = "finetune_history"
 
@@ -66,7 +66,7 @@ def _batch(batch: Any) -> tuple[Any, torch.Tensor]:
         return pair
     raise FairfxError(
         "fine-tuning data must yield (inputs, targets) pairs or dicts with the targets under one "
-        f"of {', '.join(LABEL_KEYS)}, targets as a tensor; got {type(batch).__name__}"
+        f"of {', '.join(LABEL_KEYS)}, targets as a tensor; got {describe_batch(batch)}"
     )
 
 

@@ -52,9 +52,35 @@ def split_batch(batch: Any) -> tuple[Any, torch.Tensor]:
             return x, torch.as_tensor(y)
     raise CalibrationError(
         "calibration batches must be (inputs, targets) pairs with integer class labels of shape "
-        f"[N]; got {type(batch).__name__}. Pass a DataLoader over a labelled dataset as data=, "
+        f"[N]; got {describe_batch(batch)}. Pass a DataLoader over a labelled dataset as data=, "
         "or call fairfx.compress without data to label example_input by the model's predictions"
     )
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"a {str(value.dtype).replace('torch.', '')} tensor of shape {list(value.shape)}"
+    return f"a {type(value).__name__}"
+
+
+def describe_batch(batch: Any) -> str:
+    """What a refused batch is, in the terms of the fix: float or one-hot targets, one sample
+    of a Dataset instead of a batch, or the types it holds."""
+    if isinstance(batch, (tuple, list)) and len(batch) == 2:
+        y = batch[1]
+        if isinstance(y, torch.Tensor) and y.dim() == 0:
+            return (
+                f"one sample ({_kind(y)} as its target): data= yields samples, not batches "
+                "(a Dataset such as TensorDataset? wrap it in torch.utils.data.DataLoader)"
+            )
+        if isinstance(y, torch.Tensor) and y.is_floating_point() and y.dim() == 1:
+            return f"targets as {_kind(y)} (class indices? pass y.long())"
+        if isinstance(y, torch.Tensor) and y.dim() == 2:
+            return f"targets as {_kind(y)} (one-hot or probabilities? pass y.argmax(1))"
+    if isinstance(batch, (tuple, list)):
+        items = ", ".join(_kind(v) for v in batch[:3]) + (", ..." if len(batch) > 3 else "")
+        return f"a {type(batch).__name__} of {len(batch)} item(s) ({items})"
+    return _kind(batch)
 
 
 def check_labels(y: torch.Tensor, num_classes: int | None) -> np.ndarray:

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from ..errors import CalibrationError
+from .labels import describe_batch
 
 # GraphModule.meta key of the BatchNorm buffers as the rewrite left them (read by the oracle).
 STATS_KEY = "fairfx_bn_before_recalibration"
@@ -49,7 +50,7 @@ def _inputs(batch: Any) -> tuple[Any, ...]:
         return (batch,)
     raise CalibrationError(
         "recalibration batches must be (inputs, targets) pairs, dicts or input tensors; got "
-        f"{type(batch).__name__}"
+        f"{describe_batch(batch)}"
     )
 
 
