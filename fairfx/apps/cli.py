@@ -25,7 +25,7 @@ from ..method.plan_options import PlanOptions
 from ..method.scoring import OBSERVE
 from ..version import __version__
 from .cli_compress import _load_scores, cmd_compress
-from .cli_guard import OneLineParser, Terminated, terminate_as_interrupt
+from .cli_guard import OneLineParser, Terminated, in_flags, terminate_as_interrupt
 from .cli_inputs import (
     PROG,
     UserError,
@@ -393,7 +393,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG}: error: {_one_line(exc)}", file=sys.stderr)
         return exc.code
     except FairfxError as exc:
-        print(f"{PROG}: error: {_one_line(exc)}", file=sys.stderr)
+        print(f"{PROG}: error: {in_flags(_one_line(exc))}", file=sys.stderr)
         return 2
     except OSError as exc:  # unreadable images, a full disk: the system's own message
         print(f"{PROG}: error: {_one_line(exc)}", file=sys.stderr)

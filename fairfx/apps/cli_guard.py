@@ -17,6 +17,8 @@ import threading
 from collections.abc import Iterator
 from typing import ClassVar, NoReturn
 
+from ..engine.capture import EXAMPLE_HINT
+
 
 class OneLineParser(argparse.ArgumentParser):
     """An ArgumentParser whose errors are one line: the problem, a close option name for a
@@ -47,6 +49,17 @@ def _typo_hint(parser: argparse.ArgumentParser, message: str) -> str:
             said = "" if name in message else f"; unknown option {name}"
             return said + (f"; did you mean {close[0]}?" if close else "")
     return ""
+
+
+_FLAGS_HINT = (
+    "The example input is [2, --channels, --image-size, --image-size] (or the first samples of "
+    "a .pt --data file): check that --image-size and --channels match what the model expects"
+)
+
+
+def in_flags(message: str) -> str:
+    """An API error's advice in the command line's terms: the example input is the flags'."""
+    return message.replace(EXAMPLE_HINT, _FLAGS_HINT)
 
 
 class Terminated(KeyboardInterrupt):

@@ -246,6 +246,10 @@ def _describe(value: Any) -> tuple[tuple[int, ...] | None, Any]:
     return None, None
 
 
+# The fix a failed example run suggests; the CLI replaces it with its own flags.
+EXAMPLE_HINT = "Check that example_input has the shape and dtype the model expects."
+
+
 class _Recorder(ShapeInterpreter):
     """Runs the graph once and stores shapes and small constants in ``node.meta``."""
 
@@ -259,8 +263,7 @@ class _Recorder(ShapeInterpreter):
         except Exception as exc:
             raise CaptureError(
                 f"running node {n.name!r} ({n.op} {n.target}) on the example input failed: "
-                f"{type(exc).__name__}: {exc}. Check that example_input has the shape and dtype "
-                "the model expects."
+                f"{type(exc).__name__}: {exc}. {EXAMPLE_HINT}"
             ) from exc
         shape, value = _describe(result)
         n.meta["fairfx_shape"] = shape

@@ -25,7 +25,10 @@ What the result is (decisions, see docs/decisions.md):
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import io
+import logging
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
@@ -39,13 +42,32 @@ def export_graph(model: nn.Module, inputs: Sequence[Any]) -> fx.GraphModule:
     """``torch.export`` a model (already a structural copy, in eval mode) into a GraphModule."""
     args = tuple(inputs)
     try:
-        program = _export(model, args)
+        with _quiet_torch_logs():
+            program = _export(model, args)
     except Exception as exc:  # export raises many types (UserError, Unsupported, ...)
         raise CaptureError(
             f"torch.export could not capture {type(model).__name__} either: "
             f"{type(exc).__name__}: {first_line(exc)}"
         ) from exc
     return _plain(program.module(), type(model).__name__)
+
+
+@contextlib.contextmanager
+def _quiet_torch_logs() -> Iterator[None]:
+    """torch.export logs warnings and prints its partial graph to stderr (66 lines for one
+    data-dependent ``if``) before raising; fairfx reports the failure in one line, so those
+    are held back."""
+    names = ["torch", *(n for n in logging.root.manager.loggerDict if n.startswith("torch."))]
+    loggers = [logging.getLogger(n) for n in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.CRITICAL)
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
 
 
 def _export(model: nn.Module, args: tuple[Any, ...]) -> torch.export.ExportedProgram:
