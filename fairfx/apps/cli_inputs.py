@@ -203,7 +203,9 @@ def load_data(
         if normalize is not None:
             steps.append(transforms.Normalize(*normalize))
         try:
-            ds = datasets.ImageFolder(str(p), transform=transforms.Compose(steps))
+            ds = datasets.ImageFolder(
+                str(p), transform=transforms.Compose(steps), loader=load_image
+            )
         except (FileNotFoundError, OSError) as exc:
             raise UserError(
                 f"--data {path} is not an ImageFolder (one sub-folder of images per class): "
@@ -226,6 +228,36 @@ def load_data(
     )
     x, y = _pair(obj, path)
     return torch.utils.data.TensorDataset(x, y)
+
+
+def load_image(path: str) -> Any:
+    """An ImageFolder image as RGB. 16-bit grey images (PNG mode ``I;16``, ``I``) are scaled to
+    8 bits first (Pillow's own RGB conversion clips them at 255, saturating nearly every
+    pixel); float images and images past Pillow's decompression-bomb limit are refused."""
+    from PIL import Image
+
+    try:
+        img = Image.open(path)
+        img.load()
+    except Image.DecompressionBombError as exc:
+        raise UserError(
+            f"--data image {path} is too large to decode safely ({_one_line(exc)}); resize it "
+            "or remove it from the folder"
+        ) from None
+    if img.mode.startswith("I;16") or img.mode == "I":
+        values = np.asarray(img, dtype=np.float64)
+        if img.mode == "I" and (values.min() < 0 or values.max() > 65535):
+            raise UserError(
+                f"--data image {path} holds 32-bit integer pixels outside 0..65535; save it as "
+                "8- or 16-bit"
+            )
+        img = Image.fromarray(np.round(values / 257.0).astype(np.uint8), mode="L")
+    elif img.mode == "F":
+        raise UserError(
+            f"--data image {path} holds floating-point pixels (mode F), which have no fixed "
+            "range; save it as an 8- or 16-bit image"
+        )
+    return img.convert("RGB")
 
 
 def _safe_load(p: Path, flag: str, what: str, fix: str) -> Any:
@@ -276,7 +308,8 @@ def _pair(obj: Any, path: str) -> tuple[torch.Tensor, torch.Tensor]:
         )
     if len(y) < 2:
         raise UserError(f"--data {path} holds {len(y)} sample(s); need at least 2")
-    return x, y.long()
+    # float64 (numpy's default) would fail on float32 weights; the values fit float32.
+    return (x.float() if x.dtype == torch.float64 else x), y.long()
 
 
 def example_batch(ds: torch.utils.data.Dataset) -> torch.Tensor:

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from .collective import collective
 from .memory import AUTO_ORDER
 from .stats import CalibrationState
 
@@ -26,14 +27,15 @@ def shard() -> tuple[int, int]:
 def agreed_codec(mine: str) -> str:
     """The least precise of the ranks' ``"auto"`` picks, so that every rank's state merges."""
     pick = torch.tensor([AUTO_ORDER.index(mine)])
-    torch.distributed.all_reduce(pick, op=torch.distributed.ReduceOp.MAX)
+    op = torch.distributed.ReduceOp.MAX
+    collective("state codec agreement", lambda: torch.distributed.all_reduce(pick, op=op))
     return AUTO_ORDER[int(pick)]
 
 
 def gather_states(state: CalibrationState, world: int) -> CalibrationState:
     """Every rank's state, gathered with torch.distributed and merged in rank order."""
     states: list[Any] = [None] * world
-    torch.distributed.all_gather_object(states, state)
+    collective("state gathering", lambda: torch.distributed.all_gather_object(states, state))
     merged = states[0]
     for other in states[1:]:
         merged = merged.merge(other)

@@ -25,6 +25,7 @@ from torch import Tensor
 from ..engine.group_graph import GroupGraph
 from ..errors import CalibrationError
 from .codec import decode
+from .collective import collective
 from .diameter import l1_diameter
 from .scoring import Scores, filter_l1, observation_points, producer_outputs
 from .stats import CalibrationState
@@ -114,7 +115,7 @@ def finalize(
     }
     if world > 1:
         parts: list[dict[str, np.ndarray]] = [{} for _ in range(world)]
-        torch.distributed.all_gather_object(parts, u_at)
+        collective("U gathering", lambda: torch.distributed.all_gather_object(parts, u_at))
         u_at = {k: v for part in parts for k, v in part.items()}
     for p in points:
         if p.node not in u_at:
