@@ -23,6 +23,7 @@ import pickletools
 import re
 import signal
 import tempfile
+import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -166,31 +167,63 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it over ``path`` when the block ends.
 
     The temporary name keeps the target's extension (writers such as matplotlib and
-    ``torch.export.save`` look at it). On any exception, KeyboardInterrupt included, the
-    temporary file is removed and ``path`` is left as it was.
+    ``torch.export.save`` look at it). On any exception, KeyboardInterrupt and SIGTERM
+    included, the temporary file is removed and ``path`` is left as it was.
     """
     target = Path(path)
     if not target.parent.is_dir():
         raise FairfxError(
             f"cannot write {target}: folder {target.parent} does not exist; create it first"
         )
-    fd, name = tempfile.mkstemp(
-        dir=target.parent, prefix=f".{target.name}.", suffix=f".tmp{target.suffix}"
-    )
-    os.close(fd)
-    tmp = Path(name)
+    with _sigterm_cleans_up():
+        fd, name = tempfile.mkstemp(
+            dir=target.parent, prefix=f".{target.name}.", suffix=f".tmp{target.suffix}"
+        )
+        os.close(fd)
+        tmp = Path(name)
+        try:
+            yield tmp
+            _set_mode(tmp, target)
+            batch = _TOGETHER.get()
+            if batch is not None and target.resolve() in batch[0]:
+                batch[1][target.resolve()] = tmp  # renamed with the others at the end
+            else:
+                os.replace(tmp, target)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the program was, so cleanups run as for Ctrl-C."""
+
+
+def raise_terminated(signum: int, frame: object) -> None:
+    """A SIGTERM handler: raise :class:`Terminated`."""
+    raise Terminated
+
+
+@contextlib.contextmanager
+def _sigterm_cleans_up() -> Iterator[None]:
+    """While a file is written, a SIGTERM that nothing else handles raises Terminated, so the
+    temporary file is removed; the process then ends by SIGTERM as it would have. (A program
+    with its own handler, the CLI's included, keeps it.)"""
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL
+    ):
+        yield
+        return
+    signal.signal(signal.SIGTERM, raise_terminated)
     try:
-        yield tmp
-        _set_mode(tmp, target)
-        batch = _TOGETHER.get()
-        if batch is not None and target.resolve() in batch[0]:
-            batch[1][target.resolve()] = tmp  # renamed with the others at the end
-        else:
-            os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
+        yield
+    except Terminated:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
         raise
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 _TOGETHER: contextvars.ContextVar[tuple[set[Path], dict[Path, Path]] | None] = (

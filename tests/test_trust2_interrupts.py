@@ -36,6 +36,11 @@ def pausing(tmp, target):
         time.sleep(120)
     original(tmp, target)
 files._set_mode = pausing
+if sys.argv[1] == "api":  # fairfx.save_pruned from a plain script: no handler of its own
+    import torch, fairfx
+    from tests.test_errors import X, net
+    fairfx.save_pruned("m.pt2", fairfx.prune(net(), X[:2], {"0": [0, 1, 2]}), X[:2])
+    sys.exit(0)
 from fairfx.apps.cli import main
 sys.exit(main(sys.argv[1:]))
 """
@@ -102,6 +107,13 @@ def test_sigterm_during_a_write_leaves_no_temp_and_no_output(workdir, target, ex
 
 
 @pytest.mark.slow  # two CLI runs in subprocesses: about 20 s
+def test_sigterm_during_an_api_save_leaves_no_temp_and_still_terminates(workdir) -> None:
+    (workdir / "m.pt2").unlink(missing_ok=True)
+    done = _run(workdir, ["api"], pause_at="m.pt2")
+    assert done.returncode == -signal.SIGTERM, done.stderr  # ends by SIGTERM, as it would have
+    assert _temps(workdir) == [] and not (workdir / "m.pt2").exists()
+
+
 def test_a_stopped_run_keeps_the_old_program_with_the_old_report(workdir) -> None:
     for name in ("m.pt2", "r.json"):
         (workdir / name).unlink(missing_ok=True)

@@ -19,13 +19,13 @@ from pathlib import Path
 import torch
 
 from ..errors import FairfxError
-from ..files import outputs_together
+from ..files import Terminated, outputs_together
 from ..method.allocation import ALLOCATIONS
 from ..method.plan_options import PlanOptions
 from ..method.scoring import OBSERVE
 from ..version import __version__
 from .cli_compress import _load_scores, cmd_compress
-from .cli_guard import OneLineParser, Terminated, in_flags, terminate_as_interrupt
+from .cli_guard import OneLineParser, in_flags, terminate_as_interrupt
 from .cli_inputs import (
     PROG,
     UserError,

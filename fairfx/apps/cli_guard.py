@@ -3,7 +3,8 @@
 argparse prints the whole usage (8 lines and more) before its error; a typo deserves the error
 and a hint. SIGTERM (``kill``, a scheduler's time limit) ends Python without running ``finally``
 blocks, so a write in progress would leave its temporary file; :func:`terminate_as_interrupt`
-turns it into :class:`Terminated`, a KeyboardInterrupt, so every cleanup runs as for Ctrl-C.
+turns it into :class:`fairfx.files.Terminated`, a KeyboardInterrupt, so every cleanup runs as
+for Ctrl-C, for the whole run (API writes get the same for the time of each write).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from collections.abc import Iterator
 from typing import ClassVar, NoReturn
 
 from ..engine.capture import EXAMPLE_HINT
+from ..files import raise_terminated
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -62,14 +64,6 @@ def in_flags(message: str) -> str:
     return message.replace(EXAMPLE_HINT, _FLAGS_HINT)
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised where the program was, so cleanups run as for Ctrl-C."""
-
-
-def _raise_terminated(signum: int, frame: object) -> None:
-    raise Terminated
-
-
 @contextlib.contextmanager
 def terminate_as_interrupt() -> Iterator[None]:
     """Within the block SIGTERM raises :class:`Terminated`; the previous handler is restored
@@ -77,7 +71,7 @@ def terminate_as_interrupt() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    previous = signal.signal(signal.SIGTERM, raise_terminated)
     try:
         yield
     finally:
