@@ -137,6 +137,17 @@ def test_full_disk_during_save_is_one_line_and_leaves_nothing(full_disk) -> None
     assert sorted(p.name for p in full_disk.iterdir()) == ["filler"]
 
 
+def test_full_disk_during_cli_export_is_one_line(full_disk, cli, capsys) -> None:
+    torch.save((X, Y), cli / "d.pt")
+    (full_disk / "filler").write_bytes(b"\0" * 250_000)
+    argv = ["compress", "--model", f"{MODULE}:net", "--data", "d.pt", "--alpha", "0.1",
+            "--samples-per-class", "8", "--out", str(full_disk / "m.pt2"), "--quiet"]  # fmt: skip
+    assert main(argv) == 1  # the CLI's status for a failed write
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "No space left on device" in err, err
+    assert sorted(p.name for p in full_disk.iterdir()) == ["filler"]
+
+
 def test_a_write_error_during_save_leaves_no_partial_file(tmp_path, monkeypatch) -> None:
     pruned, x = _big_pruned()
     real_open = Path.open
