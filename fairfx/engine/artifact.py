@@ -30,7 +30,6 @@ from ..files import atomic_path, json_default
 from .capture import as_inputs
 from .deploy import deployment_form
 from .group_graph import prune
-from .pt2_check import checked_archive
 
 META_FILE = "fairfx.json"
 FORMAT = "fairfx.pruned/1"
@@ -145,6 +144,8 @@ def read_metadata(path: str | Path) -> tuple[torch.export.ExportedProgram, dict[
     p = Path(path)
     if not p.is_file():
         raise FairfxError(f"{p} does not exist; fairfx.save_pruned writes these files")
+    from .pt2_check import checked_archive  # torch.export's archive code imports triton
+
     archive = checked_archive(p)
     extra = {META_FILE: ""}
     try:
