@@ -98,9 +98,9 @@ def test_sigterm_during_a_write_leaves_no_temp_and_no_output(workdir, target, ex
         (workdir / name).unlink(missing_ok=True)
     done = _run(workdir, _compress("0.1", *extra), pause_at=target)
     assert done.returncode == 143, done.stderr
-    assert done.stderr.strip().splitlines() == [
-        "fairfx: terminated (SIGTERM); no output was changed"
-    ]
+    lines = done.stderr.strip().splitlines()  # torch may warn while saving: not fairfx's line
+    assert lines[-1] == "fairfx: terminated (SIGTERM); no output was changed", done.stderr
+    assert "Traceback" not in done.stderr
     assert _temps(workdir) == []
     assert not (workdir / target).exists()
     assert not (workdir / "m.pt2").exists()  # the program is not left without its report
