@@ -308,7 +308,7 @@ def _changed_since_pruning(
     """Tensors of ``pruned`` that differ from a fresh rewrite of the original with the same
     plan: what training or editing after pruning changed (a failed check then says why).
     ``skip``: buffers fairfx.recalibrate set on purpose."""
-    fresh = rewrite(graph.analysis, kept_slot).state_dict()
+    fresh = rewrite(graph.channel_pass, kept_slot).state_dict()
     now = pruned.state_dict()
     return [
         k
