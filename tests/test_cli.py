@@ -210,7 +210,8 @@ def test_compress_in_rounds_with_rounding_and_ignored_layers(work, second) -> No
     assert abs(kept - 0.5) < 0.1 and rounds[0]["params_kept"] < 1
     assert rounds[0]["round_to"] == 4 and rounds[0]["ignored_groups"]
     program = torch.export.load(work / "rounds.pt2").module()
-    first_conv = program.get_parameter("features.0.weight")
+    # The export is the deployment form: the first conv has its BatchNorm folded in.
+    first_conv = program.get_parameter("features.0_bn_folded.weight")
     assert first_conv.shape[0] == 8  # ignored: kept exactly
     assert report["export"]["equal"]
     # The rounds path runs through the same pipeline as one round: plot, accuracy, fine-tuning,

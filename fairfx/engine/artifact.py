@@ -71,7 +71,13 @@ def write_program(program: torch.export.ExportedProgram, path: Path, extra: dict
     """``torch.export.save`` into memory, then one Python write to ``path``: a full disk is an
     OSError here (torch's own file writer aborts the process on one)."""
     buffer = io.BytesIO()
-    torch.export.save(program, buffer, extra_files=extra)
+    with warnings.catch_warnings():
+        # torch calls every non-contiguous weight (the deployment form's channels_last convs)
+        # "not complete" and saves the first tensor of its storage group; each of those weights
+        # owns its whole storage, so that tensor is the weight itself (the CLI reloads and
+        # compares every program it writes).
+        warnings.filterwarnings("ignore", "No complete tensor found", UserWarning)
+        torch.export.save(program, buffer, extra_files=extra)
     with path.open("wb") as f:
         f.write(buffer.getbuffer())
 
