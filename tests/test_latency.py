@@ -300,3 +300,37 @@ def test_the_correction_stays_inside_a_bracket() -> None:
     goal = _next_goal(seen, 0.5)
     assert 0.30 < goal < 0.37  # between the largest fast-enough and the smallest too-slow goal
     assert 0.25 <= _next_goal(seen[:1], 0.5) < 0.5  # the first step scales, within /2
+
+
+def test_a_latency_floor_is_named_and_not_chased() -> None:
+    """Quiet-machine mobilenet_v2 (batch 1): the measured ratio stayed near 0.57 while the table
+    predicted 0.50 -> 0.18, and the loop cut the model to 0.5% of its parameters, blaming noise.
+    The floor is now named, and noise or a converging loop is not mistaken for one."""
+    from fairfx.method.latency_plan import _floor
+
+    stuck = [
+        {"goal": 0.5, "predicted": 0.48, "achieved": 0.644, "stderr": 0.013},
+        {"goal": 0.37, "predicted": 0.37, "achieved": 0.623, "stderr": 0.009},
+        {"goal": 0.19, "predicted": 0.19, "achieved": 0.571, "stderr": 0.012},
+    ]
+    reason = _floor(stuck, 0.5, 0.05)
+    assert "stops near 0.571" in reason and "no channel plan reaches 0.500" in reason
+    converging = [
+        {"goal": 0.5, "predicted": 0.50, "achieved": 0.573},
+        {"goal": 0.44, "predicted": 0.44, "achieved": 0.489},
+    ]
+    assert _floor(converging, 0.5, 0.05) == ""  # two measurements, and it got there
+    tracking = [dict(h, achieved=h["predicted"] + 0.1) for h in stuck]  # time follows the table
+    assert _floor(tracking, 0.5, 0.05) == ""
+
+
+def test_the_note_says_what_the_latency_cost_in_parameters(analysis) -> None:
+    _, _, an = analysis
+    table = _table(an)
+    for target in (0.9, 0.05):
+        plan = plan_for_latency(
+            an.graph, an.scores, PlanOptions(latency=target), table=table, measure=False
+        )
+        kept = f"keeps {plan.params_kept:.1%} of parameters and {plan.macs_kept:.1%} of MACs"
+        assert kept in plan.note
+        assert ("check accuracy" in plan.note) == (plan.params_kept < 0.1)
