@@ -30,7 +30,7 @@ from ..engine.latency import LatencyTable, graph_inputs, graph_table, predicted_
 from ..engine.timing import paired_ratio
 from .allocation import counts, round_kept
 from .plan_options import PlanOptions
-from .planning import Plan, _ranking
+from .plan_record import Plan, ranking
 from .tod import removal_order
 
 # How close the measured latency must come to the target, and how many measurements it may take.
@@ -64,7 +64,7 @@ def table_plan(
     closest at or below it when one exists), and that prediction."""
     ignored = ignored or set()
     step = options.round_to  # else the table's step, as far as each group's size allows
-    rankings = {g: _ranking(graph, scores[g], g, options) for g in scores}
+    rankings = {g: ranking(graph, scores[g], g, options) for g in scores}
     eligible = {g for g in scores if g not in ignored}
     price = unit_times(graph, table, eligible)
     priority = {g: np.asarray(scores[g].u, dtype=np.float64) for g in scores}
