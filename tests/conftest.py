@@ -74,3 +74,12 @@ def cli_error(capsys, argv: list[str]) -> str:
     assert code == 2, err
     assert len(err.splitlines()) == 1 and err.startswith("fairfx: error: "), err
     return err
+
+
+def model_folder(tmp_path, monkeypatch, module: str, source: str):
+    """``tmp_path`` holding a factory module ``module`` (for ``--model module:factory``), put on
+    ``sys.path`` and made the working directory: what every CLI test's folder needs."""
+    (tmp_path / f"{module}.py").write_text(source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    return tmp_path

@@ -16,7 +16,7 @@ from fairfx.apps.cli import main
 from fairfx.apps.cli_inputs import weights_fingerprint
 from fairfx.errors import CalibrationError, CaptureError, FairfxError, PlanError
 
-from .conftest import cli_error
+from .conftest import cli_error, model_folder
 
 OPTS = {"samples_per_class": 8, "progress": False}
 
@@ -170,10 +170,7 @@ MODULE = "fairfx_errors_net"
 
 @pytest.fixture
 def cli(tmp_path, monkeypatch):
-    (tmp_path / f"{MODULE}.py").write_text("from tests.test_errors import net\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
+    return model_folder(tmp_path, monkeypatch, MODULE, "from tests.test_errors import net\n")
 
 
 def test_plan_checks_the_weights_fingerprint(cli, analysis, capsys) -> None:

@@ -15,7 +15,7 @@ from fairfx.errors import CalibrationError, FairfxError
 from fairfx.files import atomic_path, check_clashes, check_output, save_payload, write_text
 from fairfx.method.stats import CalibrationState
 
-from .conftest import cli_error
+from .conftest import cli_error, model_folder
 
 MODULE = "fairfx_files_net"
 MODEL_SOURCE = """
@@ -106,9 +106,7 @@ def test_crafted_calibration_state_never_runs(evil) -> None:
 
 @pytest.fixture
 def cli(tmp_path, monkeypatch):
-    (tmp_path / f"{MODULE}.py").write_text(MODEL_SOURCE)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.chdir(tmp_path)
+    model_folder(tmp_path, monkeypatch, MODULE, MODEL_SOURCE)
     x, y = data()
     torch.save((x, y), tmp_path / "data.pt")
     return tmp_path

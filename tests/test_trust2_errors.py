@@ -25,7 +25,7 @@ from fairfx import CalibrationError, CaptureError, FairfxError
 from fairfx.apps.cli import main
 from fairfx.apps.cli_inputs import UserError, load_data, load_image
 
-from .conftest import cli_error
+from .conftest import cli_error, model_folder
 from .test_errors import OPTS, X, Y, net
 
 MODULE = "fairfx_trust2_errors_net"
@@ -39,15 +39,13 @@ def one_line(exc_info) -> str:
 
 @pytest.fixture
 def cli(tmp_path, monkeypatch):
-    (tmp_path / f"{MODULE}.py").write_text(
+    source = (
         "import torchvision\n"
         "from tests.test_errors import net\n"
         "def vit():\n"
         "    return torchvision.models.VisionTransformer(32, 8, 1, 2, 16, 32, num_classes=3)\n"
     )
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
+    return model_folder(tmp_path, monkeypatch, MODULE, source)
 
 
 # ---------------------------------------------------------------------------- data and images

@@ -12,7 +12,7 @@ import fairfx
 from fairfx import CalibrationError, FairfxError
 from fairfx.method.stats import CalibrationState
 
-from .conftest import cli_error
+from .conftest import cli_error, model_folder
 from .test_errors import OPTS, X, Y, net
 
 MODULE = "fairfx_trust2_net"
@@ -42,10 +42,7 @@ def saved(tmp_path_factory):
 
 @pytest.fixture
 def cli(tmp_path, monkeypatch):
-    (tmp_path / f"{MODULE}.py").write_text("from tests.test_errors import net\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
+    return model_folder(tmp_path, monkeypatch, MODULE, "from tests.test_errors import net\n")
 
 
 def _edited(saved, tmp_path, edit) -> object:
