@@ -77,17 +77,13 @@ def paired_ms(
 ) -> tuple[float, float, float]:
     """Medians (ms) of ``first`` and ``second`` run alternately, with fixed threads, and the
     median of the per-pair ratios second/first: each pair runs back to back, so load that comes
-    and goes over seconds cancels in the ratio (a ratio of two medians keeps it)."""
-    with fixed_threads(threads):
-        for _ in range(warmup):
-            first(*inputs)
-            second(*inputs)
-        a, b = [], []
-        for _ in range(max(1, repeats)):
-            a.append(_once(first, inputs))
-            b.append(_once(second, inputs))
-    ratios = [y / max(x, 1e-12) for x, y in zip(a, b, strict=True)]
-    return statistics.median(a), statistics.median(b), statistics.median(ratios)
+    and goes over seconds cancels in the ratio (a ratio of two medians keeps it). One round of
+    :func:`paired_ratio` with a fixed count of pairs."""
+    m = paired_ratio(
+        first, second, inputs, repeats=repeats, max_repeats=repeats, warmup=warmup,
+        threads=threads,
+    )  # fmt: skip
+    return m["first_ms"], m["second_ms"], m["ratio"]
 
 
 @torch.no_grad()
