@@ -3,8 +3,6 @@ counts, the kept-channels plot, latency, export round-trip checks and plain-text
 
 from __future__ import annotations
 
-import statistics
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -14,6 +12,7 @@ from torch import nn
 
 from ..engine.artifact import export_program, write_program
 from ..engine.oracle import flat_tensors
+from ..engine.timing import median_ms, paired_ms
 from ..files import atomic_path, atomic_write
 
 EXPORT_RTOL = 1e-4
@@ -108,16 +107,8 @@ def paired_latency_ms(
     for m in (a, b):
         if isinstance(m, nn.Module):
             m.eval()
-    for _ in range(warmup):
-        a(x)
-        b(x)
-    times: tuple[list[float], list[float]] = ([], [])
-    for _ in range(repeats):
-        for fn, out in ((a, times[0]), (b, times[1])):
-            start = time.perf_counter()
-            fn(x)
-            out.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times[0]), statistics.median(times[1])
+    first, second, _ = paired_ms(a, b, (x,), repeats=repeats, warmup=warmup)
+    return first, second
 
 
 @torch.no_grad()
@@ -127,14 +118,7 @@ def latency_ms(
     """Median wall time of one forward pass in milliseconds (eval mode, no grad)."""
     if isinstance(module, nn.Module):
         module.eval()
-    for _ in range(warmup):
-        module(x)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        module(x)
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
+    return median_ms(module, (x,), repeats=repeats, warmup=warmup)
 
 
 @torch.no_grad()
