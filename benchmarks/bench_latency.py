@@ -36,8 +36,6 @@ import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
 import torch
 import torchvision
 
@@ -166,6 +164,7 @@ def main() -> None:
         "torch": torch.__version__,
         "python": platform.python_version(),
         "threads": args.threads,
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"),
         "repeats": args.repeats,
         "started": time.strftime("%Y-%m-%d %H:%M:%S"),
     }

@@ -73,7 +73,7 @@ def test_table_is_cached_and_reloaded(analysis, tmp_path) -> None:
     payload = json.loads(path.read_text())
     assert payload["format"] == latency_cache.FORMAT
     assert set(payload["key"]) == {
-        "machine", "torch", "model", "input_shapes", "batch", "threads", "mode"
+        "machine", "torch", "model", "input_shapes", "batch", "threads", "mode", "deploy"
     }  # fmt: skip
     # every conv and the linear are timed, at more than one width each
     assert len(first.layers) == 4
@@ -107,6 +107,35 @@ def test_another_batch_machine_or_a_broken_file_measures_again(analysis, tmp_pat
     payload["curves"] = {}
     path.write_text(json.dumps(payload))
     assert "damaged table" in _table(an, path=path).note
+
+
+def test_the_table_times_the_deployment_form_unless_told_not_to(analysis, tmp_path) -> None:
+    _, _, an = analysis
+    path = tmp_path / "t.json"
+    deployed, plain = _table(an, path=path), _table(an, deploy=False)
+    assert deployed.key["deploy"] and not plain.key["deploy"]
+    assert "another deploy" in _table(an, path=path, deploy=False).note
+    # the same layers, named as the captured graph names them (plans address those), timed
+    # without their BatchNorm once it is folded into them
+    assert deployed.layers.keys() == plain.layers.keys()
+    for node, info in deployed.layers.items():
+        assert info["target"] == plain.layers[node]["target"]
+        assert an.graph.node(node).target == info["target"]
+    assert not any("BatchNorm" in v["sig"] for v in deployed.layers.values())
+    assert sum("BatchNorm" in v["sig"] for v in plain.layers.values()) == 3
+    half = an.plan(uniform=0.5).units
+    assert predicted_fraction(an.graph, half, deployed) < 1
+
+
+def test_latency_is_measured_in_the_form_that_ships(analysis) -> None:
+    _, _, an = analysis
+    common = dict(table=None, repeats=1, threads=1, progress=False, tolerance=100.0)
+    shipped = plan_for_latency(an.graph, an.scores, PlanOptions(latency=0.5), **common)
+    assert shipped.extra["latency"]["deploy"] and "in the deployment form" in shipped.note
+    options = PlanOptions(latency=0.5, latency_deploy=False)
+    plain = plan_for_latency(an.graph, an.scores, options, **common)
+    assert not plain.extra["latency"]["deploy"] and "as GraphModules" in plain.note
+    assert not _table(an, deploy=False).key["deploy"]
 
 
 def test_plan_meets_the_tables_prediction_on_its_width_step(analysis) -> None:
@@ -215,6 +244,8 @@ def test_latency_through_plan_options_analysis_and_compress(analysis) -> None:
         ({"latency": 0.5, "batch_size": 0}, "batch_size must be an integer >= 1"),
         ({"latency": 0.5, "latency_mode": "compiled"}, "did you mean 'compile'"),
         ({"alpha": 0.01, "batch_size": 8}, "give latency="),
+        ({"alpha": 0.01, "latency_deploy": False}, "give latency="),
+        ({"latency": 0.5, "latency_deploy": "no"}, "latency_deploy must be True or False"),
     ],
 )
 def test_latency_options_are_checked_in_one_line(fields, message) -> None:
@@ -256,6 +287,9 @@ def test_cli_compress_to_a_latency_target_exports_the_deployment_form(
     assert record["export"]["equal"] and len(record["export"]["deploy"]["fold_bn"]) == 2
     loaded = fairfx.load_pruned(out)
     assert not any(isinstance(m, nn.BatchNorm2d) for m in loaded.modules())
+    # --no-deploy exports the GraphModule as it is, so its latency is measured that way too
+    assert main([*args, "--no-deploy"]) == 0, capsys.readouterr().err
+    assert "as GraphModules" in json.loads(report.read_text())["plan"]["note"]
     bad = [*args[:5], "--alpha", "0.01", "--latency-batch", "4", "--out", str(out), "--quiet"]
     assert main(bad) == 2 and "--latency" in capsys.readouterr().err
 

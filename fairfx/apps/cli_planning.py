@@ -28,6 +28,7 @@ FLAGS = {
     "latency_mode": "--latency-mode",
     "batch_size": "--latency-batch",
     "latency": "--latency",
+    "latency_deploy": "--no-deploy",
 }
 _NAMES = re.compile(r"\b(" + "|".join(FLAGS) + r")\b=?")
 
@@ -47,6 +48,9 @@ def plan_options(args: argparse.Namespace, **target: Any) -> PlanOptions:
         target["batch_size"] = args.latency_batch
     if getattr(args, "latency_mode", "eager") != "eager":
         target["latency_mode"] = args.latency_mode
+    # The latency is measured in the form the export ships: undeployed under --no-deploy.
+    if getattr(args, "no_deploy", False) and target.get("latency") is not None:
+        target["latency_deploy"] = False
     rounds = getattr(args, "rounds", 1)
     fields = {
         "allocation": getattr(args, "allocation", None),

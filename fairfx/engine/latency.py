@@ -41,6 +41,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import latency_cache
+from .deploy import FOLDED, deployment_form
 from .edits import ModuleEdit
 from .latency_layers import bench_input, bench_module, configs, find_layers, find_step, macs
 from .timing import batch_inputs, fixed_threads, median_ms
@@ -168,6 +169,7 @@ def measure(
     batch: int | None = None,
     threads: int | None = None,
     mode: str = "eager",
+    deploy: bool = True,
     path: str | Path | None = None,
     any_machine: bool = False,
     repeats: int = 7,
@@ -175,12 +177,16 @@ def measure(
 ) -> LatencyTable:
     """The latency table of the captured graph ``gm`` at ``batch``: loaded from ``path`` (default:
     the cache, :func:`fairfx.engine.latency_cache.default_path`) when one was measured for the
-    same key, else measured now and written there."""
+    same key, else measured now and written there. ``deploy``: time the model and its layers in
+    the deployment form (:func:`fairfx.engine.deploy.deployment_form`: BatchNorm folded into
+    the layers, 2-D convs in channels_last), the form ``save_pruned`` ships."""
     example = next((x for x in inputs if isinstance(x, torch.Tensor) and x.dim()), None)
     n0 = int(example.shape[0]) if example is not None else 1
     batch = n0 if batch is None else int(batch)
     with fixed_threads(threads) as n_threads:
-        key = latency_cache.table_key(gm, inputs, batch=batch, threads=n_threads, mode=mode)
+        key = latency_cache.table_key(
+            gm, inputs, batch=batch, threads=n_threads, mode=mode, deploy=deploy
+        )
         file = Path(path) if path is not None else latency_cache.default_path(key)
         payload, why = latency_cache.read(file, key, any_machine=any_machine)
         if payload is not None:
@@ -190,7 +196,10 @@ def measure(
                 return table
             except (KeyError, TypeError, ValueError, IndexError) as exc:
                 why = f"{file} holds a damaged table ({type(exc).__name__}); measured again"
-        table = _measure(gm, batch_inputs(inputs, batch), batch / n0, key, mode, repeats, progress)
+        source = deployment_form(gm, channels_last=True) if deploy else gm
+        table = _measure(
+            source, batch_inputs(inputs, batch), batch / n0, key, mode, repeats, progress
+        )
         table.note = why
         latency_cache.write(file, table.payload())
         table.path = str(file)
@@ -217,8 +226,9 @@ def _from_payload(p: dict[str, Any]) -> LatencyTable:
 
 
 def _measure(gm, inputs, scale, key, mode, repeats, progress) -> LatencyTable:
+    """Times ``gm`` (the captured graph, or its deployment form when the key says so)."""
     start = time.perf_counter()
-    layers = find_layers(gm, scale)
+    layers = find_layers(gm, scale, channels_last=key.get("deploy", False))
     distinct = {layer.sig: layer for layer in layers}
     jobs = [(s, cfg) for s, layer in distinct.items() for cfg in configs(layer)]
     own = copy.deepcopy(gm).eval()  # never run the user's shared tensors in train mode
@@ -241,9 +251,11 @@ def _measure(gm, inputs, scale, key, mode, repeats, progress) -> LatencyTable:
         t = median_ms(bench, (bench_input(layer, ci),), repeats=repeats, warmup=2, fastest=True)
         curves.setdefault(sig, []).append([ci, co, t])
     step, evidence = find_step(gm, layers, curves, repeats)
+    # A folded layer is named after the captured layer it was (plans address those).
     info = {
         lay.node: {
-            "sig": lay.sig, "target": lay.target, "ci": lay.ci, "co": lay.co, "joint": lay.joint
+            "sig": lay.sig, "target": lay.target.removesuffix(FOLDED), "ci": lay.ci,
+            "co": lay.co, "joint": lay.joint,
         }
         for lay in layers
     }  # fmt: skip

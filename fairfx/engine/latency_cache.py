@@ -58,7 +58,13 @@ def fingerprint(gm: fx.GraphModule) -> str:
 
 
 def table_key(
-    gm: fx.GraphModule, inputs: tuple[Any, ...], *, batch: int, threads: int, mode: str
+    gm: fx.GraphModule,
+    inputs: tuple[Any, ...],
+    *,
+    batch: int,
+    threads: int,
+    mode: str,
+    deploy: bool = True,
 ) -> dict[str, Any]:
     shapes = [list(x.shape) for x in inputs if isinstance(x, torch.Tensor)]
     return {
@@ -69,6 +75,7 @@ def table_key(
         "batch": int(batch),
         "threads": int(threads),
         "mode": mode,
+        "deploy": bool(deploy),
     }
 
 

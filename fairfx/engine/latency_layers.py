@@ -67,6 +67,7 @@ class Layer:
     chain: tuple[str, ...]
     channel_dim: int  # 1 for a conv's input, -1 for a linear's
     sig: str = ""
+    channels_last: bool = False  # timed in NHWC, as the deployment form runs 2-D convs
 
     @property
     def joint(self) -> bool:
@@ -74,7 +75,7 @@ class Layer:
         return self.groups > 1
 
 
-def find_layers(gm: fx.GraphModule, scale: float) -> list[Layer]:
+def find_layers(gm: fx.GraphModule, scale: float, channels_last: bool = False) -> list[Layer]:
     out = []
     for node in gm.graph.nodes:
         if node.op != "call_module":
@@ -99,6 +100,7 @@ def find_layers(gm: fx.GraphModule, scale: float) -> list[Layer]:
         ci, co = (w.shape[1] * groups, w.shape[0])
         dim = -1 if kind is nn.Linear else 1
         layer = Layer(node.name, node.target, int(ci), int(co), groups, (*shape,), (*chain,), dim)
+        layer.channels_last = channels_last and len(shape) == 4
         follow = ",".join(type(gm.get_submodule(t)).__name__ for t in chain)
         layer.sig = f"{type(mod).__name__}({mod.extra_repr()})|{list(shape)}|{follow}"
         out.append(layer)
@@ -124,13 +126,15 @@ def bench_module(gm: fx.GraphModule, layer: Layer, ci: int, co: int) -> nn.Modul
     for t in layer.chain:
         follower = gm.get_submodule(t)
         parts.append(FOLLOWERS[type(follower)](follower, co))
-    return nn.Sequential(*parts).eval()
+    bench = nn.Sequential(*parts).eval()
+    return bench.to(memory_format=torch.channels_last) if layer.channels_last else bench
 
 
 def bench_input(layer: Layer, ci: int) -> torch.Tensor:
     shape = list(layer.shape)
     shape[layer.channel_dim] = ci
-    return torch.randn(shape)
+    x = torch.randn(shape)
+    return x.contiguous(memory_format=torch.channels_last) if layer.channels_last else x
 
 
 def _joint(layer: Layer, f: float) -> tuple[int, int]:

@@ -91,6 +91,10 @@ class PlanOptions:
             measured and the plan corrected until within 5%).
         batch_size: the batch the latency is measured at (default: the example input's).
         latency_mode: ``eager`` or ``compile`` (measured under ``torch.compile``).
+        latency_deploy: measure the original and the pruned model in the deployment form
+            ``save_pruned`` writes (BatchNorm folded, channels_last: what ships, and what the
+            gain is pruning's in). ``False`` measures the GraphModules as they are, for a model
+            that will run undeployed (``--no-deploy``).
     """
 
     alpha: float | None = None
@@ -108,6 +112,7 @@ class PlanOptions:
     latency: float | None = None
     batch_size: int | None = None
     latency_mode: str = "eager"
+    latency_deploy: bool = True
 
     def __post_init__(self) -> None:
         if self.params is not None and self.flops is not None:
@@ -163,10 +168,14 @@ class PlanOptions:
         ):
             raise PlanError(f"batch_size must be an integer >= 1, got {self.batch_size!r}")
         check_choice("latency_mode", self.latency_mode, LATENCY_MODES)
-        if self.latency is None and (self.batch_size is not None or self.latency_mode != "eager"):
+        if not isinstance(self.latency_deploy, bool):
+            raise PlanError(f"latency_deploy must be True or False, got {self.latency_deploy!r}")
+        if self.latency is None and (
+            self.batch_size is not None or self.latency_mode != "eager" or not self.latency_deploy
+        ):
             raise PlanError(
-                "batch_size= and latency_mode= say how a latency target is measured; give "
-                "latency= (the kept fraction of measured latency) with them"
+                "batch_size=, latency_mode= and latency_deploy= say how a latency target is "
+                "measured; give latency= (the kept fraction of measured latency) with them"
             )
         self._check_knobs()
 
