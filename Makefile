@@ -28,7 +28,8 @@ slow: $(VENV)/.installed
 zoo: $(VENV)/.installed
 	$(PY) -m fairfx.apps.zoo
 
-# Idle OpenMP threads sleep instead of spinning: on a shared 2-core machine spinning workers make
-# every small op wait for a preempted thread, and the demo's latency figures would measure that.
+# OpenMP keeps its default wait policy: PASSIVE (threads sleep between ops) adds a wake-up to
+# every op and doubled mobilenet_v2's batch-1 time on a quiet machine (docs/latency.md), which is
+# not what a deployed model sees. On a machine shared with other jobs, set it yourself.
 demo: $(VENV)/.installed
-	OMP_WAIT_POLICY=$${OMP_WAIT_POLICY:-PASSIVE} $(PY) -m fairfx.apps.demo
+	$(PY) -m fairfx.apps.demo

@@ -20,6 +20,7 @@ times one ``fairfx.analyze`` of ResNet-50 at 224 on 320 images against measuring
 
     python benchmarks/bench_latency.py                       # all six, batch 1 and 8, eager
     python benchmarks/bench_latency.py --modes eager compile
+    python benchmarks/bench_latency.py --round-to 0 8 16     # also rounded params/flops plans
     python benchmarks/bench_latency.py --models resnet50 --batches 1 --cost-check
 
 Results: ``benchmarks/results/latency.json`` (the command, the load average at start, the machine
@@ -67,9 +68,9 @@ def _compiled(module, mode: str):
     return torch.compile(module) if mode == "compile" else module
 
 
-def budget_cells(an, model, name, budget, batch, mode, args) -> dict:
+def budget_cells(an, model, name, budget, batch, mode, args, round_to=None) -> dict:
     """Speedup of a params/flops plan, as pruned and in the deployment form."""
-    plan = an.plan_for(**budget)
+    plan = an.plan_for(**budget, round_to=round_to)
     pruned = an.compress(plan).eval()
     x = graph_inputs(an.graph, batch)
     macs_ratio = plan.base.macs / max(plan.cost.macs, 1)
@@ -92,7 +93,7 @@ def budget_cells(an, model, name, budget, batch, mode, args) -> dict:
     return {
         **extra,
         "model": name, "batch": batch, "mode": mode, "plan": next(iter(budget.items())),
-        "macs_ratio": macs_ratio, "params_kept": plan.params_kept,
+        "round_to": round_to, "macs_ratio": macs_ratio, "params_kept": plan.params_kept,
         "ms": [t0, t1], "speedup": 1 / r, "share": share(1 / r, macs_ratio),
         "deploy_ms": [d0, d1], "deploy_speedup": 1 / rd,
         "deploy_share": share(1 / rd, macs_ratio),
@@ -150,6 +151,13 @@ def main() -> None:
         action="store_true",
         help="also time BatchNorm folding alone and channels_last on top, on the pruned model",
     )
+    p.add_argument(
+        "--round-to",
+        nargs="*",
+        type=int,
+        default=[0],
+        help="round_to of the params/flops plans, one row each (0: unrounded, the default plan)",
+    )
     p.add_argument("--cache", default=None, help="latency table folder ($FAIRFX_CACHE)")
     p.add_argument("--out", default="benchmarks/results/latency.json")
     args = p.parse_args()
@@ -183,15 +191,22 @@ def main() -> None:
         )  # fmt: skip
         for mode in args.modes:
             for batch in args.batches:
-                cells.append(latency_cell(an, name, batch, mode, args))
-                print(json.dumps(cells[-1]), flush=True)
+                _record(cells, latency_cell(an, name, batch, mode, args))
                 for budget in ({"params": 0.5}, {"flops": 0.5}):
-                    cells.append(budget_cells(an, model, name, budget, batch, mode, args))
-                    print(json.dumps(cells[-1]), flush=True)
+                    for r in args.round_to:
+                        cell = budget_cells(an, model, name, budget, batch, mode, args, r or None)
+                        _record(cells, cell)
                 _write(args.out, results)
     results["load_average_at_end"] = os.getloadavg()
     _write(args.out, results)
     print(report(results))
+
+
+def _record(cells: list[dict], cell: dict) -> None:
+    """Keep and print a cell, with the load average when it ended (was the machine quiet?)."""
+    cell["load_1min"] = os.getloadavg()[0]
+    cells.append(cell)
+    print(json.dumps(cell), flush=True)
 
 
 def _write(path: str, results: dict) -> None:
@@ -224,9 +239,10 @@ def report(results: dict) -> str:
     ]
     for c in results["cells"]:
         if c["plan"][0] != "latency":
+            rounded = f", round_to={c['round_to']}" if c.get("round_to") else ""
             lines.append(
-                f"| {c['model']} | {c['mode']} | {c['batch']} | {c['plan'][0]}={c['plan'][1]} | "
-                f"{c['macs_ratio']:.2f}x | {c['speedup']:.2f}x | {_pct(c['share'])} | "
+                f"| {c['model']} | {c['mode']} | {c['batch']} | {c['plan'][0]}={c['plan'][1]}"
+                f"{rounded} | {c['macs_ratio']:.2f}x | {c['speedup']:.2f}x | {_pct(c['share'])} | "
                 f"{c['deploy_speedup']:.2f}x | {_pct(c['deploy_share'])} |"
             )
     ablation = [c for c in results["cells"] if "fold_gain" in c]
