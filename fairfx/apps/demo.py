@@ -12,8 +12,9 @@ minutes (most of it ``torch.compile``; ``--no-compile`` skips that part):
 3. fine-tunes the pruned graph with the paper's recipe (SGD, lr 1e-3, momentum 0.9, weight decay
    1e-4), keeping the best state on the validation split;
 4. exports it with ``torch.export`` to a ``.pt2`` file, reloads it and checks its outputs;
-5. measures latency of the original and the pruned model, eager and ``torch.compile``, at batch
-   1 and 8 (the two alternating, medians), and prints a table (accuracy on the held-out test
+5. measures latency of the original and the pruned model, both in the deployment form the export
+   ships (BatchNorm folded, channels_last), eager and ``torch.compile``, at batch 1 and 8 (the
+   two alternating, medians), and prints a table (accuracy on the held-out test
    split, parameters, MACs, latency, times), writes ``report.json`` and a PNG of the kept
    channels per layer;
 6. plans for the latency the MAC-budget plan reached (eager, batch 1) with a latency plan
@@ -34,7 +35,8 @@ import torch
 import fairfx
 from fairfx.apps import digits
 from fairfx.apps.report import export_and_check, group_rows, paired_latency_ms, plot_kept, table
-from fairfx.engine.artifact import META_FILE, metadata_json
+from fairfx.engine.artifact import DEPLOY, META_FILE, metadata_json
+from fairfx.engine.deploy import deployment_form
 from fairfx.engine.latency import graph_table
 from fairfx.files import save_payload, write_text
 from fairfx.method.latency_plan import plan_for_latency
@@ -57,7 +59,9 @@ def _trained(split: digits.Split, cache: Path, args: argparse.Namespace):
 
 
 def _latency(model: torch.nn.Module, pruned: torch.nn.Module, split, compile_too: bool):
-    """``{mode_b{batch}: (original ms, pruned ms)}``, eager and compiled, batch 1 and 8."""
+    """``{mode_b{batch}: (original ms, pruned ms)}``, eager and compiled, batch 1 and 8, both
+    models in the deployment form the export ships (the latency plan measures that form too)."""
+    model, pruned = (deployment_form(m, **DEPLOY) for m in (model, pruned))
     variants = [("eager", model, pruned)]
     if compile_too:
         variants.append(("compile", torch.compile(model), torch.compile(pruned)))
@@ -108,7 +112,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "fine_tuned": digits.accuracy(tuned, split.x_test, split.y_test),
     }
     t5 = time.perf_counter()
-    latency = _latency(model, tuned, split, not args.no_compile)
+    latency = _latency(analysis.graph.captured, tuned, split, not args.no_compile)
     t6 = time.perf_counter()
     side = _latency_plan(analysis, latency["eager_b1"], split, out)
     s = plan.summary()
