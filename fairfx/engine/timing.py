@@ -9,6 +9,7 @@ be running (the machines fairfx is benchmarked on are shared).
 from __future__ import annotations
 
 import contextlib
+import os
 import statistics
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -40,6 +41,29 @@ def batch_inputs(inputs: Sequence[Any], batch: int | None) -> tuple[Any, ...]:
             x = x[:1].expand(batch, *x.shape[1:]).contiguous()
         out.append(x)
     return tuple(out)
+
+
+def load_average() -> float | None:
+    """The machine's 1-minute load average (None where the OS does not report one)."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+
+
+def busy(load: float | None, threads: int) -> str:
+    """Why timings taken at ``load`` are not to be trusted, or ``""``: more runnable threads than
+    this job's own ``threads`` plus one. With OpenMP's default wait policy, an op whose thread
+    was preempted waits for it, so a busy machine makes time follow the count of ops, not their
+    work (a ResNet-50 cut to 2% of its MACs measured 0.55 of the original at load 3.9 on 2
+    cores; docs/latency.md)."""
+    if load is None or load <= threads + 1:
+        return ""
+    return (
+        f"the machine was busy (load average {load:.1f} with {threads} thread(s) of ours on "
+        f"{os.cpu_count()} cores): measured ratios follow waiting, not work; measure on a "
+        "quiet machine"
+    )
 
 
 def _once(fn: Callable[..., Any], inputs: Sequence[Any]) -> float:
@@ -103,7 +127,8 @@ def paired_ratio(
 
     The standard error of a median is about 1.25 sigma / sqrt(n), with sigma estimated from
     the interquartile range (IQR / 1.35), so it holds against the outliers a shared machine
-    produces. Returns ``{"first_ms", "second_ms", "ratio", "stderr", "pairs"}``.
+    produces. Returns ``{"first_ms", "second_ms", "ratio", "stderr", "pairs", "load"}`` (the
+    load average when it finished: see :func:`busy`).
     """
     a: list[float] = []
     b: list[float] = []
@@ -127,7 +152,16 @@ def paired_ratio(
         "ratio": statistics.median(ratios),
         "stderr": stderr,
         "pairs": n,
+        "load": load_average(),
     }
 
 
-__all__ = ["batch_inputs", "fixed_threads", "median_ms", "paired_ms", "paired_ratio"]
+__all__ = [
+    "batch_inputs",
+    "busy",
+    "fixed_threads",
+    "load_average",
+    "median_ms",
+    "paired_ms",
+    "paired_ratio",
+]

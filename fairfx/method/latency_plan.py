@@ -28,7 +28,7 @@ import torch
 from ..engine.deploy import deployment_form
 from ..engine.group_graph import GroupGraph
 from ..engine.latency import LatencyTable, graph_inputs, graph_table, predicted_fraction
-from ..engine.timing import paired_ratio
+from ..engine.timing import busy, paired_ratio
 from .allocation import counts, round_kept
 from .plan_options import PlanOptions
 from .plan_record import Plan, ranking
@@ -168,7 +168,7 @@ def plan_for_latency(
                 {
                     "goal": goal, "predicted": predicted, "achieved": achieved,
                     "ms": [m["first_ms"], m["second_ms"]], "stderr": m["stderr"],
-                    "pairs": m["pairs"],
+                    "pairs": m["pairs"], "load": m["load"],
                 }
             )  # fmt: skip
         else:
@@ -185,8 +185,13 @@ def plan_for_latency(
             break
         goal = new_goal
     assert best is not None
-    floor = _floor(history, latency, tolerance)
-    if floor and not why:
+    loaded = _loaded(history, threads)
+    floor = "" if loaded else _floor(history, latency, tolerance)
+    if loaded and not (best[2] is not None and abs(best[2] - latency) <= tolerance * latency):
+        # Busy-machine medians mislead more than the table (fastest runs of isolated layers):
+        # keep the table's own plan for the target rather than chase the waiting.
+        best = tried[0]
+    elif floor and not why:
         # Cutting deeper bought no measured time: keep the least-cut plan that is as fast as the
         # fastest one measured, instead of the deepest cut.
         fastest = min(a for _, _, a in tried if a is not None)
@@ -198,7 +203,7 @@ def plan_for_latency(
     units, predicted, achieved = best
     met = achieved is not None and abs(achieved - latency) <= tolerance * latency
     plan = _plan(graph, units, options)
-    why = why or _noise(history, latency, tolerance)
+    why = loaded or why or _noise(history, latency, tolerance)
     plan.note = _note(latency, predicted, achieved, len(history), met, tolerance, why)
     if achieved is not None:
         plan.note += ", both " + ("in the deployment form" if deploy else "as GraphModules")
@@ -207,6 +212,8 @@ def plan_for_latency(
     plan.note += f"; keeps {plan.params_kept:.1%} of parameters and {plan.macs_kept:.1%} of MACs"
     if plan.params_kept < 0.1:
         plan.note += " (the target costs most of the model: check accuracy)"
+    if loaded and met:
+        plan.note += f"; {loaded}"
     plan.extra.update(
         allocation="latency",
         round_to=options.round_to or table.step,
@@ -270,6 +277,12 @@ def _floor(history: list[dict[str, Any]], latency: float, tolerance: float) -> s
         "rest is time outside the pruned layers (ops between them, memory traffic), so no "
         f"channel plan reaches {latency:.3f} here; the least-cut plan that fast is kept"
     )
+
+
+def _loaded(history: list[dict[str, Any]], threads: int | None) -> str:
+    """Why the measurements cannot be trusted when the machine was busy while they ran."""
+    loads = [h["load"] for h in history if h.get("load") is not None]
+    return busy(max(loads), threads or torch.get_num_threads()) if loads else ""
 
 
 def _noise(history: list[dict[str, Any]], latency: float, tolerance: float) -> str:
