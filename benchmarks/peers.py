@@ -34,6 +34,16 @@ def _tp():
     return tp
 
 
+def tp_version() -> str:
+    """Torch-Pruning's version; a one-line exit naming the install when it is missing."""
+    try:
+        return _tp().__version__
+    except ImportError:
+        raise SystemExit(
+            "Torch-Pruning is not installed: pip install 'fairfx[bench]' (or torch-pruning==1.6.1)"
+        ) from None
+
+
 def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
@@ -173,16 +183,23 @@ def taylor_gradients(model: nn.Module, calib) -> dict[str, torch.Tensor]:
     return {n: p.grad.detach().clone() for n, p in m.named_parameters() if p.grad is not None}
 
 
-def _prune_once(
-    model,
-    example_input,
-    ratio,
-    global_pruning,
-    ignored_layers,
-    max_pruning_ratio,
-    importance="l1",
-    grads=None,
-):
+def tp_prune_ratio(
+    model: nn.Module,
+    example_input: torch.Tensor,
+    ratio: float,
+    *,
+    global_pruning: bool,
+    ignored_layers: Iterable[nn.Module | str] | None = None,
+    max_pruning_ratio: float = 0.9,
+    importance: str = "l1",
+    grads: dict[str, torch.Tensor] | None = None,
+) -> nn.Module:
+    """Torch-Pruning at one channel ``ratio`` (one step), on a deepcopy of ``model``.
+
+    ``importance="taylor"`` needs ``grads`` from :func:`taylor_gradients` (computed once per
+    model, so a bisection over ratios does not repeat the backward passes)."""
+    if importance == "taylor" and grads is None:
+        raise ValueError("Taylor importance needs grads=taylor_gradients(model, calib)")
     m = copy.deepcopy(model).eval()
     ignored = _resolve_ignored(model, m, ignored_layers, example_input)
     if ratio > 0:
@@ -242,15 +259,15 @@ def tp_prune_to_budget(
     lo, hi = 0.0, max_pruning_ratio if global_pruning else 0.99
     for _ in range(max_iter):
         mid = 0.5 * (lo + hi)
-        m = _prune_once(
+        m = tp_prune_ratio(
             model,
             example_input,
             mid,
-            global_pruning,
-            ignored_layers,
-            max_pruning_ratio,
-            importance,
-            grads,
+            global_pruning=global_pruning,
+            ignored_layers=ignored_layers,
+            max_pruning_ratio=max_pruning_ratio,
+            importance=importance,
+            grads=grads,
         )
         f = achieved(m)
         err = abs(f - params_fraction_removed)
