@@ -1,16 +1,25 @@
-"""Which allocation keeps the most accuracy for the same latency? Evidence for the latency plan.
+"""Which pruning keeps the most accuracy at the same MEASURED latency? Latency-plan evidence.
 
-On the three digits nets (VGG-, ResNet- and DenseNet-style, trained per seed, cached like
-bench_quality's), one latency table per architecture (batch 64, 1 thread; the table's key has no
-weights, so every seed reuses it). For each seed, plans are compared at **equal table-predicted
-latency**: the latency plan (R per measured ms, ToD-bounded, on the table's width step) at
-``--target``, and the params and FLOPs budget plans and a uniform L1 ratio (Torch-Pruning's
-default criterion) each bisected until the table predicts the same fraction. Each pruned model
-gets BatchNorm recalibration on the calibration set, then test accuracy; the report pairs them
-by seed.
+On the three digits nets (VGG-, ResNet- and DenseNet-style, trained per seed and cached like
+bench_quality's), per seed: fairfx's latency plan at ``--target`` (``plan_for_latency`` at batch
+64, 2 threads, with measurement) sets the latency every rival must match: its measured ratio T
+(``plan.extra["latency"]["achieved"]``; ``--match remeasured`` uses this script's own
+re-measurement of the latency plan instead). Rivals, each searched on its knob until its
+measured latency ratio is T (``latency_match.match_measured``: a proxy bisection, then at most
+``--refine`` measured steps; within 5% of T is the aim, misses are reported):
 
-Equal *predicted* latency is deterministic, where equal *measured* latency on a shared machine
-is not; the table's predictions are checked against measurement in bench_latency.py.
+* fairfx params plan (``an.plan_for(params=b)``) and FLOPs plan (``an.plan_for(flops=b)``), on
+  the latency table's prediction as proxy;
+* Torch-Pruning (``benchmarks/peers.py``) with L1 and Taylor importance, global and uniform
+  ranking, on the channel ratio with the MACs kept as proxy.
+
+Every model, the latency plan included, is timed by one function (``latency_match.
+measured_ratio``): original and pruned both in deployment form (BatchNorm folded,
+channels_last), alternating pairs, medians, 2 threads, a batch of 64. Every pruned model gets
+BatchNorm recalibration on the calibration set (``fairfx.recalibrate``), then test accuracy; no
+fine-tuning. The report pairs methods by seed: the latency plan's mean accuracy difference to
+each rival with a paired 95% t interval and the wins/ties/losses over seeds. OMP_WAIT_POLICY is
+recorded, never set (PASSIVE distorts latency ratios).
 
     python benchmarks/bench_latency_quality.py --seeds 8
 """
@@ -20,96 +29,134 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
+import peers
 import torch
-from quality_lib import calibration_set, trained_model
+from latency_match import THREADS, TOLERANCE, match_measured, measured_ratio
+from latency_report import METHODS, report
+from quality_lib import calibration_set, count_macs, count_params, trained_model
 
 import fairfx
 import fairfx.apps.digits as digits
-from fairfx.engine.latency import graph_table, predicted_fraction
+from fairfx.engine.latency import graph_inputs, graph_table, predicted_fraction
 from fairfx.files import atomic_path
 from fairfx.method.latency_plan import plan_for_latency
 from fairfx.method.plan_options import PlanOptions
 
+BATCH = 64
+TP_VARIANTS = {  # name -> (importance, global ranking)
+    "tp_l1_global": ("l1", True),
+    "tp_l1_uniform": ("l1", False),
+    "tp_taylor_global": ("taylor", True),
+    "tp_taylor_uniform": ("taylor", False),
+}
+TP_MAX_RATIO = 0.9  # Torch-Pruning's per-layer cap for global ranking, and the uniform range
 
-def bisect_to(make, target: float, lo: float = 0.02, hi: float = 1.0, steps: int = 10):
-    """The plan ``make(knob)`` whose predicted fraction is closest to ``target``; the
-    prediction grows with the knob."""
-    best = None
-    for _ in range(steps):
-        mid = (lo + hi) / 2
-        plan, frac = make(mid)
-        if best is None or abs(frac - target) < abs(best[1] - target):
-            best = (plan, frac)
-        if frac > target:
-            hi = mid
-        else:
-            lo = mid
-    return best
+
+class Seed:
+    """One trained net of one seed: data, analysis, latency table and the shared timing."""
+
+    def __init__(self, arch: str, seed: int, split: digits.Split, args: argparse.Namespace):
+        self.model, _ = trained_model(arch, seed, split, args)
+        xc, yc = calibration_set(split, 32, seed)
+        self.calib = list(digits.batches(xc, yc, BATCH))
+        self.an = fairfx.analyze(self.model, xc[:BATCH], self.calib, progress=False, seed=seed)
+        self.x = graph_inputs(self.an.graph, BATCH)[0]  # the input the planner times
+        self.table = graph_table(self.an.graph, batch=BATCH, threads=THREADS, progress=False)
+        self.test = (split.x_test, split.y_test)
+        self.macs0 = count_macs(self.model, self.x[:1])
+
+    def measure(self, pruned: torch.nn.Module) -> dict:
+        return measured_ratio(self.model, pruned, self.x)
+
+    def macs_kept(self, pruned: torch.nn.Module) -> float:
+        return count_macs(pruned, self.x[:1]) / self.macs0
+
+    def score(self, pruned: torch.nn.Module) -> dict:
+        """Recalibrated test accuracy and the size kept, of a copy of ``pruned``."""
+        ready = fairfx.recalibrate(pruned, self.calib)
+        return {
+            "accuracy": digits.accuracy(ready, *self.test),
+            "params_kept": count_params(pruned) / count_params(self.model),
+            "macs_kept": self.macs_kept(pruned),
+        }
+
+
+def latency_plan(s: Seed, target: float) -> tuple[torch.nn.Module, dict]:
+    """The latency plan at ``target``, its planner's measured ratio T and this script's."""
+    options = PlanOptions(latency=target, batch_size=BATCH)
+    plan = plan_for_latency(
+        s.an.graph, s.an.scores, options, table=s.table, threads=THREADS, progress=False
+    )
+    pruned = s.an.graph.prune(plan)
+    info = plan.extra["latency"]
+    again = s.measure(pruned)
+    record = {
+        "planner_ratio": info["achieved"],
+        "planner_met": info["met"],
+        "planner_measurements": len(info["iterations"]),
+        "ratio": again["ratio"],
+        "stderr": again["stderr"],
+        "note": plan.note,
+    }
+    return pruned, record
+
+
+def fairfx_rival(s: Seed, key: str, target: float, refine: int) -> tuple[torch.nn.Module, dict]:
+    """The params (``key="params"``) or FLOPs budget plan matched to ``target``."""
+    graph = s.an.graph
+    plan, record = match_measured(
+        lambda b: s.an.plan_for(**{key: b}),
+        lambda p: predicted_fraction(graph, p.units, s.table),
+        lambda p: s.measure(graph.prune(p)),
+        target, 0.02, 1.0, refine=refine,
+    )  # fmt: skip
+    return graph.prune(plan), record
+
+
+def tp_rival(s: Seed, name: str, target: float, refine: int, grads) -> tuple[torch.nn.Module, dict]:
+    """A Torch-Pruning variant matched to ``target``; the knob is 1 - channel ratio."""
+    importance, global_ = TP_VARIANTS[name]
+
+    def make(kept: float) -> torch.nn.Module:
+        return peers.tp_prune_ratio(
+            s.model, s.x[:1], 1.0 - kept, global_pruning=global_, importance=importance,
+            grads=grads, max_pruning_ratio=TP_MAX_RATIO,
+        )  # fmt: skip
+
+    return match_measured(
+        make, s.macs_kept, s.measure, target, 1.0 - TP_MAX_RATIO, 1.0, refine=refine
+    )
 
 
 def one_seed(arch: str, seed: int, split, args) -> dict:
-    model, _ = trained_model(arch, seed, split, args)
-    xc, yc = calibration_set(split, 32, seed)
-    calib = list(digits.batches(xc, yc, 64))
-    an = fairfx.analyze(model, xc[:64], calib, progress=False, seed=seed)
-    graph = an.graph
-    table = graph_table(graph, threads=1, progress=False)
-    options = PlanOptions(latency=args.target)
-    lat = plan_for_latency(graph, an.scores, options, table=table, measure=False)
-    target = lat.extra["latency"]["predicted"]
-
-    def fraction(plan):
-        return plan, predicted_fraction(graph, plan.units, table)
-
-    plans = {
-        "latency": (lat, target),
-        "params": bisect_to(lambda b: fraction(an.plan_for(params=b)), target),
-        "flops": bisect_to(lambda b: fraction(an.plan_for(flops=b)), target),
-        "uniform_l1": bisect_to(
-            lambda r: fraction(graph.plan(PlanOptions(ratio=1 - r, importance="l1"))), target
-        ),
-    }
-    row = {"arch": arch, "seed": seed, "original": digits.accuracy(model, *_test(split))}
-    for name, (plan, frac) in plans.items():
-        pruned = graph.prune(plan)
-        fairfx.recalibrate(pruned, calib, inplace=True)
-        row[name] = {
-            "accuracy": digits.accuracy(pruned, *_test(split)),
-            "predicted": frac,
-            "macs_kept": plan.macs_kept,
-            "params_kept": plan.params_kept,
-        }
+    s = Seed(arch, seed, split, args)
+    row = {"arch": arch, "seed": seed, "original": digits.accuracy(s.model, *s.test)}
+    pruned, rec = latency_plan(s, args.target)
+    row["latency"] = {**rec, **s.score(pruned)}
+    target = rec["planner_ratio"] if args.match == "planner" else rec["ratio"]
+    row["matched_to"] = target
+    grads = peers.taylor_gradients(s.model, s.calib)
+    for name in METHODS[1:]:
+        if name in ("params", "flops"):
+            pruned, rec = fairfx_rival(s, name, target, args.refine)
+        else:
+            pruned, rec = tp_rival(s, name, target, args.refine, grads)
+        row[name] = {**rec, **s.score(pruned)}
     return row
 
 
-def _test(split):
-    return split.x_test, split.y_test
-
-
-def report(rows: list[dict]) -> str:
-    names = ["latency", "params", "flops", "uniform_l1"]
-    lines = [
-        "| net | seeds | " + " | ".join(names) + " | latency - best other (paired mean) |",
-        "|---|---|" + "---|" * (len(names) + 1),
+def summary(row: dict) -> str:
+    cells = [f"{row['arch']} seed {row['seed']}: original {100 * row['original']:.1f}%"]
+    cells += [
+        f"{n} {100 * row[n]['accuracy']:.1f}% @ {row[n]['ratio']:.3f}"
+        + ("" if abs(row[n]["ratio"] / row["matched_to"] - 1) <= TOLERANCE else " (MISS)")
+        for n in METHODS
     ]
-    for arch in dict.fromkeys(r["arch"] for r in rows):
-        rs = [r for r in rows if r["arch"] == arch]
-        means = {n: statistics.mean(r[n]["accuracy"] for r in rs) for n in names}
-        rival = max(names[1:], key=means.get)
-        diff = statistics.mean(r["latency"]["accuracy"] - r[rival]["accuracy"] for r in rs)
-        cells = " | ".join(
-            f"{100 * means[n]:.1f}% (pred {statistics.mean(r[n]['predicted'] for r in rs):.2f})"
-            for n in names
-        )
-        lines.append(f"| {arch} | {len(rs)} | {cells} | {100 * diff:+.1f} pts vs {rival} |")
-    return "\n".join(lines)
+    return "; ".join(cells) + f" [T={row['matched_to']:.3f}]"
 
 
 def main() -> None:
@@ -117,28 +164,40 @@ def main() -> None:
     p.add_argument("--archs", nargs="*", default=["vgg", "resnet", "densenet"])
     p.add_argument("--seeds", type=int, default=8)
     p.add_argument("--target", type=float, default=0.5)
+    p.add_argument("--match", choices=["planner", "remeasured"], default="planner")
+    p.add_argument("--refine", type=int, default=4, help="measured steps after the proxy")
     p.add_argument("--width", type=int, default=16)
     p.add_argument("--growth", type=int, default=12)
     p.add_argument("--train-epochs", type=int, default=None)
     p.add_argument("--out", default="benchmarks/results/latency_quality.json")
     args = p.parse_args()
-    torch.set_num_threads(1)
-    split = digits.load(seed=0)
+    torch.set_num_threads(1)  # training, analysis and pruning; timing uses THREADS
+    start = time.perf_counter()
     header = {
         "command": "python " + " ".join(sys.argv),
         "load_average_at_start": os.getloadavg(),
         "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "threads": THREADS,
+        "batch": BATCH,
+        "tolerance": TOLERANCE,
+        "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"),
+        "torch": torch.__version__,
+        "torch_pruning": peers.tp_version(),
     }
+    split = digits.load(seed=0)
     rows = []
     for arch in args.archs:
         for seed in range(args.seeds):
             rows.append(one_seed(arch, seed, split, args))
-            print(json.dumps(rows[-1]), flush=True)
+            print(summary(rows[-1]), flush=True)
+    header["load_average_at_end"] = os.getloadavg()
+    header["seconds"] = round(time.perf_counter() - start, 1)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(args.out) as tmp:
         tmp.write_text(json.dumps({"header": header, "rows": rows}, indent=1))
     print(report(rows))
-    print(f"\n`{header['command']}`, load average at start {header['load_average_at_start']}")
+    print(f"\n`{header['command']}`: {header['seconds']} s, load average at start "
+          f"{header['load_average_at_start']}, at end {header['load_average_at_end']}")  # fmt: skip
 
 
 if __name__ == "__main__":
