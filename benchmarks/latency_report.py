@@ -1,7 +1,8 @@
 """The table of bench_latency_quality.py: accuracy at matched measured latency, paired by seed.
 
 Per net and method: mean test accuracy, mean measured latency ratio, how many seeds it missed
-the matched ratio T by more than 5% (the latency plan's own re-measurement included), then the
+the matched ratio T by more than 5% (the latency plan's own re-measurement included) and how
+many final measurements stayed disturbed by other load (``latency_match.DISTURBED``), then the
 latency plan's paired difference to that method: the mean over seeds with a 95% t interval
 (needs two seeds or more) and the wins/ties/losses count.
 """
@@ -43,13 +44,15 @@ def _net(rows: list[dict]) -> list[str]:
         misses = sum(
             abs(r[name]["ratio"] - r["matched_to"]) > TOLERANCE * r["matched_to"] for r in rows
         )
+        busy = sum(r[name]["disturbed"] for r in rows)
         diff = (
             paired([r["latency"]["accuracy"] - r[name]["accuracy"] for r in rows])
             if name != "latency"
             else "-"
         )
         lines.append(
-            f"| {rows[0]['arch']} | {name} | {100 * acc:.1f}% | {ratio:.3f} | {misses} | {diff} |"
+            f"| {rows[0]['arch']} | {name} | {100 * acc:.1f}% | {ratio:.3f} | {misses} | {busy} "
+            f"| {diff} |"
         )
     return lines
 
@@ -58,8 +61,9 @@ def report(rows: list[dict]) -> str:
     """Markdown: one table row per (net, method), and per net the target and the latency
     plan's own two measurements."""
     lines = [
-        "| net | method | accuracy | measured ratio | misses (>5% off T) | latency plan - method |",
-        "|---|---|---|---|---|---|",
+        "| net | method | accuracy | measured ratio | >5% off T | disturbed "
+        "| latency plan - method, 95% CI, W/T/L |",
+        "|---|---|---|---|---|---|---|",
     ]
     notes = []
     for arch in dict.fromkeys(r["arch"] for r in rows):
@@ -70,6 +74,7 @@ def report(rows: list[dict]) -> str:
             f"{arch}: {len(rs)} seed(s), original {100 * original:.1f}%, "
             f"T mean {statistics.mean(r['matched_to'] for r in rs):.3f}; latency plan measured "
             f"{statistics.mean(r['latency']['planner_ratio'] for r in rs):.3f} by its planner, "
-            f"{statistics.mean(r['latency']['ratio'] for r in rs):.3f} re-measured here"
+            f"{statistics.mean(r['latency']['ratio'] for r in rs):.3f} re-measured here; "
+            f"{sum(r['latency']['planner_disturbed'] for r in rs)} planner measurement(s) disturbed"
         )
     return "\n".join([*lines, "", *notes])

@@ -21,6 +21,7 @@ Nothing here changes the caller's model: every function works on a deepcopy.
 from __future__ import annotations
 
 import copy
+import importlib.metadata
 import time
 from collections.abc import Iterable, Sequence
 
@@ -35,13 +36,15 @@ def _tp():
 
 
 def tp_version() -> str:
-    """Torch-Pruning's version; a one-line exit naming the install when it is missing."""
+    """Torch-Pruning's installed version (its ``__version__`` says 1.6.0 in release 1.6.1); a
+    one-line exit naming the install when it is missing."""
     try:
-        return _tp().__version__
+        _tp()
     except ImportError:
         raise SystemExit(
             "Torch-Pruning is not installed: pip install 'fairfx[bench]' (or torch-pruning==1.6.1)"
         ) from None
+    return importlib.metadata.version("torch-pruning")
 
 
 def count_params(model: nn.Module) -> int:
