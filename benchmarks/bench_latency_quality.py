@@ -165,7 +165,8 @@ def summary(row: dict) -> str:
     cells += [
         f"{n} {100 * row[n]['accuracy']:.1f}% @ {row[n]['ratio']:.3f}"
         + ("" if abs(row[n]["ratio"] / row["matched_to"] - 1) <= TOLERANCE else " (MISS)")
-        + (" (BUSY)" if row[n]["disturbed"] else "")
+        + (" (DISTURBED)" if row[n]["disturbed"] else "")
+        + (" (busy)" if row[n]["busy"] else "")
         for n in METHODS
     ]
     return "; ".join(cells) + f" [T={row['matched_to']:.3f}]"

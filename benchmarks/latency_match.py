@@ -9,7 +9,10 @@ Torch-Pruning result) is captured with ``torch.fx.symbolic_trace`` first; fairfx
 already are GraphModules. On a shared machine a whole measurement can be swamped (both sides
 at ~100 ms where the net runs in ~1 ms: the ratio says 1.0 and means nothing), so a measurement
 whose original median is ``DISTURBED`` times the original's fastest run is repeated, up to
-``RETRIES`` times, and flagged ``disturbed`` if it stays so.
+``RETRIES`` times, and flagged ``disturbed`` if it stays so. Each measurement also records the
+load average and ``busy`` (``fairfx.engine.timing.busy``: more runnable threads than ours plus
+one, when ratios follow waiting rather than work); a busy measurement still steers the search,
+since on a shared machine nearly all are, but the report counts them.
 
 ``match_measured`` moves a method's knob until that measured ratio equals a target. A
 measurement is noisy and costs up to a second, so the knob is first bisected on a cheap proxy
@@ -35,7 +38,7 @@ import torch.fx as fx
 from torch import nn
 
 from fairfx.engine.deploy import deployment_form
-from fairfx.engine.timing import fixed_threads, median_ms, paired_ratio
+from fairfx.engine.timing import busy, fixed_threads, median_ms, paired_ratio
 
 THREADS = 2
 TOLERANCE = 0.05  # relative distance to the target a matched latency should stay within
@@ -55,7 +58,8 @@ def measured_ratio(original: nn.Module, pruned: nn.Module, x: torch.Tensor) -> d
     """Latency of ``pruned`` as a fraction of ``original``'s on input ``x``, both deployed,
     alternating pairs at ``THREADS`` threads until the ratio's standard error is ``PRECISION``
     (at most 200 pairs). Returns ratio, its standard error, the pairs, both medians (ms), the
-    original's fastest run and whether the measurement stayed disturbed after the retries."""
+    original's fastest run, whether the measurement stayed disturbed after the retries, the load
+    average and whether it was busy."""
     first, second = deployed(original), deployed(pruned)
     with fixed_threads(THREADS):
         fastest = median_ms(first, (x,), repeats=10, fastest=True)
@@ -76,6 +80,8 @@ def measured_ratio(original: nn.Module, pruned: nn.Module, x: torch.Tensor) -> d
         "fastest_ms": fastest,
         "attempts": attempts,
         "disturbed": m["first_ms"] > DISTURBED * fastest,
+        "load": m["load"],
+        "busy": bool(busy(m["load"], THREADS)),
     }
 
 
@@ -178,6 +184,8 @@ def match_measured(
         "stderr": best["stderr"],
         "within_tolerance": abs(best["ratio"] - target) <= TOLERANCE * target,
         "disturbed": best["disturbed"],
+        "busy": best["busy"],
+        "load": best["load"],
         "measurements": history,
     }
     return cache.at(best["knob"])[0], record

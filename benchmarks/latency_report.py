@@ -2,7 +2,8 @@
 
 Per net and method: mean test accuracy, mean measured latency ratio, how many seeds it missed
 the matched ratio T by more than 5% (the latency plan's own re-measurement included) and how
-many final measurements stayed disturbed by other load (``latency_match.DISTURBED``), then the
+many final measurements stayed disturbed by other load (``latency_match.DISTURBED``) or ran on a
+busy machine (load average above 2 threads + 1), then the
 latency plan's paired difference to that method: the mean over seeds with a 95% t interval
 (needs two seeds or more) and the wins/ties/losses count.
 """
@@ -44,15 +45,16 @@ def _net(rows: list[dict]) -> list[str]:
         misses = sum(
             abs(r[name]["ratio"] - r["matched_to"]) > TOLERANCE * r["matched_to"] for r in rows
         )
-        busy = sum(r[name]["disturbed"] for r in rows)
+        disturbed = sum(r[name]["disturbed"] for r in rows)
+        busy = sum(r[name]["busy"] for r in rows)
         diff = (
             paired([r["latency"]["accuracy"] - r[name]["accuracy"] for r in rows])
             if name != "latency"
             else "-"
         )
         lines.append(
-            f"| {rows[0]['arch']} | {name} | {100 * acc:.1f}% | {ratio:.3f} | {misses} | {busy} "
-            f"| {diff} |"
+            f"| {rows[0]['arch']} | {name} | {100 * acc:.1f}% | {ratio:.3f} | {misses} "
+            f"| {disturbed} | {busy} | {diff} |"
         )
     return lines
 
@@ -61,9 +63,9 @@ def report(rows: list[dict]) -> str:
     """Markdown: one table row per (net, method), and per net the target and the latency
     plan's own two measurements."""
     lines = [
-        "| net | method | accuracy | measured ratio | >5% off T | disturbed "
+        "| net | method | accuracy | measured ratio | >5% off T | disturbed | busy "
         "| latency plan - method, 95% CI, W/T/L |",
-        "|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|",
     ]
     notes = []
     for arch in dict.fromkeys(r["arch"] for r in rows):
