@@ -59,6 +59,16 @@ def synthetic(n: int, seed: int = 0):
         yield torch.randn(20, 3, 224, 224, generator=g), torch.randint(0, 10, (20,), generator=g)
 
 
+def random_model(name: str) -> torch.nn.Module:
+    """A torchvision model with random weights everywhere: torchvision zero-initialises some
+    heads (ViT's), which would leave no loss gradient to score with (analyze refuses that)."""
+    model = torchvision.models.get_model(name, num_classes=10).eval()
+    for m in model.modules():
+        if isinstance(m, torch.nn.Linear) and not m.weight.any():
+            torch.nn.init.normal_(m.weight, std=0.02)
+    return model
+
+
 def share(speedup: float, macs_ratio: float) -> float | None:
     """The speedup's share of the MACs gain; None when the plan saved no MACs."""
     return (speedup - 1) / (macs_ratio - 1) if macs_ratio > 1.0001 else None
@@ -184,7 +194,7 @@ def main() -> None:
         print(json.dumps(results["cost_check"]), flush=True)
     for name in args.models:
         torch.manual_seed(0)
-        model = torchvision.models.get_model(name, num_classes=10).eval()
+        model = random_model(name)
         an = fairfx.analyze(
             model, torch.randn(1, 3, 224, 224), synthetic(args.images), samples_per_class=4,
             projections=16, progress=False,
