@@ -356,7 +356,7 @@ def test_unknown_model_in_a_real_process(first) -> None:
         (["--model-args", "depth=3"], "tiny(depth=3) failed"),
         (["--rounds", "0"], "--rounds must be at least 1"),
         (["--round-to", "0"], "--round-to must be at least 1"),
-        (["--ignore", "features.99"], "--ignore features.99: the model has no such layer"),
+        (["--ignore", "features.99"], "--ignore: 'features.99' is not a module of the model"),
         (["--allocation", "global_r"], "give --params or --flops, not --alpha"),
     ],
 )

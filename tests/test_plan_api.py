@@ -99,6 +99,9 @@ def test_layer_ratios_and_max_ratio(graph) -> None:
     assert kept["0"] == sizes["0"] - int(0.4 * sizes["0"])  # 0.5 capped at 0.4
     with pytest.raises(PlanError, match="not a module of the model"):
         graph.plan(ratio=0.5, importance="l1", layer_ratios={"nope": 0.5})
+    # the same one check as the CLI's --ignore, with names that exist as the example
+    with pytest.raises(PlanError, match=r"ignored_layers: 'nope' .* such as 0, 1"):
+        graph.plan(ratio=0.5, importance="l1", ignored_layers=["nope"])
 
 
 def test_a_callable_importance_chooses_the_units(graph) -> None:

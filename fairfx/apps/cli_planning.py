@@ -14,6 +14,7 @@ from torch import nn
 
 from ..errors import PlanError
 from ..method.plan_options import PlanOptions
+from ..method.selection import check_module_names
 from .cli_inputs import UserError
 
 # PlanOptions field (or pipeline keyword) -> the flag a CLI user gives it with.
@@ -69,13 +70,11 @@ def plan_options(args: argparse.Namespace, **target: Any) -> PlanOptions:
 
 
 def check_ignored(model: nn.Module, names: list[str]) -> None:
-    known = [n for n, _ in model.named_modules() if n]
-    for name in names:
-        if not any(k == name or k.startswith(name + ".") for k in known):
-            raise UserError(
-                f"--ignore {name}: the model has no such layer; names look like "
-                f"{', '.join(known[:4])}"
-            )
+    """``--ignore`` names checked on the user's model before any data is read."""
+    try:
+        check_module_names(model, names, "--ignore")
+    except PlanError as exc:
+        raise UserError(str(exc)) from None
 
 
 def recal_line(recal: dict) -> str:

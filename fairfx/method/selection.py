@@ -15,16 +15,25 @@ import torch
 from ..errors import PlanError
 
 
+def check_module_names(model: torch.nn.Module, names: Iterable[str], option: str) -> None:
+    """Refuse a name that is no module of ``model`` (a name covers the modules under it), in one
+    line naming a few that are. The CLI calls it on the user's model before any data is read;
+    planning, on the captured one."""
+    known = [n for n, _ in model.named_modules() if n]
+    for name in names:
+        if not any(_hit(k, [name]) for k in known):
+            layers = [n for n, m in model.named_modules() if n and m._parameters]
+            raise PlanError(
+                f"{option}: {name!r} is not a module of the model; give qualified names such "
+                f"as {', '.join(layers[:4])}"
+            )
+
+
 def _module_names(graph: Any, item: Any, option: str) -> set[str]:
     """The qualified names ``item`` (a name or a module) stands for in the captured model."""
     gm = graph.captured
     if isinstance(item, str):
-        if not any(n == item or n.startswith(item + ".") for n, _ in gm.named_modules()):
-            valid = ", ".join(sorted({g.producers[0] for g in graph.groups})[:6])
-            raise PlanError(
-                f"{option}: {item!r} is not a module of the model; give qualified names such "
-                f"as {valid}"
-            )
+        check_module_names(gm, [item], option)
         return {item}
     if isinstance(item, torch.nn.Module):
         ptrs = {p.data_ptr() for p in item.parameters()}
