@@ -379,6 +379,29 @@ def test_a_busy_machine_is_named_and_its_timings_not_chased(analysis, monkeypatc
     assert info["predicted"] == info["iterations"][0]["predicted"]
 
 
+def test_a_round_where_the_original_ran_slow_is_measured_again(analysis, monkeypatch) -> None:
+    """The original is the same module in every round: when its median jumps (85 ms against
+    47-56 ms, compiled densenet121), the round's ratio is not the plan's, so it is repeated."""
+    import fairfx.method.latency_plan as lp
+
+    rounds = iter([(10.0, 9.0), (20.0, 9.0), (10.0, 8.0), (10.0, 7.0)])
+
+    def fake(first, second, inputs, **kw):
+        a, b = next(rounds)
+        return {"first_ms": a, "second_ms": b, "ratio": b / a, "stderr": 0.0, "pairs": 1,
+                "load": None}  # fmt: skip
+
+    monkeypatch.setattr(lp, "paired_ratio", fake)
+    _, _, an = analysis
+    plan = plan_for_latency(
+        an.graph, an.scores, PlanOptions(latency=0.5), table=_table(an), iterations=3,
+        tolerance=1e-12, progress=False,
+    )  # fmt: skip
+    steps = plan.extra["latency"]["iterations"]
+    assert [s["remeasured"] for s in steps] == [False, True, False]
+    assert steps[1]["ms"] == [10.0, 8.0] and steps[1]["achieved"] == 0.8
+
+
 def test_the_note_says_what_the_latency_cost_in_parameters(analysis) -> None:
     _, _, an = analysis
     table = _table(an)
