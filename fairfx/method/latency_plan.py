@@ -144,9 +144,14 @@ def plan_for_latency(
             graph, batch=options.batch_size, threads=threads, mode=mode, deploy=deploy,
             progress=progress,
         )  # fmt: skip
-    # A copy (the deployment form is one too): the captured graph shares the user's tensors, and a
-    # model left in train mode would update its BatchNorm statistics while being timed.
-    run_original = _runnable(copy.deepcopy(graph.captured).eval(), deploy, mode, measure)
+    if measure:
+        # A copy (the deployment form is one already): the captured graph shares the user's
+        # tensors, and a model left in train mode would update its BatchNorm statistics.
+        captured = graph.captured if deploy else copy.deepcopy(graph.captured)
+        run_original = _runnable(captured, deploy, mode)
+
+    def within(achieved: float | None) -> bool:
+        return achieved is not None and abs(achieved - latency) <= tolerance * latency
 
     def timed(pruned: Any) -> dict[str, float]:
         # Enough pairs to resolve a fifth of the tolerance, within 4x the base count.
@@ -165,7 +170,7 @@ def plan_for_latency(
             why = f"the table's widest cut predicts {predicted:.3f}, above the target"
         achieved = None
         if measure:
-            run_pruned = _runnable(graph.prune(units).eval(), deploy, mode, measure)
+            run_pruned = _runnable(graph.prune(units), deploy, mode)
             m, again = timed(run_pruned), False
             if _off(m, history):  # the unchanged original ran slow: measure this plan again
                 m, again = min((m, timed(run_pruned)), key=lambda r: r["first_ms"]), True
@@ -183,7 +188,7 @@ def plan_for_latency(
         score = abs((achieved if achieved is not None else predicted) - latency)
         if best is None or score < abs((best[2] if best[2] is not None else best[1]) - latency):
             best = (units, predicted, achieved)
-        if achieved is None or abs(achieved - latency) <= tolerance * latency:
+        if achieved is None or within(achieved):
             break
         new_goal = _next_goal(history, latency)
         if abs(new_goal - goal) < 1e-4:
@@ -193,7 +198,7 @@ def plan_for_latency(
     assert best is not None
     loaded = _loaded(history, threads)
     floor = "" if loaded else _floor(history, latency, tolerance)
-    if loaded and not (best[2] is not None and abs(best[2] - latency) <= tolerance * latency):
+    if loaded and not within(best[2]):
         # Busy-machine medians mislead more than the table (fastest runs of isolated layers):
         # keep the table's own plan for the target rather than chase the waiting.
         best = tried[0]
@@ -207,7 +212,7 @@ def plan_for_latency(
         )
         why = floor
     units, predicted, achieved = best
-    met = achieved is not None and abs(achieved - latency) <= tolerance * latency
+    met = within(achieved)
     plan = _plan(graph, units, options)
     why = loaded or why or _noise(history, latency, tolerance)
     plan.note = _note(latency, predicted, achieved, len(history), met, tolerance, why)
@@ -242,12 +247,12 @@ def plan_for_latency(
     return plan
 
 
-def _runnable(module: torch.nn.Module, deploy: bool, mode: str, measure: bool) -> Any:
-    """The module as it is timed: in the deployment form ``save_pruned`` ships (the original
-    too, so the gain measured is pruning's, not folding's), compiled in ``compile`` mode."""
-    if deploy and measure:
-        module = deployment_form(module, channels_last=True)
-    return torch.compile(module) if mode == "compile" and measure else module
+def _runnable(module: torch.nn.Module, deploy: bool, mode: str) -> Any:
+    """The module as it is timed, in eval mode: in the deployment form ``save_pruned`` ships (a
+    copy; the original too, so the gain measured is pruning's, not folding's), compiled in
+    ``compile`` mode."""
+    module = deployment_form(module, channels_last=True) if deploy else module.eval()
+    return torch.compile(module) if mode == "compile" else module
 
 
 def _note(latency, predicted, achieved, n, met, tolerance, why) -> str:
